@@ -1,0 +1,1 @@
+//! The Valiqor backend emulator (placeholder until it lands).
