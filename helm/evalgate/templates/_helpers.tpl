@@ -1,0 +1,459 @@
+{{/*
+Named templates of the evalgate chart.
+
+Every template takes the chart's root context (`.`): `.Values` must hold evalgate's values.
+A parent chart that has evalgate as a dependency can include the pod-level templates with a
+context whose Values are evalgate's, for example:
+
+  {{- $eg := merge (dict "Values" .Values.evalgate) . }}
+  initContainers:
+    - {{ include "evalgate.sidecar" (dict "root" $eg "native" true) | nindent 6 | trim }}
+  volumes:
+    {{- include "evalgate.volumes" $eg | nindent 4 }}
+
+Names and labels use the literal "evalgate" (not .Chart.Name), so they resolve the same from a
+parent chart. See docs/kubernetes.md.
+*/}}
+
+{{/* Chart name, "evalgate" unless nameOverride is set. */}}
+{{- define "evalgate.name" -}}
+{{- default "evalgate" .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: <release>-evalgate, or fullnameOverride. Used for every resource name. */}}
+{{- define "evalgate.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := include "evalgate.name" . }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the ConfigMap holding config.toml. */}}
+{{- define "evalgate.configMapName" -}}
+{{- printf "%s-config" (include "evalgate.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Name of the store PVC (created or existing). */}}
+{{- define "evalgate.pvcName" -}}
+{{- if .Values.persistence.existingClaim }}
+{{- .Values.persistence.existingClaim }}
+{{- else }}
+{{- printf "%s-store" (include "evalgate.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/* helm.sh/chart label value. */}}
+{{- define "evalgate.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Common labels. */}}
+{{- define "evalgate.labels" -}}
+helm.sh/chart: {{ include "evalgate.chart" . }}
+{{ include "evalgate.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "evalgate.imageTag" . | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: evalgate
+{{- end }}
+
+{{/* Selector labels (stable across upgrades). */}}
+{{- define "evalgate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "evalgate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* ServiceAccount name. */}}
+{{- define "evalgate.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "evalgate.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Image tag: image.tag, else the chart's appVersion. */}}
+{{- define "evalgate.imageTag" -}}
+{{- default .Chart.AppVersion .Values.image.tag }}
+{{- end }}
+
+{{/* Image reference: repository@digest or repository:tag. */}}
+{{- define "evalgate.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (include "evalgate.imageTag" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Port number of a "host:port" listen address ("0.0.0.0:8080", "[::]:8080"). */}}
+{{- define "evalgate.portOf" -}}
+{{- $m := regexFind ":[0-9]{1,5}$" (toString .) }}
+{{- if not $m }}
+{{- fail (printf "evalgate: cannot read a port from listen address %q (expected host:port)" (toString .)) }}
+{{- end }}
+{{- trimPrefix ":" $m }}
+{{- end }}
+
+{{/* Container port of the API (from config.server.listen). */}}
+{{- define "evalgate.apiPort" -}}
+{{- include "evalgate.portOf" .Values.config.server.listen }}
+{{- end }}
+
+{{/* Container port of the admin endpoints (from config.server.admin_listen). */}}
+{{- define "evalgate.adminPort" -}}
+{{- include "evalgate.portOf" .Values.config.server.admin_listen }}
+{{- end }}
+
+{{/* Directory of the store volume: the parent directory of config.store.path. */}}
+{{- define "evalgate.storeDir" -}}
+{{- $p := toString .Values.config.store.path }}
+{{- if not (hasPrefix "/" $p) }}
+{{- fail (printf "evalgate: config.store.path must be an absolute path on the store volume (got %q)" $p) }}
+{{- end }}
+{{- dir $p }}
+{{- end }}
+
+{{/*
+Milliseconds of a humantime duration such as "20s", "1m30s", "500ms" or "2h".
+Accepts the units ms, s, m, h (and their long forms). Fails on anything else.
+*/}}
+{{- define "evalgate.durationMillis" -}}
+{{- $s := toString . | trim }}
+{{- if not (regexMatch "^([0-9]+ *[a-z]+ *)+$" $s) }}
+{{- fail (printf "evalgate: cannot read the duration %q; set terminationGracePeriodSeconds explicitly" $s) }}
+{{- end }}
+{{- $units := dict "ms" 1 "msec" 1 "millis" 1 "s" 1000 "sec" 1000 "secs" 1000 "second" 1000 "seconds" 1000 "m" 60000 "min" 60000 "mins" 60000 "minute" 60000 "minutes" 60000 "h" 3600000 "hr" 3600000 "hrs" 3600000 "hour" 3600000 "hours" 3600000 }}
+{{- $total := 0 }}
+{{- range $part := regexFindAll "[0-9]+ *[a-z]+" $s -1 }}
+{{- $num := regexFind "^[0-9]+" $part | atoi }}
+{{- $unit := regexFind "[a-z]+$" $part }}
+{{- if not (hasKey $units $unit) }}
+{{- fail (printf "evalgate: unknown unit %q in the duration %q; set terminationGracePeriodSeconds explicitly" $unit $s) }}
+{{- end }}
+{{- $total = add $total (mul $num (get $units $unit)) }}
+{{- end }}
+{{- $total }}
+{{- end }}
+
+{{/*
+terminationGracePeriodSeconds: the explicit value (checked against the drain time), or
+preStopSleepSeconds + ceil(shutdown_grace_period) + 10.
+*/}}
+{{- define "evalgate.terminationGracePeriodSeconds" -}}
+{{- $graceMs := include "evalgate.durationMillis" .Values.config.server.shutdown_grace_period | atoi }}
+{{- $graceS := div (add $graceMs 999) 1000 }}
+{{- $drain := add (int .Values.preStopSleepSeconds) $graceS }}
+{{- $explicit := int .Values.terminationGracePeriodSeconds }}
+{{- if gt $explicit 0 }}
+{{- if le $explicit $drain }}
+{{- fail (printf "evalgate: terminationGracePeriodSeconds (%d) must be larger than preStopSleepSeconds + config.server.shutdown_grace_period (%d s), or the pod is killed mid-drain" $explicit $drain) }}
+{{- end }}
+{{- $explicit }}
+{{- else }}
+{{- add $drain 10 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks that fail the render with a clear message. Included by every template that renders
+evalgate's pod parts or ConfigMap.
+*/}}
+{{- define "evalgate.validate" -}}
+{{- if not (or .Values.demo .Values.secrets.apiKey.existingSecret) }}
+{{- fail "evalgate: the upstream API key is required. Create a Secret (kubectl create secret generic evalgate --from-literal=api-key=...) and set secrets.apiKey.existingSecret=evalgate (and secrets.apiKey.key if the key is not \"api-key\"), or set demo=true to try the chart without one." }}
+{{- end }}
+{{- if and .Values.secrets.apiKey.existingSecret (not .Values.secrets.apiKey.key) }}
+{{- fail "evalgate: secrets.apiKey.key must name the key inside secrets.apiKey.existingSecret" }}
+{{- end }}
+{{- if and .Values.secrets.openaiApiKey.existingSecret (not .Values.secrets.openaiApiKey.key) }}
+{{- fail "evalgate: secrets.openaiApiKey.key must name the key inside secrets.openaiApiKey.existingSecret" }}
+{{- end }}
+{{- $valiqor := .Values.config.valiqor | default dict }}
+{{- if or (hasKey $valiqor "api_key") (hasKey $valiqor "openai_api_key") }}
+{{- fail "evalgate: do not put valiqor.api_key or valiqor.openai_api_key in config; reference existing Secrets with secrets.apiKey / secrets.openaiApiKey" }}
+{{- end }}
+{{- if eq (include "evalgate.apiPort" .) (include "evalgate.adminPort" .) }}
+{{- fail "evalgate: config.server.listen and config.server.admin_listen must use different ports" }}
+{{- end }}
+{{- if regexMatch "^(127\\.|localhost:|\\[::1\\]:)" (toString .Values.config.server.admin_listen) }}
+{{- fail "evalgate: config.server.admin_listen must not be a loopback address in a pod: the kubelet probes it on the pod IP (use 0.0.0.0:<port>)" }}
+{{- end }}
+{{- $_ := include "evalgate.storeDir" . }}
+{{- $_ := include "evalgate.terminationGracePeriodSeconds" . }}
+{{- if eq .Values.mode "standalone" }}
+{{- if regexMatch "^(127\\.|localhost:|\\[::1\\]:)" (toString .Values.config.server.listen) }}
+{{- fail "evalgate: in standalone mode config.server.listen must not be a loopback address, or the Service cannot reach it (use 0.0.0.0:<port>)" }}
+{{- end }}
+{{- if and .Values.persistence.enabled (gt (int .Values.replicaCount) 1) }}
+{{- fail "evalgate: persistence.enabled needs replicaCount 1: each pod owns its SQLite store, and a ReadWriteOnce volume cannot be shared" }}
+{{- end }}
+{{- if .Values.podDisruptionBudget.enabled }}
+{{- $pdb := .Values.podDisruptionBudget }}
+{{- if and (not (kindIs "invalid" $pdb.minAvailable)) (ge (int $pdb.minAvailable) (int .Values.replicaCount)) }}
+{{- fail (printf "evalgate: podDisruptionBudget.minAvailable (%d) must be below replicaCount (%d), or no node can ever be drained" (int $pdb.minAvailable) (int .Values.replicaCount)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* ---------------------------------------------------------------------------------------
+TOML rendering. Helm's toToml writes every YAML number as a float ("512.0"), which evalgate's
+strict config parser rejects for integer keys, so the chart renders TOML itself.
+------------------------------------------------------------------------------------------ */}}
+
+{{/* One TOML value: string, bool, integer, float or array of those. */}}
+{{- define "evalgate.toml.value" -}}
+{{- $v := . }}
+{{- if kindIs "string" $v }}
+{{- toJson $v }}
+{{- else if kindIs "bool" $v }}
+{{- ternary "true" "false" $v }}
+{{- else if or (kindIs "float64" $v) (kindIs "float32" $v) }}
+{{- if eq (float64 $v) (floor $v) }}
+{{- printf "%d" (int64 $v) }}
+{{- else }}
+{{- printf "%v" $v }}
+{{- end }}
+{{- else if or (kindIs "int" $v) (kindIs "int64" $v) (kindIs "int32" $v) (kindIs "uint64" $v) }}
+{{- printf "%d" $v }}
+{{- else if kindIs "slice" $v }}
+{{- $items := list }}
+{{- range $e := $v }}
+{{- $items = append $items (include "evalgate.toml.value" $e) }}
+{{- end }}
+{{- printf "[%s]" (join ", " $items) }}
+{{- else if kindIs "invalid" $v }}
+{{- fail "evalgate: config values must not be null (leave the key out to keep the default)" }}
+{{- else }}
+{{- fail (printf "evalgate: cannot render a %s as a TOML value" (kindOf $v)) }}
+{{- end }}
+{{- end }}
+
+{{/* A TOML table body: plain keys first, then sub-tables. Takes (dict "prefix" "" "map" $m). */}}
+{{- define "evalgate.toml.table" -}}
+{{- $prefix := .prefix }}
+{{- $m := .map }}
+{{- $keys := keys $m | sortAlpha }}
+{{- range $k := $keys }}
+{{- if not (regexMatch "^[A-Za-z0-9_-]+$" $k) }}
+{{- fail (printf "evalgate: invalid config key %q" $k) }}
+{{- end }}
+{{- $v := index $m $k }}
+{{- if not (kindIs "map" $v) }}
+{{ $k }} = {{ include "evalgate.toml.value" $v }}
+{{- end }}
+{{- end }}
+{{- range $k := $keys }}
+{{- $v := index $m $k }}
+{{- if kindIs "map" $v }}
+{{- $name := $k }}
+{{- if $prefix }}{{ $name = printf "%s.%s" $prefix $k }}{{ end }}
+{{ printf "\n[%s]" $name }}
+{{- include "evalgate.toml.table" (dict "prefix" $name "map" $v) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The effective config.toml: .Values.config plus the secret references managed by the chart.
+*/}}
+{{- define "evalgate.configToml" -}}
+{{- $cfg := deepCopy (.Values.config | default dict) }}
+{{- $valiqor := get $cfg "valiqor" | default dict }}
+{{- $dir := trimSuffix "/" .Values.secrets.mountPath }}
+{{- if .Values.secrets.apiKey.existingSecret }}
+{{- $_ := set $valiqor "api_key" (printf "file:%s/api-key" $dir) }}
+{{- end }}
+{{- if .Values.secrets.openaiApiKey.existingSecret }}
+{{- $_ := set $valiqor "openai_api_key" (printf "file:%s/openai-api-key" $dir) }}
+{{- end }}
+{{- $_ := set $cfg "valiqor" $valiqor }}
+{{- printf "# evalgate config.toml, rendered by the evalgate Helm chart from .Values.config.\n# Reference for every key: config/default.toml. Secrets are file: references to the\n# Secret mounts under %s." $dir }}
+{{- include "evalgate.toml.table" (dict "prefix" "" "map" $cfg) }}
+{{ end }}
+
+{{/* ---------------------------------------------------------------------------------------
+Pod parts. These are what a parent chart includes to run evalgate inside its own pod.
+------------------------------------------------------------------------------------------ */}}
+
+{{/* Pod annotations: checksum/config rolls the pod when config.toml changes. */}}
+{{- define "evalgate.podAnnotations" -}}
+checksum/config: {{ include "evalgate.configToml" . | sha256sum }}
+{{- end }}
+
+{{/* The evalgate container (a map; put it in a containers / initContainers list). */}}
+{{- define "evalgate.container" -}}
+{{- include "evalgate.validate" . -}}
+name: evalgate
+image: {{ include "evalgate.image" . | quote }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+{{- if or .Values.demo .Values.extraArgs }}
+args:
+  {{- if .Values.demo }}
+  - --demo
+  {{- end }}
+  {{- range .Values.extraArgs }}
+  - {{ . | quote }}
+  {{- end }}
+{{- end }}
+env:
+  # config.toml from the ConfigMap.
+  - name: EVALGATE_CONFIG
+    value: /etc/evalgate/config.toml
+  # The image sets these three for `docker run`; environment beats the config file, so they
+  # are pinned to the config values here to keep config.toml authoritative.
+  - name: EVALGATE__SERVER__LISTEN
+    value: {{ .Values.config.server.listen | toString | quote }}
+  - name: EVALGATE__SERVER__ADMIN_LISTEN
+    value: {{ .Values.config.server.admin_listen | toString | quote }}
+  - name: EVALGATE__STORE__PATH
+    value: {{ .Values.config.store.path | toString | quote }}
+  {{- with .Values.extraEnv }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+ports:
+  - name: http
+    containerPort: {{ include "evalgate.apiPort" . }}
+    protocol: TCP
+  - name: admin
+    containerPort: {{ include "evalgate.adminPort" . }}
+    protocol: TCP
+{{- with .Values.probes.startup }}
+{{- if .enabled }}
+startupProbe:
+  httpGet:
+    path: /livez
+    port: admin
+  periodSeconds: {{ .periodSeconds }}
+  timeoutSeconds: {{ .timeoutSeconds }}
+  failureThreshold: {{ .failureThreshold }}
+{{- end }}
+{{- end }}
+{{- with .Values.probes.liveness }}
+{{- if .enabled }}
+livenessProbe:
+  httpGet:
+    path: /livez
+    port: admin
+  periodSeconds: {{ .periodSeconds }}
+  timeoutSeconds: {{ .timeoutSeconds }}
+  failureThreshold: {{ .failureThreshold }}
+{{- end }}
+{{- end }}
+{{- with .Values.probes.readiness }}
+{{- if .enabled }}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: admin
+  periodSeconds: {{ .periodSeconds }}
+  timeoutSeconds: {{ .timeoutSeconds }}
+  failureThreshold: {{ .failureThreshold }}
+{{- end }}
+{{- end }}
+{{- if gt (int .Values.preStopSleepSeconds) 0 }}
+lifecycle:
+  preStop:
+    sleep:
+      seconds: {{ int .Values.preStopSleepSeconds }}
+{{- end }}
+{{- with .Values.resources }}
+resources:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.containerSecurityContext | nindent 2 }}
+volumeMounts:
+  - name: evalgate-config
+    mountPath: /etc/evalgate
+    readOnly: true
+  - name: evalgate-store
+    mountPath: {{ include "evalgate.storeDir" . }}
+  - name: evalgate-tmp
+    mountPath: /tmp
+  {{- if include "evalgate.hasSecrets" . }}
+  - name: evalgate-secrets
+    mountPath: {{ trimSuffix "/" .Values.secrets.mountPath }}
+    readOnly: true
+  {{- end }}
+{{- end }}
+
+{{/*
+The evalgate container as a sidecar. Takes (dict "root" $ctx "native" bool):
+  native=true:  put it under initContainers (restartPolicy: Always; Kubernetes >= 1.29). It
+                starts before the app containers (which wait for its startup probe) and stops
+                after them.
+  native=false: put it under containers (classic sidecar, any Kubernetes version).
+*/}}
+{{- define "evalgate.sidecar" -}}
+{{- include "evalgate.container" .root }}
+{{- if .native }}
+restartPolicy: Always
+{{- end }}
+{{- end }}
+
+{{/* Non-empty when at least one secret is mounted. */}}
+{{- define "evalgate.hasSecrets" -}}
+{{- if or .Values.secrets.apiKey.existingSecret .Values.secrets.openaiApiKey.existingSecret .Values.extraSecretMounts }}true{{ end }}
+{{- end }}
+
+{{/* The pod volumes evalgate's container mounts (list items). */}}
+{{- define "evalgate.volumes" -}}
+- name: evalgate-config
+  configMap:
+    name: {{ include "evalgate.configMapName" . }}
+- name: evalgate-store
+  {{- if .Values.persistence.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ include "evalgate.pvcName" . }}
+  {{- else }}
+  emptyDir:
+    sizeLimit: {{ .Values.storeEmptyDir.sizeLimit }}
+  {{- end }}
+- name: evalgate-tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- if include "evalgate.hasSecrets" . }}
+- name: evalgate-secrets
+  projected:
+    # 0444: readable by the evalgate user without relying on the pod's fsGroup.
+    defaultMode: 292
+    sources:
+      {{- with .Values.secrets.apiKey }}
+      {{- if .existingSecret }}
+      - secret:
+          name: {{ .existingSecret }}
+          items:
+            - key: {{ .key }}
+              path: api-key
+      {{- end }}
+      {{- end }}
+      {{- with .Values.secrets.openaiApiKey }}
+      {{- if .existingSecret }}
+      - secret:
+          name: {{ .existingSecret }}
+          items:
+            - key: {{ .key }}
+              path: openai-api-key
+      {{- end }}
+      {{- end }}
+      {{- range .Values.extraSecretMounts }}
+      - secret:
+          name: {{ .secretName }}
+          {{- if hasKey . "optional" }}
+          optional: {{ .optional }}
+          {{- end }}
+          items:
+            {{- range .items }}
+            - key: {{ .key }}
+              path: {{ .path }}
+            {{- end }}
+      {{- end }}
+{{- end }}
+{{- end }}
