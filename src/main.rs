@@ -1,1 +1,182 @@
-fn main() {}
+//! The `evalgate` binary: parse the command line, load config, start telemetry, run. No logic.
+use std::{process::ExitCode, time::Duration};
+
+use clap::Parser;
+use evalgate::{
+    Listeners, RunError,
+    cli::{Args, Command, LogFormatArg},
+    config::{Config, LogFormat, Sources},
+    emulator::{Emulator, EmulatorConfig},
+    telemetry,
+};
+use tokio_util::sync::CancellationToken;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// sysexits `EX_CONFIG`: the configuration is wrong.
+const EX_CONFIG: u8 = 78;
+/// The key the demo emulator accepts and evalgate injects.
+const DEMO_UPSTREAM_KEY: &str = "vq_demo_upstream_key";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match &args.command {
+        Some(Command::Healthcheck { url }) => healthcheck(url).await,
+        Some(Command::CheckConfig) => check_config(&args),
+        None => serve(&args).await,
+    }
+}
+
+fn sources(args: &Args, overrides: Vec<(String, String)>) -> Sources {
+    Sources {
+        file: args.config.clone(),
+        env: true,
+        overrides,
+    }
+}
+
+#[expect(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "check-config prints its verdict"
+)]
+fn check_config(args: &Args) -> ExitCode {
+    match Config::load(&sources(args, Vec::new())) {
+        Ok(config) => {
+            println!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::from(EX_CONFIG)
+        }
+    }
+}
+
+async fn healthcheck(url: &str) -> ExitCode {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build();
+    let Ok(client) = client else {
+        return ExitCode::FAILURE;
+    };
+    match client.get(url).send().await {
+        Ok(response) if response.status() == reqwest::StatusCode::OK => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}
+
+#[expect(
+    clippy::print_stderr,
+    reason = "configuration errors are reported before logging exists"
+)]
+async fn serve(args: &Args) -> ExitCode {
+    let shutdown = CancellationToken::new();
+    // --demo: bind the emulator first so its address can be layered into the configuration.
+    let mut overrides = Vec::new();
+    let emulator = if args.demo {
+        let emulator = match Emulator::bind(
+            EmulatorConfig {
+                api_key: Some(DEMO_UPSTREAM_KEY.to_owned()),
+                ..EmulatorConfig::default()
+            },
+            ([127, 0, 0, 1], 0).into(),
+        )
+        .await
+        {
+            Ok(emulator) => emulator,
+            Err(error) => {
+                eprintln!("cannot start the demo emulator: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        overrides.push(("valiqor.base_url".to_owned(), emulator.handle().base_url()));
+        overrides.push(("valiqor.api_key".to_owned(), DEMO_UPSTREAM_KEY.to_owned()));
+        overrides.push(("store.path".to_owned(), ":memory:".to_owned()));
+        Some(emulator)
+    } else {
+        None
+    };
+
+    let config = match Config::load(&sources(args, overrides)) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let format = args.log_format.map(|f| match f {
+        LogFormatArg::Json => LogFormat::Json,
+        LogFormatArg::Pretty => LogFormat::Pretty,
+    });
+    telemetry::init_logging(&config.telemetry, format, rust_log().as_deref());
+
+    let listeners = match Listeners::bind(&config.server).await {
+        Ok(listeners) => listeners,
+        Err(error) => {
+            tracing::error!(error = %evalgate::error::ErrorChain(&error), "startup failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(emulator) = &emulator {
+        tracing::info!(
+            api = %format!("http://{}", config.server.listen.ip()),
+            emulator = %emulator.handle().base_url(),
+            "demo mode: forwarding to the built-in Valiqor emulator"
+        );
+    }
+    tracing::info!(
+        listen = %display_addr(listeners.api_addr()),
+        admin_listen = %display_addr(listeners.admin_addr()),
+        "listening"
+    );
+
+    let signal_token = shutdown.clone();
+    let signals = async move {
+        tokio::select! {
+            () = evalgate::shutdown::signal() => signal_token.cancel(),
+            () = signal_token.cancelled() => {}
+        }
+    };
+    let emulator_token = shutdown.child_token();
+    let emulator_task = async move {
+        match emulator {
+            Some(emulator) => emulator.run(emulator_token).await,
+            None => Ok(()),
+        }
+    };
+    let (result, (), emulator_result) = tokio::join!(
+        evalgate::run(config, listeners, shutdown.clone()),
+        signals,
+        emulator_task
+    );
+    if let Err(error) = emulator_result {
+        tracing::error!(%error, "demo emulator failed");
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error @ RunError::Startup(_)) => {
+            tracing::error!(error = %evalgate::error::ErrorChain(&error), "startup failed");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            tracing::error!(error = %evalgate::error::ErrorChain(&error), "evalgate failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn display_addr(addr: std::io::Result<std::net::SocketAddr>) -> String {
+    addr.map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
+}
+
+/// `RUST_LOG` overrides `telemetry.filter` (read here, in the binary, next to the CLI).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the binary reads RUST_LOG once at startup"
+)]
+fn rust_log() -> Option<String> {
+    std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty())
+}

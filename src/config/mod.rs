@@ -1,0 +1,214 @@
+//! Configuration: load (embedded defaults < `--config` file < `EVALGATE__*` env), validate, resolve secrets.
+//!
+//! `Config` holds parsed, typed values only; building it is the last fallible step before startup.
+//! This module is the only place that reads the environment.
+mod raw;
+mod validate;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::Serialize;
+use url::Url;
+
+use crate::types::Secret;
+
+/// The documented defaults, compiled in. `config/default.toml` is the reference for every key.
+pub const DEFAULTS: &str = include_str!("../../config/default.toml");
+
+/// Prefix of environment overrides: `EVALGATE__SECTION__KEY`.
+pub const ENV_PREFIX: &str = "EVALGATE__";
+
+/// The validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub valiqor: ValiqorConfig,
+    pub store: StoreConfig,
+    pub taxonomy_cache: TaxonomyCacheConfig,
+    pub rate_limit: RateLimitConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub max_body_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub max_in_flight: usize,
+    pub retry_after_secs: u32,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace_period: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ValiqorConfig {
+    pub base_url: Url,
+    pub api_key: Secret<String>,
+    /// `None` when no BYOK key is configured.
+    pub openai_api_key: Option<Secret<String>>,
+    pub byok: ByokMode,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+}
+
+/// How the configured BYOK key meets a caller-supplied `openai_api_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ByokMode {
+    /// The caller's key wins; ours is inserted where the body has none (or `null`).
+    CallerFirst,
+    /// Ours always wins.
+    Force,
+    /// Bodies are never touched.
+    Off,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreConfig {
+    pub path: StorePath,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum StorePath {
+    /// `":memory:"`: nothing survives the process (tests only).
+    Memory,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaxonomyCacheConfig {
+    pub enabled: bool,
+    pub max_entries: u64,
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub stale_if_error: Duration,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RateLimitConfig {
+    /// 0 = off.
+    pub upstream_per_second: u32,
+    pub upstream_burst: u32,
+    /// 0 = off.
+    pub playground_per_minute: u32,
+    /// 0 = off.
+    pub playground_per_day: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TelemetryConfig {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Every problem found while loading, reported together.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+/// Where configuration comes from, besides the embedded defaults.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// An explicit file; it must exist.
+    pub file: Option<PathBuf>,
+    /// Read `EVALGATE__*` overrides from the process environment.
+    pub env: bool,
+    /// Final overrides as (dotted key, value), e.g. set by `--demo`; they win over everything.
+    pub overrides: Vec<(String, String)>,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Loads and validates configuration from the given sources.
+    pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Some(path) = &sources.file {
+            if !path.is_file() {
+                return Err(ConfigError {
+                    problems: vec![format!("config file {} does not exist", path.display())],
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        if sources.env {
+            figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        }
+        for (key, value) in &sources.overrides {
+            figment = figment.merge(Serialized::default(key, value));
+        }
+        validate::from_figment(&figment, &ProcessEnv)
+    }
+
+    /// A valid configuration for tests: loopback port 0 everywhere, an in-memory store, the given
+    /// upstream and key, no environment. `edit` adjusts the validated values.
+    pub fn for_tests(base_url: &str, api_key: &str, edit: impl FnOnce(&mut Config)) -> Self {
+        let overrides = [
+            ("server.listen", "127.0.0.1:0"),
+            ("server.admin_listen", "127.0.0.1:0"),
+            ("valiqor.base_url", base_url),
+            ("valiqor.api_key", api_key),
+            ("store.path", ":memory:"),
+        ];
+        let sources = Sources {
+            file: None,
+            env: false,
+            overrides: overrides
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        let mut config = match Self::load(&sources) {
+            Ok(config) => config,
+            Err(error) => unreachable!("test defaults are valid: {error}"),
+        };
+        edit(&mut config);
+        config
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|error| format!("# not printable: {error}\n"))
+    }
+}
+
+/// Reads environment variables for `env:NAME` secret references.
+pub(crate) trait EnvLookup {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+struct ProcessEnv;
+
+impl EnvLookup for ProcessEnv {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "config/ is the one module that reads the environment"
+    )]
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}

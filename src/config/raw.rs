@@ -1,0 +1,84 @@
+//! `Raw*` structs: the serde mirror of `config/default.toml`, exactly as written, before validation.
+//!
+//! Every struct denies unknown fields so a typo is an error, not a silently ignored key.
+//! Values that need checking (addresses, URLs, secret references) stay strings here;
+//! `validate.rs` turns them into typed values and collects every problem.
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The top-level sections, in file order. `load` extracts each one on its own so that
+/// a problem in one section does not hide the problems in the others.
+pub(crate) const SECTIONS: &[&str] = &[
+    "server",
+    "valiqor",
+    "store",
+    "taxonomy_cache",
+    "rate_limit",
+    "telemetry",
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub listen: String,
+    pub admin_listen: String,
+    pub max_body_bytes: u64,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub max_in_flight: u64,
+    pub retry_after_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace_period: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawValiqor {
+    pub base_url: String,
+    pub allow_insecure_upstream: bool,
+    pub api_key: String,
+    pub openai_api_key: String,
+    pub byok: String,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub pool_max_idle_per_host: u64,
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStore {
+    pub path: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTaxonomyCache {
+    pub enabled: bool,
+    pub max_entries: u64,
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub stale_if_error: Duration,
+    pub max_body_bytes: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub upstream_per_second: u64,
+    pub upstream_burst: u64,
+    pub playground_per_minute: u64,
+    pub playground_per_day: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTelemetry {
+    pub format: String,
+    pub filter: String,
+}

@@ -1,0 +1,522 @@
+//! Turns the layered figment into a validated `Config`, collecting every problem before failing.
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
+
+use figment::Figment;
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use super::{
+    ByokMode, Config, ConfigError, EnvLookup, LogFormat, RateLimitConfig, ServerConfig,
+    StoreConfig, StorePath, TaxonomyCacheConfig, TelemetryConfig, ValiqorConfig,
+    raw::{self, RawRateLimit, RawServer, RawStore, RawTaxonomyCache, RawTelemetry, RawValiqor},
+};
+use crate::types::Secret;
+
+/// Collected problems, each naming the key it is about.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, key: &str, message: impl std::fmt::Display) {
+        self.0.push(format!("{key}: {message}"));
+    }
+
+    /// Extracts one section; a failure is recorded and yields `None`.
+    fn section<T: DeserializeOwned>(&mut self, figment: &Figment, name: &str) -> Option<T> {
+        match figment.extract_inner::<T>(name) {
+            Ok(value) => Some(value),
+            Err(errors) => {
+                for error in errors {
+                    self.0.push(describe(name, &error));
+                }
+                None
+            }
+        }
+    }
+}
+
+/// A figment error as one line that names the full key and where it was set.
+fn describe(section: &str, error: &figment::Error) -> String {
+    let mut key = section.to_owned();
+    for part in &error.path {
+        if !key.ends_with(part.as_str()) {
+            key.push('.');
+            key.push_str(part);
+        }
+    }
+    let source = error
+        .metadata
+        .as_ref()
+        .map(|m| match &m.source {
+            Some(source) => format!(" (from {} {source})", m.name),
+            None => format!(" (from {})", m.name),
+        })
+        .unwrap_or_default();
+    format!("{key}: {}{source}", error.kind)
+}
+
+pub(super) fn from_figment(figment: &Figment, env: &dyn EnvLookup) -> Result<Config, ConfigError> {
+    let mut problems = Problems::default();
+
+    match figment.extract::<figment::value::Dict>() {
+        Ok(top) => {
+            for key in top.keys() {
+                if !raw::SECTIONS.contains(&key.as_str()) {
+                    problems.push(
+                        key,
+                        format!(
+                            "unknown section (expected one of: {})",
+                            raw::SECTIONS.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        Err(error) => problems.push("(root)", error),
+    }
+
+    let server = problems
+        .section::<RawServer>(figment, "server")
+        .and_then(|raw| server(&raw, &mut problems));
+    let valiqor = problems
+        .section::<RawValiqor>(figment, "valiqor")
+        .and_then(|raw| valiqor(&raw, env, &mut problems));
+    let store = problems
+        .section::<RawStore>(figment, "store")
+        .and_then(|raw| store(&raw, &mut problems));
+    let taxonomy_cache = problems
+        .section::<RawTaxonomyCache>(figment, "taxonomy_cache")
+        .and_then(|raw| taxonomy_cache(&raw, &mut problems));
+    let rate_limit = problems
+        .section::<RawRateLimit>(figment, "rate_limit")
+        .and_then(|raw| rate_limit(&raw, &mut problems));
+    let telemetry = problems
+        .section::<RawTelemetry>(figment, "telemetry")
+        .and_then(|raw| telemetry(&raw, &mut problems));
+
+    match (
+        server,
+        valiqor,
+        store,
+        taxonomy_cache,
+        rate_limit,
+        telemetry,
+    ) {
+        (
+            Some(server),
+            Some(valiqor),
+            Some(store),
+            Some(taxonomy_cache),
+            Some(rate_limit),
+            Some(telemetry),
+        ) if problems.0.is_empty() => Ok(Config {
+            server,
+            valiqor,
+            store,
+            taxonomy_cache,
+            rate_limit,
+            telemetry,
+        }),
+        _ => Err(ConfigError {
+            problems: problems.0,
+        }),
+    }
+}
+
+fn socket_addr(key: &str, value: &str, problems: &mut Problems) -> Option<SocketAddr> {
+    if let Ok(addr) = value.parse() {
+        Some(addr)
+    } else {
+        problems.push(key, format!("{value:?} is not an IP:port address"));
+        None
+    }
+}
+
+fn positive_usize(key: &str, value: u64, problems: &mut Problems) -> Option<usize> {
+    match usize::try_from(value) {
+        Ok(0) => {
+            problems.push(key, "must be greater than 0");
+            None
+        }
+        Ok(n) => Some(n),
+        Err(_) => {
+            problems.push(key, "is too large");
+            None
+        }
+    }
+}
+
+fn small_u32(key: &str, value: u64, problems: &mut Problems) -> Option<u32> {
+    if let Ok(n) = u32::try_from(value) {
+        Some(n)
+    } else {
+        problems.push(key, "is too large");
+        None
+    }
+}
+
+fn server(raw: &RawServer, problems: &mut Problems) -> Option<ServerConfig> {
+    let listen = socket_addr("server.listen", &raw.listen, problems);
+    let admin_listen = socket_addr("server.admin_listen", &raw.admin_listen, problems);
+    if let (Some(a), Some(b)) = (listen, admin_listen)
+        && a == b
+        && a.port() != 0
+    {
+        problems.push("server.admin_listen", "must differ from server.listen");
+    }
+    let max_body_bytes = positive_usize("server.max_body_bytes", raw.max_body_bytes, problems);
+    let max_in_flight = positive_usize("server.max_in_flight", raw.max_in_flight, problems);
+    if raw.request_timeout.is_zero() {
+        problems.push("server.request_timeout", "must be greater than 0");
+    }
+    let retry_after_secs = if let n @ 1..=30 = raw.retry_after_secs {
+        u32::try_from(n).ok()
+    } else {
+        problems.push(
+            "server.retry_after_secs",
+            "must be between 1 and 30 (the SDK waits at most 30 s)",
+        );
+        None
+    };
+    Some(ServerConfig {
+        listen: listen?,
+        admin_listen: admin_listen?,
+        max_body_bytes: max_body_bytes?,
+        request_timeout: raw.request_timeout,
+        max_in_flight: max_in_flight?,
+        retry_after_secs: retry_after_secs?,
+        shutdown_grace_period: raw.shutdown_grace_period,
+    })
+}
+
+/// Resolves a secret reference: a literal, `env:NAME` or `file:/path`.
+fn secret(
+    key: &str,
+    value: &str,
+    env: &dyn EnvLookup,
+    problems: &mut Problems,
+) -> Option<Secret<String>> {
+    if let Some(name) = value.strip_prefix("env:") {
+        if let Some(v) = env.get(name) {
+            return Some(Secret::new(v));
+        }
+        problems.push(key, format!("environment variable {name} is not set"));
+        return None;
+    }
+    if let Some(path) = value.strip_prefix("file:") {
+        return match std::fs::read_to_string(path) {
+            Ok(v) => {
+                let v = v.strip_suffix('\n').unwrap_or(&v);
+                let v = v.strip_suffix('\r').unwrap_or(v);
+                Some(Secret::new(v.to_owned()))
+            }
+            Err(error) => {
+                problems.push(key, format!("cannot read secret file {path}: {error}"));
+                None
+            }
+        };
+    }
+    Some(Secret::new(value.to_owned()))
+}
+
+fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => {
+            d.eq_ignore_ascii_case("localhost")
+                || d.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
+        None => false,
+    }
+}
+
+fn valiqor(
+    raw: &RawValiqor,
+    env: &dyn EnvLookup,
+    problems: &mut Problems,
+) -> Option<ValiqorConfig> {
+    let base_url = match Url::parse(&raw.base_url) {
+        Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+            problems.push("valiqor.base_url", "must be an http or https URL");
+            None
+        }
+        Ok(url) if url.query().is_some() || url.fragment().is_some() => {
+            problems.push("valiqor.base_url", "must not carry a query or fragment");
+            None
+        }
+        Ok(url)
+            if url.scheme() == "http"
+                && !raw.allow_insecure_upstream
+                && !is_loopback_host(&url) =>
+        {
+            problems.push(
+                "valiqor.base_url",
+                "plain http is only allowed for loopback hosts; use https or set valiqor.allow_insecure_upstream = true",
+            );
+            None
+        }
+        Ok(url) => Some(url),
+        Err(error) => {
+            problems.push(
+                "valiqor.base_url",
+                format!("{:?} is not a URL: {error}", raw.base_url),
+            );
+            None
+        }
+    };
+    let api_key = secret("valiqor.api_key", &raw.api_key, env, problems).and_then(|key| {
+        if key.is_empty() {
+            problems.push("valiqor.api_key", "must not be empty");
+            None
+        } else if key
+            .expose()
+            .bytes()
+            .any(|b| b.is_ascii_control() || b == b' ')
+        {
+            problems.push(
+                "valiqor.api_key",
+                "contains whitespace or control characters",
+            );
+            None
+        } else {
+            Some(key)
+        }
+    });
+    let openai_api_key = if raw.openai_api_key.is_empty() {
+        Some(None)
+    } else {
+        secret("valiqor.openai_api_key", &raw.openai_api_key, env, problems)
+            .map(|key| (!key.is_empty()).then_some(key))
+    };
+    let byok = match raw.byok.as_str() {
+        "caller-first" => Some(ByokMode::CallerFirst),
+        "force" => Some(ByokMode::Force),
+        "off" => Some(ByokMode::Off),
+        other => {
+            problems.push(
+                "valiqor.byok",
+                format!("{other:?} is not one of \"caller-first\", \"force\", \"off\""),
+            );
+            None
+        }
+    };
+    for (key, value) in [
+        ("valiqor.connect_timeout", raw.connect_timeout),
+        ("valiqor.timeout", raw.timeout),
+    ] {
+        if value.is_zero() {
+            problems.push(key, "must be greater than 0");
+        }
+    }
+    let pool_max_idle_per_host = usize::try_from(raw.pool_max_idle_per_host).ok();
+    Some(ValiqorConfig {
+        base_url: base_url?,
+        api_key: api_key?,
+        openai_api_key: openai_api_key?,
+        byok: byok?,
+        connect_timeout: raw.connect_timeout,
+        timeout: raw.timeout,
+        pool_max_idle_per_host: pool_max_idle_per_host?,
+        pool_idle_timeout: raw.pool_idle_timeout,
+    })
+}
+
+fn store(raw: &RawStore, problems: &mut Problems) -> Option<StoreConfig> {
+    let path = match raw.path.as_str() {
+        "" => {
+            problems.push("store.path", "must not be empty");
+            return None;
+        }
+        ":memory:" => StorePath::Memory,
+        path => StorePath::File(PathBuf::from(path)),
+    };
+    Some(StoreConfig { path })
+}
+
+fn taxonomy_cache(raw: &RawTaxonomyCache, problems: &mut Problems) -> Option<TaxonomyCacheConfig> {
+    if raw.enabled && raw.ttl.is_zero() {
+        problems.push(
+            "taxonomy_cache.ttl",
+            "must be greater than 0 when the cache is enabled",
+        );
+    }
+    let max_body_bytes = positive_usize(
+        "taxonomy_cache.max_body_bytes",
+        raw.max_body_bytes,
+        problems,
+    );
+    if raw.enabled && raw.max_entries == 0 {
+        problems.push(
+            "taxonomy_cache.max_entries",
+            "must be greater than 0 when the cache is enabled",
+        );
+    }
+    Some(TaxonomyCacheConfig {
+        enabled: raw.enabled,
+        max_entries: raw.max_entries,
+        ttl: raw.ttl,
+        stale_if_error: raw.stale_if_error,
+        max_body_bytes: max_body_bytes?,
+    })
+}
+
+fn rate_limit(raw: &RawRateLimit, problems: &mut Problems) -> Option<RateLimitConfig> {
+    let upstream_per_second = small_u32(
+        "rate_limit.upstream_per_second",
+        raw.upstream_per_second,
+        problems,
+    );
+    let upstream_burst = small_u32("rate_limit.upstream_burst", raw.upstream_burst, problems);
+    let playground_per_minute = small_u32(
+        "rate_limit.playground_per_minute",
+        raw.playground_per_minute,
+        problems,
+    );
+    let playground_per_day = small_u32(
+        "rate_limit.playground_per_day",
+        raw.playground_per_day,
+        problems,
+    );
+    Some(RateLimitConfig {
+        upstream_per_second: upstream_per_second?,
+        upstream_burst: upstream_burst?,
+        playground_per_minute: playground_per_minute?,
+        playground_per_day: playground_per_day?,
+    })
+}
+
+fn telemetry(raw: &RawTelemetry, problems: &mut Problems) -> Option<TelemetryConfig> {
+    let format = match raw.format.as_str() {
+        "json" => Some(LogFormat::Json),
+        "pretty" => Some(LogFormat::Pretty),
+        other => {
+            problems.push(
+                "telemetry.format",
+                format!("{other:?} is not \"json\" or \"pretty\""),
+            );
+            None
+        }
+    };
+    if let Err(error) = tracing_subscriber::EnvFilter::try_new(&raw.filter) {
+        problems.push("telemetry.filter", error);
+    }
+    Some(TelemetryConfig {
+        format: format?,
+        filter: raw.filter.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use figment::providers::{Format, Toml};
+
+    use super::*;
+    use crate::config::DEFAULTS;
+
+    struct FakeEnv(HashMap<&'static str, &'static str>);
+    impl EnvLookup for FakeEnv {
+        fn get(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|v| (*v).to_owned())
+        }
+    }
+
+    fn load(extra: &str, env: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+        let figment = Figment::from(Toml::string(DEFAULTS)).merge(Toml::string(extra));
+        from_figment(&figment, &FakeEnv(env.iter().copied().collect()))
+    }
+
+    #[test]
+    fn defaults_are_valid_once_the_api_key_env_is_set() {
+        let config = load("", &[("VALIQOR_API_KEY", "vq_live")]).unwrap();
+        assert_eq!(config.valiqor.api_key.expose(), "vq_live");
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.server.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(config.valiqor.byok, ByokMode::CallerFirst);
+        assert!(config.valiqor.openai_api_key.is_none());
+        assert_eq!(
+            config.store.path,
+            StorePath::File("./data/evalgate.db".into())
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = load(
+            r#"
+            [server]
+            listen = "nope"
+            typo_key = 1
+            [valiqor]
+            byok = "sometimes"
+            [rate_limit]
+            upstream_per_second = "fast"
+            [bogus]
+            x = 1
+            "#,
+            &[],
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "server",
+            "typo_key",
+            "valiqor.byok",
+            "VALIQOR_API_KEY",
+            "rate_limit.upstream_per_second",
+            "bogus: unknown section",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn secrets_resolve_from_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("byok");
+        std::fs::write(&path, "sk-from-file\n").unwrap();
+        let config = load(
+            &format!(
+                "[valiqor]\napi_key = \"env:K\"\nopenai_api_key = \"file:{}\"\n",
+                path.display()
+            ),
+            &[("K", "vq_env")],
+        )
+        .unwrap();
+        assert_eq!(config.valiqor.api_key.expose(), "vq_env");
+        assert_eq!(
+            config.valiqor.openai_api_key.unwrap().expose(),
+            "sk-from-file"
+        );
+        let printed = load("[valiqor]\napi_key = \"vq_literal_canary\"\n", &[])
+            .unwrap()
+            .to_toml();
+        assert!(!printed.contains("vq_literal_canary"));
+        assert!(printed.contains("*****"));
+    }
+
+    #[test]
+    fn plain_http_upstream_needs_loopback_or_opt_in() {
+        let remote = "[valiqor]\napi_key = \"vq_x\"\nbase_url = \"http://example.com\"\n";
+        assert!(
+            load(remote, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("valiqor.base_url")
+        );
+        let opted = format!("{remote}allow_insecure_upstream = true\n");
+        assert!(load(&opted, &[]).is_ok());
+        assert!(
+            load(
+                "[valiqor]\napi_key = \"vq_x\"\nbase_url = \"http://127.0.0.1:9\"\n",
+                &[]
+            )
+            .is_ok()
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! `ApiError`: evalgate's own errors on the API port, rendered in the Valiqor error shape.
+//!
+//! The Valiqor SDK maps errors by status and by the top-level `detail` field (reference §6), so every
+//! body is `{"detail": "<message>", "code": "<stable code>"}`; the SDK ignores `code`, operators and
+//! other clients use it. Upstream answers, errors included, are never rewritten: they pass through.
+use std::time::Duration;
+
+use axum::{
+    Json,
+    response::{IntoResponse, Response},
+};
+use http::{HeaderValue, StatusCode, header::RETRY_AFTER};
+use serde::Serialize;
+
+use crate::upstream::UpstreamError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request cannot be served as sent (not JSON where JSON is required, and so on).
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("no such route: evalgate serves the Valiqor v2 API paths")]
+    UnknownRoute,
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
+    /// A local rate limit (upstream-wide or playground) said no.
+    #[error("rate limit exceeded: {limit}; retry after {} s", retry_after_secs(*.retry_after))]
+    RateLimited {
+        limit: &'static str,
+        retry_after: Duration,
+    },
+    /// Too many requests in flight: shed before anything was forwarded.
+    #[error("evalgate is at capacity; retry shortly")]
+    Overloaded { retry_after: Duration },
+    /// The request took longer than `server.request_timeout`.
+    #[error("request timed out in evalgate")]
+    RequestTimeout,
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    /// A bug or a broken dependency; details go to the log only.
+    #[error("internal error")]
+    Internal,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorBody<'a> {
+    detail: &'a str,
+    code: &'static str,
+}
+
+/// The stable error code, attached to responses so the metrics layer can count it.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+/// `Retry-After` seconds: whole, at least 1, at most 30 (the SDK sleeps at most 30 s).
+fn retry_after_secs(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.clamp(1, 30)
+}
+
+// === impl ApiError ===
+
+impl ApiError {
+    /// Exhaustive on purpose: a new variant must choose its status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } | Self::Upstream(UpstreamError::BodyTooLarge { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Self::UnknownRoute => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded { .. } | Self::Upstream(UpstreamError::Connect(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::RequestTimeout | Self::Upstream(UpstreamError::Timeout(_)) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            Self::Upstream(UpstreamError::Transport(_) | UpstreamError::Incomplete) => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable, documented, low-cardinality: used in bodies and as a metric label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::PayloadTooLarge { .. } | Self::Upstream(UpstreamError::BodyTooLarge { .. }) => {
+                "payload_too_large"
+            }
+            Self::UnknownRoute => "unknown_route",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Overloaded { .. } => "overloaded",
+            Self::RequestTimeout => "request_timeout",
+            Self::Upstream(UpstreamError::Connect(_)) => "upstream_unavailable",
+            Self::Upstream(UpstreamError::Timeout(_)) => "upstream_timeout",
+            Self::Upstream(UpstreamError::Transport(_) | UpstreamError::Incomplete) => {
+                "upstream_failed"
+            }
+            Self::Internal => "internal",
+        }
+    }
+
+    /// Seconds for `Retry-After`, only where a replay is safe or a wait is the answer.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after, .. } | Self::Overloaded { retry_after } => {
+                Some(retry_after_secs(*retry_after))
+            }
+            // Nothing reached the upstream, so the SDK's single 503 replay is safe.
+            Self::Upstream(UpstreamError::Connect(_)) => Some(2),
+            _ => None,
+        }
+    }
+
+    /// The public message: 5xx bodies carry a fixed text, never internals.
+    fn public_message(&self) -> String {
+        match self {
+            Self::Upstream(UpstreamError::Connect(_)) => {
+                "upstream unavailable: evalgate could not connect to the evaluation platform".to_owned()
+            }
+            Self::Upstream(UpstreamError::Timeout(_)) => {
+                "upstream timeout: the evaluation platform did not answer in time".to_owned()
+            }
+            Self::Upstream(UpstreamError::Transport(_) | UpstreamError::Incomplete) => {
+                "upstream failed: the connection to the evaluation platform broke; the request may have been processed".to_owned()
+            }
+            Self::Internal => "internal error in evalgate".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let code = self.code();
+        if status.is_server_error() {
+            tracing::warn!(error = %ErrorChain(&self), code, "request failed");
+        } else {
+            tracing::debug!(error = %self, code, "request rejected");
+        }
+        let message = self.public_message();
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                detail: &message,
+                code,
+            }),
+        )
+            .into_response();
+        if let Some(secs) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response.extensions_mut().insert(ErrorCode(code));
+        response
+    }
+}
+
+/// Displays an error with its whole `source()` chain, for logs.
+#[derive(Debug)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_whole_seconds_within_the_sdk_cap() {
+        assert_eq!(retry_after_secs(Duration::from_millis(10)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(retry_after_secs(Duration::from_hours(1)), 30);
+    }
+
+    #[test]
+    fn rate_limited_answers_429_with_retry_after_and_detail() {
+        let response = ApiError::RateLimited {
+            limit: "playground_per_minute",
+            retry_after: Duration::from_millis(2500),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[RETRY_AFTER], "3");
+    }
+}

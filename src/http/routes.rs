@@ -1,0 +1,218 @@
+//! The route table: every upstream path evalgate serves, with its methods and how it is handled.
+//!
+//! One place lists every path (reference §4). Anything not listed is refused with 404, so the
+//! platform key can only be used for the API the SDK speaks. Templates double as metric labels.
+use http::Method;
+
+/// How a matched request is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handling {
+    /// Forwarded as-is, streaming both ways.
+    Forward,
+    /// A submit endpoint (POST): the BYOK judge key is applied to its JSON body.
+    Submit,
+    /// The failure-analysis playground (POST): playground rate limits, never a BYOK key.
+    Playground,
+    /// A catalog GET answered from the taxonomy cache.
+    Cached,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// The path template, e.g. `/v2/failure-analysis/runs/{id}/status`; also the metric label.
+    pub template: &'static str,
+    methods: &'static [Method],
+    handling: Handling,
+}
+
+const GET: &[Method] = &[Method::GET];
+const POST: &[Method] = &[Method::POST];
+const PATCH: &[Method] = &[Method::PATCH];
+const GET_POST: &[Method] = &[Method::GET, Method::POST];
+
+use Handling::{Cached, Forward, Playground, Submit};
+
+/// (template, methods, handling for the first method). `Submit`, `Playground` and `Cached`
+/// apply to POST, POST and GET respectively; other methods on the same template are forwarded.
+const TABLE: &[(&str, &[Method], Handling)] = &[
+    // Unified client, auth (§4.1)
+    ("/v2/projects", GET_POST, Forward),
+    ("/v2/projects/{id}", GET, Forward),
+    ("/v2/auth/usage", GET, Forward),
+    ("/v2/auth/validate", POST, Forward),
+    // Failure analysis (§4.2)
+    ("/v2/failure-analysis/analyze", POST, Submit),
+    ("/v2/failure-analysis/playground", POST, Playground),
+    ("/v2/failure-analysis/runs", GET, Forward),
+    ("/v2/failure-analysis/runs/count", GET, Forward),
+    ("/v2/failure-analysis/runs/{id}", GET, Forward),
+    ("/v2/failure-analysis/runs/{id}/status", GET, Forward),
+    ("/v2/failure-analysis/runs/{id}/cancel", POST, Forward),
+    ("/v2/failure-analysis/runs/{id}/inputs", GET, Forward),
+    ("/v2/failure-analysis/runs/{id}/tags", GET, Forward),
+    ("/v2/failure-analysis/tags/{id}", PATCH, Forward),
+    ("/v2/failure-analysis/taxonomy", GET, Cached),
+    ("/v2/failure-analysis/taxonomy/subcategories", GET, Cached),
+    ("/v2/failure-analysis/buckets/{id}", GET, Cached),
+    ("/v2/failure-analysis/insights", GET, Forward),
+    ("/v2/failure-analysis/insights/trends", GET, Forward),
+    ("/v2/failure-analysis/insights/security", GET, Forward),
+    ("/v2/failure-analysis/projects", GET, Forward),
+    // Eval (§4.3); the SDK posts to `/v2/evaluate/` with the trailing slash
+    ("/v2/evaluate/", POST, Submit),
+    ("/v2/evaluate", POST, Submit),
+    ("/v2/evaluate/trace", POST, Submit),
+    ("/v2/evaluate/jobs/{id}/status", GET, Forward),
+    ("/v2/evaluate/jobs/{id}/cancel", POST, Forward),
+    ("/v2/evaluate/runs/{id}", GET, Forward),
+    ("/v2/evaluate/runs/{id}/metrics", GET, Forward),
+    ("/v2/evaluate/runs/{id}/items", GET, Forward),
+    ("/v2/evaluate/items/{id}", GET, Forward),
+    ("/v2/evaluate/projects/{id}/stats", GET, Forward),
+    ("/v2/evaluate/trends", GET, Forward),
+    ("/v2/evaluate/compare", GET, Forward),
+    ("/v2/admin/projects", GET_POST, Forward),
+    ("/v2/admin/projects/{id}/metrics", GET_POST, Forward),
+    ("/v2/admin/metric-templates", GET, Cached),
+    // Security and red team (§4.4)
+    ("/v2/security/vulnerabilities", GET, Cached),
+    ("/v2/security/attack-vectors", GET, Cached),
+    ("/v2/security/audit", POST, Submit),
+    ("/v2/security/audit-trace", POST, Submit),
+    ("/v2/security/redteam", POST, Submit),
+    ("/v2/security/jobs/{id}/status", GET, Forward),
+    ("/v2/security/jobs/{id}/cancel", POST, Forward),
+    ("/v2/security/audit/batches", GET, Forward),
+    ("/v2/security/audit/batches/{id}", GET, Forward),
+    ("/v2/security/audit/batches/{id}/items", GET, Forward),
+    ("/v2/security/audit/items/{id}", GET, Forward),
+    ("/v2/security/redteam/runs", GET, Forward),
+    ("/v2/security/redteam/runs/{id}", GET, Forward),
+    ("/v2/security/redteam/runs/{id}/attacks", GET, Forward),
+    (
+        "/v2/security/redteam/runs/{id}/submit-responses",
+        POST,
+        Forward,
+    ),
+    ("/v2/security/redteam/attacks/{id}", GET, Forward),
+    ("/v2/security/redteam/compare", GET, Forward),
+    ("/v2/security/projects/{id}/vulnerabilities", GET, Forward),
+    (
+        "/v2/security/projects/{id}/vulnerabilities/{item}",
+        PATCH,
+        Forward,
+    ),
+    ("/v2/security/projects/{id}/attack-vectors", GET, Forward),
+    (
+        "/v2/security/projects/{id}/attack-vectors/{item}",
+        PATCH,
+        Forward,
+    ),
+    // Trace read-back (§4.5)
+    ("/api/v1/traces", GET, Forward),
+    ("/api/v1/traces/{id}", GET, Forward),
+    ("/api/v1/traces/{id}/summary", GET, Forward),
+    ("/api/v1/traces/{id}/messages", GET, Forward),
+    ("/api/v1/traces/{id}/spans", GET, Forward),
+    ("/api/v1/traces/{id}/full", GET, Forward),
+    ("/api/v1/traces/{id}/eval_steps", GET, Forward),
+];
+
+/// What a request path and method resolved to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved {
+    Found(&'static str, Handling),
+    MethodNotAllowed(&'static str),
+    NotFound,
+}
+
+/// The compiled route table.
+#[derive(Debug)]
+pub struct RouteTable(matchit::Router<Route>);
+
+// === impl RouteTable ===
+
+impl RouteTable {
+    pub fn new() -> Self {
+        let mut router = matchit::Router::new();
+        for &(template, methods, handling) in TABLE {
+            if let Err(error) = router.insert(
+                template,
+                Route {
+                    template,
+                    methods,
+                    handling,
+                },
+            ) {
+                // The table is a constant; `every_template_compiles` proves this never happens.
+                tracing::error!(%error, template, "route table entry rejected");
+            }
+        }
+        Self(router)
+    }
+
+    pub fn resolve(&self, method: &Method, path: &str) -> Resolved {
+        let Ok(matched) = self.0.at(path) else {
+            return Resolved::NotFound;
+        };
+        let route = matched.value;
+        if !route.methods.contains(method) {
+            return Resolved::MethodNotAllowed(route.template);
+        }
+        let handling = match route.handling {
+            Submit | Playground if *method == Method::POST => route.handling,
+            Cached if *method == Method::GET => Cached,
+            _ => Forward,
+        };
+        Resolved::Found(route.template, handling)
+    }
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_compiles_and_resolves_to_itself() {
+        let table = RouteTable::new();
+        for &(template, methods, _) in TABLE {
+            let path = template.replace("{id}", "abc_123").replace("{item}", "x-9");
+            match table.resolve(&methods[0], &path) {
+                Resolved::Found(t, _) => assert_eq!(t, template, "{path}"),
+                other => panic!("{path} resolved to {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn handling_depends_on_path_and_method() {
+        let table = RouteTable::new();
+        assert_eq!(
+            table.resolve(&Method::POST, "/v2/evaluate/"),
+            Resolved::Found("/v2/evaluate/", Submit)
+        );
+        assert_eq!(
+            table.resolve(&Method::GET, "/v2/failure-analysis/runs/count"),
+            Resolved::Found("/v2/failure-analysis/runs/count", Forward)
+        );
+        assert_eq!(
+            table.resolve(&Method::GET, "/v2/failure-analysis/buckets/b1"),
+            Resolved::Found("/v2/failure-analysis/buckets/{id}", Cached)
+        );
+        assert_eq!(
+            table.resolve(&Method::DELETE, "/v2/projects/p1"),
+            Resolved::MethodNotAllowed("/v2/projects/{id}")
+        );
+        assert_eq!(
+            table.resolve(&Method::GET, "/v2/auth/cli/keys"),
+            Resolved::NotFound
+        );
+        assert_eq!(table.resolve(&Method::GET, "/"), Resolved::NotFound);
+    }
+}

@@ -1,0 +1,260 @@
+//! The Valiqor-compatible surface: every path of the route table forwarded with the platform key.
+//!
+//! Per request: resolve the route → admit (max in flight) → local rate limits → body limit →
+//! BYOK on submit bodies → cache on catalog GETs → forward, streaming both ways. Method, path,
+//! raw query, body and status are preserved; the caller's credentials never leave evalgate.
+use std::time::Instant;
+
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{
+    HeaderValue, Method,
+    header::{AGE, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING},
+    request::Parts,
+};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use super::{
+    byok,
+    headers::{self, CACHE_STATUS},
+    routes::{Handling, Resolved},
+};
+use crate::{
+    cache::{CacheKey, StoredResponse},
+    error::ApiError,
+    middleware::metrics::{RouteLabel, UpstreamElapsed},
+    state::{AppState, InFlight},
+    telemetry,
+    upstream::{UpstreamError, UpstreamRequest},
+};
+
+/// Entry point for every API-port request.
+#[tracing::instrument(name = "request", skip_all, fields(method = %request.method(), route, status))]
+pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
+    let resolved = state.routes.resolve(request.method(), request.uri().path());
+    let (template, response) = match resolved {
+        Resolved::NotFound => ("unmatched", ApiError::UnknownRoute.into_response()),
+        Resolved::MethodNotAllowed(template) => {
+            (template, ApiError::MethodNotAllowed.into_response())
+        }
+        Resolved::Found(template, handling) => {
+            tracing::Span::current().record("route", template);
+            let deadline = state.config.server.request_timeout;
+            let response =
+                match tokio::time::timeout(deadline, serve(&state, handling, request)).await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(error)) => error.into_response(),
+                    Err(_) => ApiError::RequestTimeout.into_response(),
+                };
+            (template, response)
+        }
+    };
+    tracing::Span::current().record("status", response.status().as_u16());
+    tracing::debug!("request served");
+    let mut response = response;
+    response.extensions_mut().insert(RouteLabel(template));
+    response
+}
+
+async fn serve(
+    state: &AppState,
+    handling: Handling,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let admitted = state.admit()?;
+    let (parts, body) = request.into_parts();
+    let limit = state.config.server.max_body_bytes;
+    if declared_length(&parts).is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    match handling {
+        Handling::Forward => forward_streaming(state, parts, body, admitted).await,
+        Handling::Playground => {
+            state.limiters.check_playground()?;
+            forward_streaming(state, parts, body, admitted).await
+        }
+        Handling::Submit => forward_submit(state, parts, body, admitted).await,
+        Handling::Cached => serve_cached(state, parts, admitted).await,
+    }
+}
+
+fn declared_length(parts: &Parts) -> Option<usize> {
+    parts
+        .headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Forwards with the body streamed through unchanged (held to the body limit).
+async fn forward_streaming(
+    state: &AppState,
+    parts: Parts,
+    body: Body,
+    admitted: InFlight,
+) -> Result<Response, ApiError> {
+    let limit = state.config.server.max_body_bytes;
+    let has_body = !http_body::Body::is_end_stream(&body);
+    let body =
+        has_body.then(|| reqwest::Body::wrap_stream(Limited::new(body, limit).into_data_stream()));
+    let request = UpstreamRequest {
+        headers: headers::to_upstream(&parts.headers, true),
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        body,
+        body_limit: limit,
+    };
+    send(state, request, admitted).await
+}
+
+/// Reads a submit body, applies the BYOK key, and forwards it.
+async fn forward_submit(
+    state: &AppState,
+    parts: Parts,
+    body: Body,
+    admitted: InFlight,
+) -> Result<Response, ApiError> {
+    let limit = state.config.server.max_body_bytes;
+    let bytes = read_body(body, limit).await?;
+    let valiqor = &state.config.valiqor;
+    let key = valiqor.openai_api_key.as_ref().map(|k| k.expose().as_str());
+    let bytes =
+        byok::apply(bytes, valiqor.byok, key).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let mut headers = headers::to_upstream(&parts.headers, false);
+    // The body was just validated as JSON, whatever the caller labelled it (curl -d sends a form type).
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let request = UpstreamRequest {
+        headers,
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        body: Some(reqwest::Body::from(bytes)),
+        body_limit: limit,
+    };
+    send(state, request, admitted).await
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge { limit }),
+        Err(_) => Err(ApiError::BadRequest(
+            "the request body could not be read".to_owned(),
+        )),
+    }
+}
+
+/// Sends upstream and streams the answer back; the admission slot is held until the body ends.
+async fn send(
+    state: &AppState,
+    request: UpstreamRequest,
+    admitted: InFlight,
+) -> Result<Response, ApiError> {
+    state.limiters.check_upstream()?;
+    let started = Instant::now();
+    let result = state.upstream.send(request).await;
+    let elapsed = started.elapsed();
+    let upstream = record_outcome(result)?;
+    let status = upstream.status();
+    let headers = headers::to_caller(upstream.headers());
+    let stream = upstream.bytes_stream().map(move |chunk| {
+        let _slot = &admitted;
+        chunk
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response.extensions_mut().insert(UpstreamElapsed(elapsed));
+    Ok(response)
+}
+
+fn record_outcome(
+    result: Result<reqwest::Response, UpstreamError>,
+) -> Result<reqwest::Response, ApiError> {
+    let outcome = match &result {
+        Ok(_) => "response",
+        Err(error) => error.outcome(),
+    };
+    metrics::counter!(telemetry::UPSTREAM_REQUESTS, "outcome" => outcome).increment(1);
+    Ok(result?)
+}
+
+/// Catalog GETs: answered from the taxonomy cache, fetched (once per key) on a miss.
+async fn serve_cached(
+    state: &AppState,
+    parts: Parts,
+    _admitted: InFlight,
+) -> Result<Response, ApiError> {
+    let path = parts.uri.path();
+    let query = parts.uri.query();
+    let key = CacheKey::new(state.upstream.credential(), path, query);
+    let served = state
+        .cache
+        .get_or_fetch(key, || fetch_for_cache(state, &parts))
+        .await;
+    metrics::counter!(telemetry::CACHE_LOOKUPS, "result" => served.status.as_str()).increment(1);
+    let stored = served.outcome?;
+    let mut headers = stored.headers.clone();
+    headers.remove(CONTENT_LENGTH);
+    headers.remove(TRANSFER_ENCODING);
+    headers.insert(
+        CACHE_STATUS,
+        HeaderValue::from_static(served.status.as_str()),
+    );
+    if served.status != crate::cache::CacheStatus::Miss {
+        headers.insert(
+            AGE,
+            HeaderValue::from(stored.fetched_at.elapsed().as_secs()),
+        );
+    }
+    let mut response = Response::new(Body::from(stored.body.clone()));
+    *response.status_mut() = stored.status;
+    *response.headers_mut() = headers;
+    if served.status == crate::cache::CacheStatus::Miss {
+        response
+            .extensions_mut()
+            .insert(UpstreamElapsed(stored.upstream_elapsed));
+    }
+    Ok(response)
+}
+
+async fn fetch_for_cache(state: &AppState, parts: &Parts) -> Result<StoredResponse, ApiError> {
+    state.limiters.check_upstream()?;
+    let request = UpstreamRequest {
+        method: Method::GET,
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: headers::to_upstream_for_cache(&parts.headers),
+        body: None,
+        body_limit: 0,
+    };
+    let started = Instant::now();
+    let upstream = record_outcome(state.upstream.send(request).await)?;
+    let upstream_elapsed = started.elapsed();
+    let status = upstream.status();
+    let headers = headers::to_caller(upstream.headers());
+    let cap = state.config.server.max_body_bytes;
+    let body = Limited::new(http::Response::from(upstream).into_body(), cap)
+        .collect()
+        .await
+        .map_err(|error| {
+            tracing::warn!(error = %error, "catalog answer could not be read");
+            ApiError::Upstream(UpstreamError::Incomplete)
+        })?
+        .to_bytes();
+    Ok(StoredResponse {
+        status,
+        headers,
+        body,
+        fetched_at: Instant::now(),
+        upstream_elapsed,
+    })
+}

@@ -1,0 +1,132 @@
+//! Lifecycle: the readiness latch, the OS signal future, and the supervisor that owns every task.
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Whether this instance should receive traffic: serving, and not draining.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<ReadinessInner>);
+
+#[derive(Debug, Default)]
+struct ReadinessInner {
+    serving: AtomicBool,
+    draining: AtomicBool,
+}
+
+// === impl Readiness ===
+
+impl Readiness {
+    pub fn set_serving(&self) {
+        self.0.serving.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on `/readyz` answers 503; in-flight requests keep being served.
+    pub fn start_draining(&self) {
+        self.0.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.0.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.serving.load(Ordering::SeqCst) && !self.is_draining()
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (SIGTERM matters: as PID 1 in a container nothing else stops us).
+pub async fn signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!(signal = "SIGINT", "shutdown requested"),
+        () = term => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+    }
+}
+
+/// A task's result as the supervisor sees it.
+pub type TaskResult = (&'static str, Result<(), String>);
+
+/// Owns every long-lived task. When any task ends before shutdown was requested, cleanly or
+/// not, the whole process shuts down: a half-running gateway is worse than a restart.
+#[derive(Debug)]
+pub struct Supervisor {
+    tasks: JoinSet<TaskResult>,
+    shutdown: CancellationToken,
+}
+
+// === impl Supervisor ===
+
+impl Supervisor {
+    pub fn new(shutdown: CancellationToken) -> Self {
+        Self {
+            tasks: JoinSet::new(),
+            shutdown,
+        }
+    }
+
+    pub fn spawn<F, E>(&mut self, name: &'static str, task: F)
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        self.tasks.spawn(async move {
+            let result = task.await.map_err(|error| error.to_string());
+            (name, result)
+        });
+    }
+
+    /// Waits for the next task to end. `None` when none is left.
+    pub async fn next(&mut self) -> Option<TaskResult> {
+        loop {
+            match self.tasks.join_next().await? {
+                Ok(result) => return Some(result),
+                Err(error) if error.is_panic() => {
+                    return Some(("unknown", Err("task panicked".to_owned())));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Whether shutdown was requested.
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    pub fn token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Aborts whatever is still running (after the grace period).
+    pub fn abort_all(&mut self) -> usize {
+        let left = self.tasks.len();
+        self.tasks.abort_all();
+        left
+    }
+}

@@ -1,0 +1,96 @@
+//! `AppState`: cheap-to-clone handles, built once from a validated `Config`. Every fallible setup
+//! step happens in `AppState::build`; a failure stops startup instead of degrading silently.
+use std::{ops::Deref, sync::Arc, time::Duration};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::{
+    StartupError,
+    cache::TaxonomyCache,
+    config::Config,
+    error::ApiError,
+    http::routes::RouteTable,
+    middleware::rate_limit::Limiters,
+    shutdown::Readiness,
+    store::{JobStore, SqliteStore},
+    telemetry,
+    upstream::UpstreamClient,
+};
+
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub upstream: UpstreamClient,
+    pub routes: RouteTable,
+    pub cache: TaxonomyCache,
+    pub limiters: Limiters,
+    pub readiness: Readiness,
+    pub store: Arc<dyn JobStore>,
+    pub metrics: PrometheusHandle,
+    in_flight: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("config", &self.config)
+            .field("readiness", &self.readiness)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One admitted API request; dropping it frees the slot.
+#[derive(Debug)]
+pub struct InFlight {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(telemetry::IN_FLIGHT).decrement(1.0);
+    }
+}
+
+// === impl AppState ===
+
+impl AppState {
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let upstream = UpstreamClient::new(&config.valiqor)?;
+        let store = SqliteStore::open(&config.store.path).await?;
+        Ok(Self(Arc::new(Inner {
+            upstream,
+            routes: RouteTable::new(),
+            cache: TaxonomyCache::new(&config.taxonomy_cache),
+            limiters: Limiters::new(&config.rate_limit),
+            readiness: Readiness::default(),
+            store: Arc::new(store),
+            metrics: telemetry::metrics_handle(),
+            in_flight: Arc::new(Semaphore::new(config.server.max_in_flight)),
+            config,
+        })))
+    }
+
+    /// Admits one request or sheds it with 503 + Retry-After when `server.max_in_flight` are running.
+    pub fn admit(&self) -> Result<InFlight, ApiError> {
+        if let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() {
+            metrics::gauge!(telemetry::IN_FLIGHT).increment(1.0);
+            Ok(InFlight { _permit: permit })
+        } else {
+            metrics::counter!(telemetry::SHED).increment(1);
+            Err(ApiError::Overloaded {
+                retry_after: Duration::from_secs(u64::from(self.config.server.retry_after_secs)),
+            })
+        }
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
