@@ -321,6 +321,72 @@ only_configmap() {
 }
 check "sidecar mode without example app renders only the ConfigMap" only_configmap
 
+# An application chart with evalgate as a dependency, including the sidecar templates through
+# .Subcharts.evalgate (the usage docs/kubernetes.md shows).
+parent_chart() {
+  local dir="$CACHE/parent-chart"
+  rm -rf "$dir"; mkdir -p "$dir/templates" "$dir/charts"
+  cp -r "$CHART" "$dir/charts/evalgate"
+  cat >"$dir/Chart.yaml" <<'YAML'
+apiVersion: v2
+name: myapp
+version: 1.2.3
+appVersion: "9.9.9"
+dependencies:
+  - name: evalgate
+    version: 0.1.0
+YAML
+  cat >"$dir/values.yaml" <<'YAML'
+evalgate:
+  mode: sidecar
+  secrets:
+    apiKey:
+      existingSecret: evalgate
+  config:
+    server:
+      listen: "127.0.0.1:8080"
+YAML
+  cat >"$dir/templates/deployment.yaml" <<'YAML'
+{{- $evalgate := .Subcharts.evalgate }}
+{{- range $native := list true false }}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ $.Release.Name }}-myapp-{{ ternary "native" "classic" $native }}
+spec:
+  selector:
+    matchLabels: {app: myapp}
+  template:
+    metadata:
+      labels: {app: myapp}
+      annotations:
+        {{- include "evalgate.podAnnotations" $evalgate | nindent 8 }}
+    spec:
+      terminationGracePeriodSeconds: {{ include "evalgate.terminationGracePeriodSeconds" $evalgate }}
+      {{- if $native }}
+      initContainers:
+        - {{ include "evalgate.sidecar" (dict "root" $evalgate "native" true) | nindent 10 | trim }}
+      {{- end }}
+      containers:
+        - name: myapp
+          image: my-app:1.0.0
+        {{- if not $native }}
+        - {{ include "evalgate.sidecar" (dict "root" $evalgate "native" false) | nindent 10 | trim }}
+        {{- end }}
+      volumes:
+        {{- include "evalgate.volumes" $evalgate | nindent 8 }}
+{{- end }}
+YAML
+  helm lint --strict "$dir" >/dev/null || return 1
+  helm template rel "$dir" >"$OUT/parent-chart.yaml" || return 1
+  validate "$OUT/parent-chart.yaml" || return 1
+  pod_invariants "$OUT/parent-chart.yaml" || return 1
+  # The subchart's ConfigMap name, and evalgate's appVersion (not the parent's) as the image tag.
+  has parent-chart 'name: rel-evalgate-config' 'image: "evalgate:0.1.0"' 'restartPolicy: Always'
+}
+check "parent chart includes evalgate.sidecar via .Subcharts (native + classic)" parent_chart
+
 check "fails without the API key secret" \
   expect_fail "the upstream API key is required"
 check "fails on a grace period shorter than the drain" \

@@ -2,10 +2,10 @@
 Named templates of the evalgate chart.
 
 Every template takes the chart's root context (`.`): `.Values` must hold evalgate's values.
-A parent chart that has evalgate as a dependency can include the pod-level templates with a
-context whose Values are evalgate's, for example:
+A parent chart that has evalgate as a dependency includes the pod-level templates with
+evalgate's own context, `.Subcharts.evalgate`:
 
-  {{- $eg := merge (dict "Values" .Values.evalgate) . }}
+  {{- $eg := .Subcharts.evalgate }}
   initContainers:
     - {{ include "evalgate.sidecar" (dict "root" $eg "native" true) | nindent 6 | trim }}
   volumes:
