@@ -1,0 +1,248 @@
+"""The official Valiqor SDK (valiqor==0.0.21), unmodified, driven through evalgate.
+
+Starts the emulator (`valiqor-emulator`) and `evalgate` as real processes on loopback ports chosen
+by the OS, points `ValiqorClient(base_url=...)` at evalgate with a placeholder key, and checks
+what the SDK gets back. The emulator accepts only the key evalgate is configured with, so every
+successful call proves the caller's key was swapped for the platform key.
+
+Usage: python tests/sdk/test_sdk.py  (EVALGATE_BIN and EMULATOR_BIN name the binaries)
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+from valiqor import ValiqorClient
+from valiqor.common import exceptions
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EVALGATE_BIN = os.environ.get("EVALGATE_BIN", os.path.join(ROOT, "target/debug/evalgate"))
+EMULATOR_BIN = os.environ.get("EMULATOR_BIN", os.path.join(ROOT, "target/debug/valiqor-emulator"))
+UPSTREAM_KEY = "vq_sdk_upstream_key"
+CALLER_KEY = "vq_sdk_caller_placeholder"
+BYOK_KEY = "sk-sdk-test-byok"
+
+
+class Proc:
+    """A child process whose output lines are collected on a thread."""
+
+    def __init__(self, argv, env=None):
+        self.lines = []
+        self.cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            with self.cond:
+                self.lines.append(line.rstrip("\n"))
+                self.cond.notify_all()
+
+    def wait_for(self, predicate, timeout=30):
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self.cond:
+            while True:
+                for line in self.lines[seen:]:
+                    found = predicate(line)
+                    if found:
+                        return found
+                seen = len(self.lines)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.proc.poll() is not None:
+                    raise RuntimeError("did not see the expected line; output:\n" + "\n".join(self.lines[-40:]))
+                self.cond.wait(min(remaining, 0.5))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait()
+        return self.proc.returncode
+
+
+def json_field(name, value):
+    def match(line):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            return None
+        return obj if obj.get(name) == value else None
+
+    return match
+
+
+def http_get(url):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.status, response.read().decode()
+
+
+def main():
+    emulator = Proc(
+        [EMULATOR_BIN, "--listen", "127.0.0.1:0", "--api-key", UPSTREAM_KEY,
+         "--inline-max-items", "10", "--job-duration", "2s"]
+    )
+    upstream = emulator.wait_for(lambda l: (m := re.search(r"(http://127\.0\.0\.1:\d+)", l)) and m.group(1))
+    store = tempfile.mkdtemp()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVALGATE")}
+    env.update({
+        "EVALGATE__SERVER__LISTEN": "127.0.0.1:0",
+        "EVALGATE__SERVER__ADMIN_LISTEN": "127.0.0.1:0",
+        "EVALGATE__VALIQOR__BASE_URL": upstream,
+        "EVALGATE__VALIQOR__API_KEY": UPSTREAM_KEY,
+        "EVALGATE__VALIQOR__OPENAI_API_KEY": BYOK_KEY,
+        "EVALGATE__STORE__PATH": os.path.join(store, "evalgate.db"),
+        "RUST_LOG": "info",
+    })
+    gateway = Proc([EVALGATE_BIN], env=env)
+    failures = []
+    try:
+        listening = gateway.wait_for(json_field("message", "listening"))
+        api = "http://" + listening["listen"]
+        admin = "http://" + listening["admin_listen"]
+        assert http_get(admin + "/readyz")[0] == 200
+        run_checks(api, admin, failures)
+    finally:
+        code = gateway.stop()
+        emulator.stop()
+        log = "\n".join(gateway.lines)
+        for secret in (UPSTREAM_KEY, CALLER_KEY, BYOK_KEY):
+            if secret in log:
+                failures.append(f"secret {secret!r} appeared in the evalgate log")
+        if code != 0:
+            failures.append(f"evalgate exited with {code} after SIGTERM")
+    if failures:
+        print("SDK TEST FAILED:\n  - " + "\n  - ".join(failures))
+        sys.exit(1)
+    print("SDK test passed: every check went through evalgate with the platform key")
+
+
+def check(failures, name, fn):
+    try:
+        fn()
+        print(f"ok   {name}")
+    except Exception as error:  # report every failing check, not just the first
+        failures.append(f"{name}: {type(error).__name__}: {error}")
+        print(f"FAIL {name}: {type(error).__name__}: {error}")
+
+
+def dataset(n):
+    return [
+        {"input": f"question {i}", "output": ("fail " if i % 3 == 0 else "") + f"answer {i}", "context": [f"ctx {i}"]}
+        for i in range(n)
+    ]
+
+
+def run_checks(api, admin, failures):
+    client = ValiqorClient(api_key=CALLER_KEY, project_name="sdk-test", base_url=api)
+    fa = client.failure_analysis
+    state = {}
+
+    def sync_run():
+        result = fa.run(dataset=dataset(3))
+        assert result.status == "completed", result.status
+        assert result.summary.total_items == 3, result.summary
+        assert result.failure_tags, "the inline run has tags"
+        state["run_id"] = result.run_id
+
+    def async_run_with_progress():
+        handle = fa.run_async(dataset=dataset(25))
+        assert handle.job_id, "202 carried a job id"
+        assert handle.total_items == 25, handle.total_items
+        seen = []
+        final = handle.wait(poll_interval=0.3, timeout=60, on_progress=lambda s: seen.append((s.status, s.progress_percent)))
+        assert final.status == "completed", final.status
+        statuses = [s for s, _ in seen]
+        assert "running" in statuses or "queued" in statuses, seen
+        progress = [p for _, p in seen]
+        assert progress == sorted(progress), f"progress never goes back: {progress}"
+        result = handle.result()
+        assert result.summary.total_items == 25, result.summary
+        assert len(result.inputs) == 25, len(result.inputs)
+
+    def blocking_run_polls_to_completion():
+        result = fa.run(dataset=dataset(12))
+        assert result.status == "completed" and result.summary.total_items == 12
+
+    def taxonomy_twice_second_from_cache():
+        first = fa.get_taxonomy()
+        second = fa.get_taxonomy()
+        assert first and [b.bucket_id for b in first] == [b.bucket_id for b in second]
+        _, metrics = http_get(admin + "/metrics")
+        hits = re.search(r'evalgate_taxonomy_cache_total\{result="hit"\} (\d+)', metrics)
+        assert hits and int(hits.group(1)) >= 1, "second taxonomy call was a cache hit"
+
+    def playground():
+        result = fa.playground(input="What is 2+2?", output="5")
+        assert result.playground_limit_per_day == 10, result.playground_limit_per_day
+        assert isinstance(result.failure_tags, list)
+
+    def read_back():
+        run_id = state["run_id"]
+        run = fa.get_run(run_id)
+        assert run.run_id == run_id
+        tags = fa.get_tags(run_id)
+        assert tags, "tags"
+        failing = fa.get_tags(run_id, decision="fail")
+        assert all(t.decision == "fail" for t in failing), [t.decision for t in failing]
+        inputs = fa.get_run_inputs(run_id)
+        assert [i.item_index for i in inputs] == [0, 1, 2], [i.item_index for i in inputs]
+
+    def cancel():
+        handle = fa.run_async(dataset=dataset(40))
+        answer = fa.cancel_run(handle.job_id)
+        assert answer.get("status") == "cancelled", answer
+        assert fa.poll_status(handle.job_id).status == "cancelled"
+
+    def eval_async():
+        handle = client.eval.evaluate_async(dataset=dataset(15), metrics=["coherence", "fluency"])
+        assert handle.job_id
+        handle.wait(poll_interval=0.3, timeout=60)
+        result = handle.result()
+        assert result.total_items == 15, result.total_items
+        assert 0.0 <= result.overall_score <= 1.0, result.overall_score
+
+    def security_audit_async():
+        items = [{"user_input": f"q{i}", "assistant_response": ("unsafe " if i % 4 == 0 else "") + f"r{i}"} for i in range(14)]
+        handle = client.security.audit_async(dataset=items)
+        assert handle.job_id
+        handle.wait(poll_interval=0.3, timeout=60)
+        result = handle.result()
+        assert result.total_items == 14, result.total_items
+
+    def errors_keep_the_sdk_exception_types():
+        try:
+            fa.get_run("no-such-run")
+            raise AssertionError("expected an error")
+        except exceptions.APIError as error:
+            assert error.status_code == 404, error.status_code
+
+    for name, fn in [
+        ("sync failure-analysis run (200 inline)", sync_run),
+        ("async failure-analysis run polled to completion with progress", async_run_with_progress),
+        ("blocking run() over a 202 job", blocking_run_polls_to_completion),
+        ("taxonomy twice, second from the cache", taxonomy_twice_second_from_cache),
+        ("playground", playground),
+        ("get_run / get_tags / get_run_inputs", read_back),
+        ("cancel", cancel),
+        ("eval evaluate_async", eval_async),
+        ("security audit_async", security_audit_async),
+        ("upstream errors map to SDK exceptions", errors_keep_the_sdk_exception_types),
+    ]:
+        check(failures, name, fn)
+
+
+if __name__ == "__main__":
+    main()
