@@ -1,0 +1,285 @@
+//! The emulator's in-memory state: the fault/recording controls and the domain store (projects, runs, batches,
+//! traces, usage), each behind a std `Mutex` that is never held across an `.await`.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
+
+use http::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{
+    EmulatorConfig, Faults, RecordedRequest, data::fnv1a, eval::EvalState, fa::FaState,
+    jobs::now_rfc3339, platform::TraceStore, security::SecurityState,
+};
+
+/// Recorded requests kept at most (oldest dropped first), so long benchmark runs stay bounded.
+const MAX_RECORDED: usize = 100_000;
+
+/// Everything the router and the connection layer share.
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) settings: Settings,
+    control: Mutex<Control>,
+    store: Mutex<Store>,
+}
+
+/// Fixed at construction.
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    pub(super) api_key: Option<String>,
+    pub(super) inline_max_items: usize,
+    pub(super) max_dataset_items: usize,
+}
+
+/// Scriptable knobs and the request log.
+#[derive(Debug)]
+pub(super) struct Control {
+    pub(super) faults: Faults,
+    /// Scripted failures, served front to back: (remaining count, status).
+    pub(super) fail_next: VecDeque<(usize, StatusCode)>,
+    pub(super) job_duration: Duration,
+    pub(super) requests: VecDeque<RecordedRequest>,
+    pub(super) bearer_keys: Vec<String>,
+    pub(super) openai_keys: Vec<String>,
+}
+
+/// The emulated backend's data.
+#[derive(Debug, Default)]
+pub(super) struct Store {
+    pub(super) projects: Table<Project>,
+    pub(super) fa: FaState,
+    pub(super) eval: EvalState,
+    pub(super) security: SecurityState,
+    pub(super) traces: TraceStore,
+    /// Submissions per bearer key and service, for `/v2/auth/usage`.
+    pub(super) usage: HashMap<String, Usage>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub(super) struct Usage {
+    pub(super) failure_analysis: u64,
+    pub(super) evaluation: u64,
+    pub(super) security: u64,
+    pub(super) tokens: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Service {
+    FailureAnalysis,
+    Evaluation,
+    Security,
+}
+
+// === impl Shared ===
+
+impl Shared {
+    pub(super) fn new(config: EmulatorConfig) -> Self {
+        Self {
+            settings: Settings {
+                api_key: config.api_key,
+                inline_max_items: config.inline_max_items,
+                max_dataset_items: config.max_dataset_items,
+            },
+            control: Mutex::new(Control {
+                faults: config.faults,
+                fail_next: VecDeque::new(),
+                job_duration: config.job_duration,
+                requests: VecDeque::new(),
+                bearer_keys: Vec::new(),
+                openai_keys: Vec::new(),
+            }),
+            store: Mutex::new(Store::seeded()),
+        }
+    }
+
+    pub(super) fn control(&self) -> MutexGuard<'_, Control> {
+        self.control.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn job_duration(&self) -> Duration {
+        self.control().job_duration
+    }
+
+    /// Appends to the request log and remembers a new bearer key.
+    pub(super) fn record(&self, req: RecordedRequest, bearer: Option<&str>) {
+        let mut c = self.control();
+        if let Some(key) = bearer
+            && !c.bearer_keys.iter().any(|k| k == key)
+        {
+            c.bearer_keys.push(key.to_owned());
+        }
+        if c.requests.len() >= MAX_RECORDED {
+            c.requests.pop_front();
+        }
+        c.requests.push_back(req);
+    }
+
+    /// Remembers a BYOK `openai_api_key` seen in a submit body.
+    pub(super) fn record_openai_key(&self, body: &serde_json::Map<String, Value>) {
+        let Some(Value::String(key)) = body.get("openai_api_key") else {
+            return;
+        };
+        let mut c = self.control();
+        if !c.openai_keys.iter().any(|k| k == key) {
+            c.openai_keys.push(key.clone());
+        }
+    }
+}
+
+// === impl Store ===
+
+impl Store {
+    fn seeded() -> Self {
+        let mut store = Self::default();
+        let demo = store.ensure_project("demo").id.clone();
+        store.traces.seed(&demo, "demo");
+        store
+    }
+
+    /// The project named `name`, created on first use (as the real backend does for submissions).
+    pub(super) fn ensure_project(&mut self, name: &str) -> &Project {
+        let id = project_id(name);
+        self.projects
+            .get_or_insert_with(id.clone(), || Project::new(id, name, None, None))
+    }
+
+    /// Creates a project; `None` when the name is taken.
+    pub(super) fn create_project(
+        &mut self,
+        name: &str,
+        key: Option<String>,
+        model_name: Option<String>,
+    ) -> Option<&Project> {
+        let id = project_id(name);
+        if self.projects.contains(&id) {
+            return None;
+        }
+        Some(
+            self.projects
+                .get_or_insert_with(id.clone(), || Project::new(id, name, key, model_name)),
+        )
+    }
+
+    pub(super) fn count_usage(&mut self, caller: &str, service: Service, tokens: usize) {
+        let u = self.usage.entry(caller.to_owned()).or_default();
+        match service {
+            Service::FailureAnalysis => u.failure_analysis += 1,
+            Service::Evaluation => u.evaluation += 1,
+            Service::Security => u.security += 1,
+        }
+        u.tokens += u64::try_from(tokens).unwrap_or(u64::MAX);
+    }
+}
+
+/// Project ids are derived from the name, so they are stable across emulator restarts.
+pub(super) fn project_id(name: &str) -> String {
+    format!("proj_{:012x}", fnv1a(&[name]) & 0xffff_ffff_ffff)
+}
+
+/// A fresh opaque id with a readable prefix (`fa_…`, `ev_…`).
+pub(super) fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", Uuid::now_v7().simple())
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Project {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) key: String,
+    pub(super) model_name: Option<String>,
+    pub(super) created_at: String,
+}
+
+impl Project {
+    fn new(id: String, name: &str, key: Option<String>, model_name: Option<String>) -> Self {
+        let key = key.unwrap_or_else(|| {
+            name.to_lowercase()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect()
+        });
+        Self {
+            id,
+            name: name.to_owned(),
+            key,
+            model_name,
+            created_at: now_rfc3339(),
+        }
+    }
+
+    pub(super) fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "project_id": self.id,
+            "name": self.name,
+            "key": self.key,
+            "model_name": self.model_name,
+            "created_at": self.created_at,
+        })
+    }
+}
+
+/// An insertion-ordered map from id to row.
+#[derive(Debug)]
+pub(super) struct Table<T> {
+    rows: Vec<T>,
+    index: HashMap<String, usize>,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Self {
+            rows: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+}
+
+impl<T> Table<T> {
+    pub(super) fn insert(&mut self, id: String, row: T) {
+        if let Some(&i) = self.index.get(&id) {
+            self.rows[i] = row;
+        } else {
+            self.index.insert(id, self.rows.len());
+            self.rows.push(row);
+        }
+    }
+
+    /// The row for `id`, inserting `make()` first when there is none.
+    pub(super) fn get_or_insert_with(&mut self, id: String, make: impl FnOnce() -> T) -> &mut T {
+        let i = if let Some(&i) = self.index.get(&id) {
+            i
+        } else {
+            let i = self.rows.len();
+            self.rows.push(make());
+            self.index.insert(id, i);
+            i
+        };
+        &mut self.rows[i]
+    }
+
+    pub(super) fn contains(&self, id: &str) -> bool {
+        self.index.contains_key(id)
+    }
+
+    pub(super) fn get(&self, id: &str) -> Option<&T> {
+        self.index.get(id).and_then(|&i| self.rows.get(i))
+    }
+
+    pub(super) fn get_mut(&mut self, id: &str) -> Option<&mut T> {
+        self.index.get(id).and_then(|&i| self.rows.get_mut(i))
+    }
+
+    /// Rows in insertion order.
+    pub(super) fn iter(&self) -> impl DoubleEndedIterator<Item = &T> {
+        self.rows.iter()
+    }
+}
