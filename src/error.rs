@@ -39,6 +39,9 @@ pub enum ApiError {
     RequestTimeout,
     #[error("{0}")]
     Upstream(#[from] UpstreamError),
+    /// The shutdown grace period ended while this request was still running.
+    #[error("evalgate is shutting down; the request was cut off and may have reached the upstream")]
+    ShuttingDown,
     /// A bug or a broken dependency; details go to the log only.
     #[error("internal error")]
     Internal,
@@ -82,6 +85,7 @@ impl ApiError {
             Self::Upstream(UpstreamError::Transport(_) | UpstreamError::Incomplete) => {
                 StatusCode::BAD_GATEWAY
             }
+            Self::ShuttingDown => StatusCode::BAD_GATEWAY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -103,6 +107,7 @@ impl ApiError {
             Self::Upstream(UpstreamError::Transport(_) | UpstreamError::Incomplete) => {
                 "upstream_failed"
             }
+            Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal",
         }
     }

@@ -122,9 +122,9 @@ async fn serve(args: &Args) -> ExitCode {
     };
     if let Some(emulator) = &emulator {
         tracing::info!(
-            api = %format!("http://{}", config.server.listen.ip()),
+            api = %format!("http://{}", display_addr(listeners.api_addr())),
             emulator = %emulator.handle().base_url(),
-            "demo mode: forwarding to the built-in Valiqor emulator"
+            "demo mode: forwarding to the built-in Valiqor emulator; any vq_ key works"
         );
     }
     tracing::info!(

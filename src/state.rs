@@ -4,6 +4,7 @@ use std::{ops::Deref, sync::Arc, time::Duration};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     StartupError,
@@ -30,6 +31,8 @@ pub struct Inner {
     pub readiness: Readiness,
     pub store: Arc<dyn JobStore>,
     pub metrics: PrometheusHandle,
+    /// Fired when the shutdown grace period is over: requests still running are answered at once.
+    pub hard_stop: CancellationToken,
     in_flight: Arc<Semaphore>,
 }
 
@@ -68,6 +71,7 @@ impl AppState {
             readiness: Readiness::default(),
             store: Arc::new(store),
             metrics: telemetry::metrics_handle(),
+            hard_stop: CancellationToken::new(),
             in_flight: Arc::new(Semaphore::new(config.server.max_in_flight)),
             config,
         })))

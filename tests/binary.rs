@@ -1,0 +1,305 @@
+//! Black-box tests of the `evalgate` binary: configuration errors, check-config, healthcheck,
+//! `--demo`, SIGTERM, and that no secret ever reaches the logs.
+mod common;
+
+use std::{
+    process::{Output, Stdio},
+    time::Duration,
+};
+
+use common::dataset;
+use evalgate::emulator::{Emulator, EmulatorConfig};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_evalgate");
+
+fn evalgate() -> Command {
+    let mut command = Command::new(BIN);
+    // Start from a clean slate: no inherited EVALGATE__* or RUST_LOG.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("EVALGATE") || key == "RUST_LOG" || key == "VALIQOR_API_KEY" {
+            command.env_remove(key);
+        }
+    }
+    command.kill_on_drop(true);
+    command
+}
+
+async fn output(command: &mut Command) -> Output {
+    tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .expect("finished in time")
+        .expect("ran")
+}
+
+#[tokio::test]
+async fn a_broken_config_exits_78_and_names_every_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[server]\nlisten = \"not-an-address\"\nlisten_typo = 1\n[valiqor]\nbyok = \"maybe\"\n",
+    )
+    .unwrap();
+    let out = output(
+        evalgate()
+            .arg("--config")
+            .arg(&file)
+            .env("EVALGATE__RATE_LIMIT__PLAYGROUND_PER_DAY", "lots"),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "listen_typo",
+        "valiqor.byok",
+        "VALIQOR_API_KEY",
+        "playground_per_day",
+    ] {
+        assert!(stderr.contains(key), "{key} not named in:\n{stderr}");
+    }
+    let missing =
+        output(evalgate().args(["--config", "/nonexistent/evalgate.toml", "check-config"])).await;
+    assert_eq!(missing.status.code(), Some(78));
+}
+
+#[tokio::test]
+async fn check_config_prints_the_effective_config_with_secrets_redacted() {
+    let out = output(
+        evalgate()
+            .arg("check-config")
+            .env("VALIQOR_API_KEY", "vq_canary_checkconfig")
+            .env("EVALGATE__VALIQOR__OPENAI_API_KEY", "sk-canary-checkconfig")
+            .env("EVALGATE__SERVER__MAX_IN_FLIGHT", "7"),
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let parsed: toml::Value = toml::from_str(&stdout).expect("check-config prints TOML");
+    assert_eq!(parsed["server"]["max_in_flight"].as_integer(), Some(7));
+    assert_eq!(parsed["valiqor"]["api_key"].as_str(), Some("*****"));
+    assert!(!stdout.contains("canary"), "{stdout}");
+}
+
+#[tokio::test]
+async fn healthcheck_exits_0_only_on_200() {
+    let emulator = Emulator::spawn(EmulatorConfig::default()).await.unwrap();
+    let base = emulator.handle().base_url();
+    // The emulator answers 401 without a key: not healthy.
+    let unhealthy = output(evalgate().args(["healthcheck", &format!("{base}/v2/projects")])).await;
+    assert_ne!(unhealthy.status.code(), Some(0));
+    let dead = output(evalgate().args(["healthcheck", "http://127.0.0.1:1/livez"])).await;
+    assert_ne!(dead.status.code(), Some(0));
+}
+
+/// A running binary whose log lines are collected as they arrive.
+struct Running {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    log: Vec<String>,
+    _readers: tokio::task::JoinSet<()>,
+}
+
+impl Running {
+    fn start(command: &mut Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("evalgate starts");
+        let (tx, lines) = mpsc::unbounded_channel();
+        let mut readers = tokio::task::JoinSet::new();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            let mut reader = BufReader::new(stream).lines();
+            readers.spawn(async move {
+                while let Ok(Some(line)) = reader.next_line().await {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Self {
+            child,
+            lines,
+            log: Vec::new(),
+            _readers: readers,
+        }
+    }
+
+    /// Reads log lines until one is a JSON object with `message == wanted`; returns it.
+    async fn wait_for(&mut self, wanted: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {wanted:?} log line; saw:\n{}", self.log.join("\n")))
+                .unwrap_or_else(|| panic!("evalgate exited; log:\n{}", self.log.join("\n")));
+            self.log.push(line.clone());
+            if let Ok(value) = serde_json::from_str::<Value>(&line)
+                && value["message"] == wanted
+            {
+                return value;
+            }
+        }
+    }
+
+    async fn terminate(mut self) -> (Option<i32>, Vec<String>) {
+        let pid = self.child.id().expect("still running").to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .unwrap();
+        while let Ok(Some(line)) =
+            tokio::time::timeout(Duration::from_secs(2), self.lines.recv()).await
+        {
+            self.log.push(line);
+        }
+        (status.code(), self.log)
+    }
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_logs_even_at_trace_level() {
+    const UPSTREAM: &str = "vq_canary_upstream_Q7x";
+    const BYOK: &str = "sk-canary-byok-Z9w";
+    const CALLER: &str = "vq_canary_caller_K3p";
+    const CALLER_BYOK: &str = "sk-canary-caller-byok-M2v";
+    let emulator = Emulator::spawn(EmulatorConfig {
+        api_key: Some(UPSTREAM.to_owned()),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("byok");
+    std::fs::write(&key_file, format!("{BYOK}\n")).unwrap();
+    let mut running = Running::start(
+        evalgate()
+            .env("EVALGATE__SERVER__LISTEN", "127.0.0.1:0")
+            .env("EVALGATE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+            .env("EVALGATE__VALIQOR__BASE_URL", emulator.handle().base_url())
+            .env("EVALGATE__VALIQOR__API_KEY", "env:CANARY_UPSTREAM")
+            .env("CANARY_UPSTREAM", UPSTREAM)
+            .env(
+                "EVALGATE__VALIQOR__OPENAI_API_KEY",
+                format!("file:{}", key_file.display()),
+            )
+            .env("EVALGATE__STORE__PATH", dir.path().join("store.db"))
+            .env("RUST_LOG", "trace"),
+    );
+    let listening = running.wait_for("listening").await;
+    let api = format!("http://{}", listening["listen"].as_str().unwrap());
+    let client = reqwest::Client::new();
+    // A forwarded GET, a BYOK insert, a caller BYOK key, a rejected body, an upstream 401.
+    let ok = client
+        .get(format!("{api}/v2/failure-analysis/taxonomy"))
+        .bearer_auth(CALLER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let submit = client
+        .post(format!("{api}/v2/failure-analysis/analyze"))
+        .bearer_auth(CALLER)
+        .json(&json!({"run_eval": true, "dataset": dataset(2)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submit.status(), 200);
+    client
+        .post(format!("{api}/v2/evaluate/"))
+        .bearer_auth(CALLER)
+        .json(&json!({"project_name": "p", "dataset": dataset(1), "metrics": ["coherence"], "openai_api_key": CALLER_BYOK}))
+        .send()
+        .await
+        .unwrap();
+    client
+        .post(format!("{api}/v2/security/audit"))
+        .bearer_auth(CALLER)
+        .body(format!("{{\"openai_api_key\": \"{CALLER_BYOK}\", broken"))
+        .send()
+        .await
+        .unwrap();
+    let seen = emulator.handle().seen_bearer_keys();
+    assert_eq!(
+        seen,
+        vec![UPSTREAM.to_owned()],
+        "upstream saw only the configured key"
+    );
+    let sent: Value = serde_json::from_slice(
+        &emulator
+            .handle()
+            .requests_to(&http::Method::POST, "/v2/failure-analysis/analyze")[0]
+            .body,
+    )
+    .unwrap();
+    assert_eq!(
+        sent["openai_api_key"], BYOK,
+        "the BYOK key was really injected"
+    );
+
+    let (code, log) = running.terminate().await;
+    assert_eq!(code, Some(0), "clean exit after SIGTERM");
+    let log = log.join("\n");
+    assert!(log.len() > 1000, "trace logging produced output");
+    for secret in [UPSTREAM, BYOK, CALLER, CALLER_BYOK] {
+        assert!(!log.contains(secret), "{secret} leaked into the logs");
+    }
+}
+
+#[tokio::test]
+async fn demo_mode_serves_over_the_built_in_emulator() {
+    let mut running = Running::start(
+        evalgate()
+            .arg("--demo")
+            .env("EVALGATE__SERVER__LISTEN", "127.0.0.1:0")
+            .env("EVALGATE__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
+    );
+    let listening = running.wait_for("listening").await;
+    let api = format!("http://{}", listening["listen"].as_str().unwrap());
+    let admin = format!("http://{}", listening["admin_listen"].as_str().unwrap());
+    let client = reqwest::Client::new();
+    common::eventually(Duration::from_secs(10), || async {
+        client
+            .get(format!("{admin}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let run: Value = client
+        .post(format!("{api}/v2/failure-analysis/analyze"))
+        .bearer_auth("vq_anything")
+        .json(&json!({"run_eval": true, "dataset": dataset(3)}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "completed", "{run}");
+    let (code, _) = running.terminate().await;
+    assert_eq!(code, Some(0));
+}
