@@ -1,5 +1,12 @@
 //! Black-box tests of the `evalgate` binary: configuration errors, check-config, healthcheck,
 //! `--demo`, SIGTERM, and that no secret ever reaches the logs.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions fail fast by design"
+)]
+
 mod common;
 
 use std::{
@@ -211,7 +218,7 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     );
     let listening = running.wait_for("listening").await;
     let api = format!("http://{}", listening["listen"].as_str().unwrap());
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder().build().unwrap();
     // A forwarded GET, a BYOK insert, a caller BYOK key, a rejected body, an upstream 401.
     let ok = client
         .get(format!("{api}/v2/failure-analysis/taxonomy"))
@@ -280,7 +287,7 @@ async fn demo_mode_serves_over_the_built_in_emulator() {
     let listening = running.wait_for("listening").await;
     let api = format!("http://{}", listening["listen"].as_str().unwrap());
     let admin = format!("http://{}", listening["admin_listen"].as_str().unwrap());
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder().build().unwrap();
     common::eventually(Duration::from_secs(10), || async {
         client
             .get(format!("{admin}/readyz"))

@@ -1,5 +1,11 @@
 //! Bounds and evalgate's own errors: rate limits, load shedding, body limit, timeouts, an
 //! unreachable or misbehaving upstream. Every error is in the Valiqor shape the SDK maps.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers outside #[test] functions fail fast by design"
+)]
+
 mod common;
 
 use std::time::Duration;

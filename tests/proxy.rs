@@ -1,4 +1,10 @@
 //! The Valiqor-compatible surface end to end: every path family, key injection, BYOK, headers.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers outside #[test] functions fail fast by design"
+)]
+
 mod common;
 
 use common::{CALLER_KEY, TestApp, UPSTREAM_KEY, dataset, emulator_config};
@@ -26,7 +32,51 @@ async fn every_path_family_is_forwarded_with_method_path_and_query_intact() {
         .expect("inline run has a run_id")
         .to_owned();
 
-    let cases: Vec<(Method, String, Option<Value>)> = vec![
+    let cases = path_families(&run_id);
+    for (method, path_and_query, body) in &cases {
+        app.emulator().clear_requests();
+        let mut request = app
+            .client
+            .request(method.clone(), format!("{}{path_and_query}", app.api))
+            .bearer_auth(CALLER_KEY);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert!(
+            !status.is_server_error() && !text.contains("unknown_route"),
+            "{method} {path_and_query}: {status} {text}"
+        );
+        let seen = app.emulator().requests();
+        assert_eq!(
+            seen.len(),
+            1,
+            "{method} {path_and_query} reached upstream once"
+        );
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query.as_str(), None),
+        };
+        assert_eq!(seen[0].method, *method);
+        assert_eq!(seen[0].path, path);
+        assert_eq!(seen[0].query.as_deref(), query, "raw query byte for byte");
+        assert_eq!(
+            seen[0].headers["authorization"],
+            format!("Bearer {UPSTREAM_KEY}"),
+            "{path_and_query}"
+        );
+    }
+    assert_eq!(
+        app.emulator().seen_bearer_keys(),
+        vec![UPSTREAM_KEY.to_owned()]
+    );
+}
+
+/// One request per path family of the reference (§4), with queries as the SDK builds them.
+fn path_families(run_id: &str) -> Vec<(Method, String, Option<Value>)> {
+    vec![
         (Method::GET, "/v2/projects".into(), None),
         (
             Method::POST,
@@ -110,46 +160,7 @@ async fn every_path_family_is_forwarded_with_method_path_and_query_intact() {
             None,
         ),
         (Method::GET, "/api/v1/traces/t1/spans".into(), None),
-    ];
-    for (method, path_and_query, body) in &cases {
-        app.emulator().clear_requests();
-        let mut request = app
-            .client
-            .request(method.clone(), format!("{}{path_and_query}", app.api))
-            .bearer_auth(CALLER_KEY);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        assert!(
-            !status.is_server_error() && !text.contains("unknown_route"),
-            "{method} {path_and_query}: {status} {text}"
-        );
-        let seen = app.emulator().requests();
-        assert_eq!(
-            seen.len(),
-            1,
-            "{method} {path_and_query} reached upstream once"
-        );
-        let (path, query) = match path_and_query.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (path_and_query.as_str(), None),
-        };
-        assert_eq!(seen[0].method, *method);
-        assert_eq!(seen[0].path, path);
-        assert_eq!(seen[0].query.as_deref(), query, "raw query byte for byte");
-        assert_eq!(
-            seen[0].headers["authorization"],
-            format!("Bearer {UPSTREAM_KEY}"),
-            "{path_and_query}"
-        );
-    }
-    assert_eq!(
-        app.emulator().seen_bearer_keys(),
-        vec![UPSTREAM_KEY.to_owned()]
-    );
+    ]
 }
 
 #[tokio::test]
@@ -165,11 +176,12 @@ async fn caller_credentials_never_reach_the_upstream() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let seen = &app.emulator().requests()[0];
-    let all: String = seen
+    let all = seen
         .headers
         .iter()
-        .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("")))
-        .collect();
+        .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("")))
+        .collect::<Vec<_>>()
+        .join("\n");
     for secret in [
         CALLER_KEY,
         "vq_caller_x_api_key",

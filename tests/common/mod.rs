@@ -1,11 +1,10 @@
 //! Test harness: a real `evalgate::run` on loopback port 0 in front of a real emulator on port 0.
 #![expect(
-    clippy::allow_attributes,
-    reason = "each test binary uses a different part of the harness, so `expect(dead_code)` would not hold everywhere"
-)]
-#![allow(
     dead_code,
-    reason = "each test binary uses a different part of the harness"
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test harness: each test binary uses a different part of it; failing fast is the point"
 )]
 
 use std::{future::Future, time::Duration};
