@@ -289,11 +289,26 @@ check "defaults: no float in config.toml, no PVC/PDB/ServiceMonitor" \
   lacks defaults '= [0-9]+\.0$' 'kind: PersistentVolumeClaim' 'kind: PodDisruptionBudget' 'kind: ServiceMonitor'
 check "defaults: pod invariants" pod_invariants "$OUT/defaults.yaml"
 
+# NOTES.txt is not rendered by `helm template`: render it as a template of a scratch copy.
+NOTES_CHART="$CACHE/notes-chart"
+rm -rf "$NOTES_CHART"; cp -r "$CHART" "$NOTES_CHART"
+{
+  echo '{{- define "evalgate.notesUnderTest" }}'
+  cat "$CHART/templates/NOTES.txt"
+  echo '{{- end }}'
+  printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: {{ include "evalgate.notesUnderTest" . | toJson }}\n'
+} >"$NOTES_CHART/templates/zz-notes-under-test.yaml"
+notes_render() {
+  helm template evalgate "$NOTES_CHART" --show-only templates/zz-notes-under-test.yaml "$@" >"$OUT/notes.yaml" \
+    && grep -q 'evalgate.*mode' "$OUT/notes.yaml"
+}
+
 for values in "$CHART"/ci/*values*.yaml; do
   name="$(basename "$values" .yaml)"
   check "helm lint --strict -f ci/$name.yaml" helm lint --strict "$CHART" -f "$values"
   check "render+validate ci/$name.yaml" render_and_validate "$name" -f "$values"
   check "pod invariants ci/$name.yaml" pod_invariants "$OUT/$name.yaml"
+  check "NOTES.txt renders with ci/$name.yaml" notes_render -f "$values"
 done
 
 if [ -f "$OUT/sidecar-native-values.yaml" ]; then

@@ -99,7 +99,7 @@ build_base() {
   log "debootstrap bookworm from $mirror (about a minute)"
   rm -rf "$rootfs"
   debootstrap --variant=minbase --include=ca-certificates bookworm "$rootfs" "$mirror" >"$WORKDIR/debootstrap.log"
-  tar -C "$rootfs" -c . | podman import - "$BASE_IMAGE" >/dev/null
+  tar -C "$rootfs" -c . | podman import - "$BASE_IMAGE" >/dev/null 2>&1
 }
 
 # Stand-in for the official Rust image: same env layout (RUSTUP_HOME, CARGO_HOME, PATH).
@@ -151,7 +151,7 @@ build_runtime_standin() {
     --change 'USER 65532' --change 'WORKDIR /home/nonroot' \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
-    - "$RUNTIME_IMAGE" >/dev/null
+    - "$RUNTIME_IMAGE" >/dev/null 2>&1
 }
 
 if [ "${SMOKE_SKIP_BUILD:-0}" != 1 ]; then
@@ -184,6 +184,7 @@ log "image: $(podman image inspect --format '{{.Size}} bytes, user {{.Config.Use
 # --- smoke tests -----------------------------------------------------------------------------
 
 cleanup() { podman rm -f -t 0 "$CONTAINER" >/dev/null 2>&1 || true; }
+# Also drop a container left behind by an interrupted run.
 trap cleanup EXIT
 failures=0
 ok() { printf 'ok      %s\n' "$*"; }
@@ -207,7 +208,8 @@ ports=(-p "127.0.0.1:$API_PORT:8080" -p "127.0.0.1:$ADMIN_PORT:9090")
 
 log "test 1: --demo (read-only root, no capabilities)"
 cleanup
-podman run -d --name "$CONTAINER" "${hardening[@]}" "${ports[@]}" "$IMAGE" --demo >/dev/null
+# podman's stderr (healthcheck timers need systemd, absent in many build containers) goes to a log.
+podman run -d --name "$CONTAINER" "${hardening[@]}" "${ports[@]}" "$IMAGE" --demo >/dev/null 2>>"$WORKDIR/podman.log"
 if wait_200 "http://127.0.0.1:$ADMIN_PORT/readyz" 60; then ok "/readyz 200 on 127.0.0.1:$ADMIN_PORT"; else bad "/readyz did not answer 200"; fi
 if wait_200 "http://127.0.0.1:$ADMIN_PORT/livez" 5; then ok "/livez 200"; else bad "/livez did not answer 200"; fi
 code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$API_PORT/" || true)"
@@ -216,7 +218,7 @@ if podman healthcheck run "$CONTAINER" >/dev/null 2>&1; then ok "image HEALTHCHE
 user="$(podman inspect --format '{{.Config.User}}' "$CONTAINER")"
 if [ "$user" = "65532:65532" ]; then ok "runs as 65532:65532"; else bad "user is '$user'"; fi
 start=$(date +%s)
-podman stop -t 30 "$CONTAINER" >/dev/null
+podman stop -t 30 "$CONTAINER" >/dev/null 2>>"$WORKDIR/podman.log"
 took=$(( $(date +%s) - start ))
 exit_code="$(podman inspect --format '{{.State.ExitCode}}' "$CONTAINER")"
 if [ "$exit_code" = 0 ] && [ "$took" -lt 30 ]; then ok "SIGTERM: exit 0 after ${took} s"; else bad "SIGTERM: exit $exit_code after ${took} s"; fi
@@ -241,7 +243,7 @@ if [ -n "$HELM" ]; then
     -v "$k8s/config.toml:/etc/evalgate/config.toml:ro" \
     -v "$k8s/secrets:/var/run/secrets/evalgate:ro" \
     -v "$k8s/store:/var/lib/evalgate" \
-    "$IMAGE" >/dev/null
+    "$IMAGE" >/dev/null 2>>"$WORKDIR/podman.log"
   if wait_200 "http://127.0.0.1:$ADMIN_PORT/readyz" 60; then ok "/readyz 200 with the chart's config"; else bad "/readyz did not answer 200 with the chart's config"; fi
   if [ -f "$k8s/store/evalgate.db" ]; then ok "store created on the volume (evalgate.db)"; else bad "no evalgate.db on the store volume"; fi
   if podman exec "$CONTAINER" /usr/local/bin/evalgate check-config >"$k8s/check-config.txt" 2>&1 \
@@ -250,7 +252,7 @@ if [ -n "$HELM" ]; then
   else
     bad "check-config: $(head -c 400 "$k8s/check-config.txt")"
   fi
-  podman stop -t 30 "$CONTAINER" >/dev/null
+  podman stop -t 30 "$CONTAINER" >/dev/null 2>>"$WORKDIR/podman.log"
   if [ "$failures" -gt 0 ]; then podman logs "$CONTAINER" 2>&1 | tail -n 20; fi
 else
   log "test 2 skipped: no helm (run bash .ci/packaging.sh once to install it into .ci/bin/)"
