@@ -152,7 +152,8 @@ pub(super) struct Subcategory {
     pub(super) minimal_mode_compatible: bool,
     pub(super) related_eval_metrics: &'static [&'static str],
     pub(super) related_security_categories: &'static [&'static str],
-    pub(super) impact_score: f64,
+    /// Impact on a 1-5 scale.
+    pub(super) impact_score: u8,
     pub(super) risk_category: &'static str,
 }
 
@@ -183,7 +184,7 @@ pub(super) static TAXONOMY: &[Bucket] = &[
                 minimal_mode_compatible: true,
                 related_eval_metrics: &["hallucination", "factual_accuracy"],
                 related_security_categories: &[],
-                impact_score: 0.8,
+                impact_score: 4,
                 risk_category: "high",
             },
             Subcategory {
@@ -197,7 +198,7 @@ pub(super) static TAXONOMY: &[Bucket] = &[
                 minimal_mode_compatible: false,
                 related_eval_metrics: &["hallucination", "context_precision"],
                 related_security_categories: &[],
-                impact_score: 0.9,
+                impact_score: 5,
                 risk_category: "high",
             },
             Subcategory {
@@ -211,7 +212,7 @@ pub(super) static TAXONOMY: &[Bucket] = &[
                 minimal_mode_compatible: true,
                 related_eval_metrics: &["factual_accuracy"],
                 related_security_categories: &[],
-                impact_score: 0.7,
+                impact_score: 4,
                 risk_category: "medium",
             },
         ],
@@ -232,7 +233,7 @@ pub(super) static TAXONOMY: &[Bucket] = &[
                 minimal_mode_compatible: false,
                 related_eval_metrics: &["context_precision"],
                 related_security_categories: &[],
-                impact_score: 0.6,
+                impact_score: 3,
                 risk_category: "medium",
             },
             Subcategory {
@@ -246,7 +247,7 @@ pub(super) static TAXONOMY: &[Bucket] = &[
                 minimal_mode_compatible: false,
                 related_eval_metrics: &["context_recall"],
                 related_security_categories: &[],
-                impact_score: 0.7,
+                impact_score: 4,
                 risk_category: "medium",
             },
         ],
@@ -267,7 +268,7 @@ pub(super) static TAXONOMY: &[Bucket] = &[
                 minimal_mode_compatible: true,
                 related_eval_metrics: &["task_adherence"],
                 related_security_categories: &[],
-                impact_score: 0.5,
+                impact_score: 3,
                 risk_category: "medium",
             },
             Subcategory {
@@ -281,7 +282,7 @@ pub(super) static TAXONOMY: &[Bucket] = &[
                 minimal_mode_compatible: true,
                 related_eval_metrics: &["response_completeness", "answer_relevance"],
                 related_security_categories: &[],
-                impact_score: 0.5,
+                impact_score: 3,
                 risk_category: "low",
             },
             Subcategory {
@@ -295,7 +296,7 @@ pub(super) static TAXONOMY: &[Bucket] = &[
                 minimal_mode_compatible: true,
                 related_eval_metrics: &["coherence"],
                 related_security_categories: &[],
-                impact_score: 0.3,
+                impact_score: 2,
                 risk_category: "low",
             },
         ],
@@ -316,7 +317,7 @@ pub(super) static TAXONOMY: &[Bucket] = &[
                 minimal_mode_compatible: false,
                 related_eval_metrics: &["task_adherence"],
                 related_security_categories: &[],
-                impact_score: 0.7,
+                impact_score: 4,
                 risk_category: "medium",
             },
             Subcategory {
@@ -330,7 +331,7 @@ pub(super) static TAXONOMY: &[Bucket] = &[
                 minimal_mode_compatible: true,
                 related_eval_metrics: &[],
                 related_security_categories: &[],
-                impact_score: 0.6,
+                impact_score: 3,
                 risk_category: "medium",
             },
             Subcategory {
@@ -344,7 +345,7 @@ pub(super) static TAXONOMY: &[Bucket] = &[
                 minimal_mode_compatible: false,
                 related_eval_metrics: &["factual_accuracy"],
                 related_security_categories: &[],
-                impact_score: 0.8,
+                impact_score: 4,
                 risk_category: "high",
             },
         ],
@@ -365,7 +366,7 @@ pub(super) static TAXONOMY: &[Bucket] = &[
                 minimal_mode_compatible: true,
                 related_eval_metrics: &[],
                 related_security_categories: &["S15", "S16"],
-                impact_score: 0.9,
+                impact_score: 5,
                 risk_category: "critical",
             },
             Subcategory {
@@ -379,7 +380,7 @@ pub(super) static TAXONOMY: &[Bucket] = &[
                 minimal_mode_compatible: true,
                 related_eval_metrics: &[],
                 related_security_categories: &["S1", "S10", "S19"],
-                impact_score: 1.0,
+                impact_score: 5,
                 risk_category: "critical",
             },
             Subcategory {
@@ -393,7 +394,7 @@ pub(super) static TAXONOMY: &[Bucket] = &[
                 minimal_mode_compatible: true,
                 related_eval_metrics: &[],
                 related_security_categories: &["S7", "S17"],
-                impact_score: 0.9,
+                impact_score: 5,
                 risk_category: "high",
             },
         ],
@@ -405,6 +406,16 @@ pub(super) fn bucket(id: &str) -> Option<&'static Bucket> {
 }
 
 impl Subcategory {
+    /// The risk category on the 1-5 scale the scoring breakdown uses.
+    pub(super) fn risk(&self) -> u8 {
+        match self.risk_category {
+            "low" => 1,
+            "medium" => 2,
+            "high" => 4,
+            _ => 5,
+        }
+    }
+
     pub(super) fn required_inputs(&self) -> Vec<&'static str> {
         let mut v = vec!["input", "output"];
         if self.requires_retrieval {

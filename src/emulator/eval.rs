@@ -573,20 +573,47 @@ async fn compare(
                 .ok_or(EmuError::NotFound("Run not found"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut metrics: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
-    let mut overall = Map::new();
+    // `EvalRunComparison` reads lists: one entry per metric, and the overall scores in run order.
+    let mut names: Vec<String> = Vec::new();
     for run in &runs {
-        let done = run.done(now);
-        if done {
-            for (m, v) in run.aggregates() {
-                metrics
-                    .entry(m)
-                    .or_default()
-                    .insert(run.run_id.clone(), Value::from(v));
+        for m in &run.metrics {
+            if !names.contains(m) {
+                names.push(m.clone());
             }
         }
-        overall.insert(run.run_id.clone(), done.then(|| run.overall()).into());
     }
+    let aggregates: Vec<Option<Vec<(String, f64)>>> = runs
+        .iter()
+        .map(|r| r.done(now).then(|| r.aggregates()))
+        .collect();
+    let metrics: Vec<Value> = names
+        .iter()
+        .map(|name| {
+            let scores: Vec<Option<f64>> = aggregates
+                .iter()
+                .map(|aggs| {
+                    aggs.as_ref()
+                        .and_then(|a| a.iter().find(|(m, _)| m == name).map(|(_, v)| *v))
+                })
+                .collect();
+            let by_run: Map<String, Value> = runs
+                .iter()
+                .zip(&scores)
+                .map(|(r, s)| (r.run_id.clone(), (*s).into()))
+                .collect();
+            json!({
+                "metric": name,
+                "metric_key": name,
+                "display_name": data::metric_display_name(name),
+                "scores": scores,
+                "by_run": by_run,
+            })
+        })
+        .collect();
+    let overall: Vec<Option<f64>> = runs
+        .iter()
+        .map(|r| r.done(now).then(|| r.overall()))
+        .collect();
     Ok(Json(json!({
         "runs": runs.iter().map(|r| r.result_json(now)).collect::<Vec<_>>(),
         "metrics": metrics,

@@ -292,7 +292,7 @@ fn analyse_item(item: &Value, item_index: usize, opts: &Options, run: &mut Analy
         "output_text": text.output,
         "input_preview": preview(&text.input, 100),
         "output_preview": preview(&text.output, 100),
-        "context": item.get("context").cloned().unwrap_or(Value::Null),
+        "context": context_list(item.get("context")),
         "tool_calls": item.get("tool_calls").cloned().unwrap_or(Value::Null),
         "trace_id": item.get("trace_id").cloned().unwrap_or(Value::Null),
         "failure_count": fails,
@@ -300,6 +300,19 @@ fn analyse_item(item: &Value, item_index: usize, opts: &Options, run: &mut Analy
         "unsure_count": unsure,
         "max_severity": max_severity,
     })
+}
+
+/// `context` as the list of strings `FARunInput` reads (a string becomes a one-element list).
+fn context_list(context: Option<&Value>) -> Value {
+    match context {
+        None | Some(Value::Null) => Value::Null,
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .map(|p| Value::from(data::text_of(Some(p))))
+            .collect::<Vec<_>>()
+            .into(),
+        Some(other) => json!([data::text_of(Some(other))]),
+    }
 }
 
 #[expect(
@@ -328,16 +341,14 @@ fn make_tag(
         ),
         _ => format!("No evidence of {lower} in the response."),
     };
-    let combined = if decision == "pass" {
-        confidence
-    } else {
-        round_to(1.0 - severity / 5.0, 2)
+    let (deterministic_weight, judge_weight) = match sub.detection_approach {
+        "deterministic" => (1.0, 0.0),
+        "llm_judge" => (0.0, 1.0),
+        _ => (0.5, 0.5),
     };
-    let (rule, judge) = match sub.detection_approach {
-        "deterministic" => (Value::from(combined), Value::Null),
-        "llm_judge" => (Value::Null, Value::from(combined)),
-        _ => (Value::from(combined), Value::from(confidence)),
-    };
+    let security = bucket.id == SAFETY_BUCKET;
+    let security_override = (security && decision == "fail")
+        .then(|| data::unsafe_category(&text.input, &text.output, None));
     let eval_metric_values: serde_json::Map<String, Value> = if opts.run_eval {
         sub.related_eval_metrics
             .iter()
@@ -354,15 +365,23 @@ fn make_tag(
     let mut evidence_items = Vec::new();
     if decision != "pass" {
         evidence_items.push(json!({
+            "item_id": format!("ev_{:012x}", fnv1a(&[&text.key().to_string(), sub.id, "output"]) & 0xffff_ffff_ffff),
+            "evidence_type": "output_span",
+            "description": judge_rationale,
             "source": "output",
-            "text": preview(&text.output, 160),
-            "reason": judge_rationale,
+            "confidence": confidence,
+            "content_snippet": preview(&text.output, 160),
+            "metadata": { "detector": sub.detection_approach },
         }));
         if text.has_context {
             evidence_items.push(json!({
+                "item_id": format!("ev_{:012x}", fnv1a(&[&text.key().to_string(), sub.id, "context"]) & 0xffff_ffff_ffff),
+                "evidence_type": "context_span",
+                "description": "Retrieved context consulted by the detector.",
                 "source": "context",
-                "text": preview(&text.context, 120),
-                "reason": "Context consulted by the detector.",
+                "confidence": confidence,
+                "content_snippet": preview(&text.context, 120),
+                "metadata": {},
             }));
         }
     }
@@ -378,11 +397,17 @@ fn make_tag(
         detector_type_used: sub.detection_approach,
         judge_rationale,
         scoring_breakdown: json!({
-            "rule_score": rule,
-            "judge_score": judge,
-            "combined_score": combined,
-            "threshold": 0.5,
-            "impact_score": sub.impact_score,
+            "impact": sub.impact_score,
+            "risk": sub.risk(),
+            "final_severity": severity,
+            "final_confidence": confidence,
+            "frequency_weight": 1.0,
+            "security_override": security_override,
+            "deterministic_weight": deterministic_weight,
+            "judge_weight": judge_weight,
+            "security_weight": if security { 1.0 } else { 0.0 },
+            "metric_agreement_bonus": 0.0,
+            "disagreement_penalty": 0.0,
         }),
         eval_metric_values: Value::Object(eval_metric_values),
         evidence_items,
@@ -443,19 +468,16 @@ fn analyse(items: &[Value], opts: &Options, run_id: &str) -> Analysis {
     } else {
         json!({})
     };
-    run.security_flags = if opts.run_security {
-        let mut categories: Vec<&str> = run.unsafe_items.iter().map(|(_, c)| *c).collect();
-        categories.sort_by_key(|c| data::category_rank(c));
-        categories.dedup();
-        json!({
-            "has_security_issues": !run.unsafe_items.is_empty(),
-            "unsafe_items": run.unsafe_items.len(),
-            "categories": categories,
-            "flagged_item_indices": run.unsafe_items.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+    // `security_flags` is a string map in the SDK: flagged category → its name.
+    run.security_flags = run
+        .unsafe_items
+        .iter()
+        .map(|(_, c)| {
+            let name = data::safety_category(c).map_or("", |cat| cat.name);
+            ((*c).to_owned(), Value::from(name))
         })
-    } else {
-        json!({})
-    };
+        .collect::<serde_json::Map<_, _>>()
+        .into();
     run
 }
 
@@ -632,7 +654,7 @@ async fn analyze(
 
     let mut store = app.store();
     let (items, input_type): (Vec<Value>, &'static str) = match (items, trace_id) {
-        (Some(items), _) if !items.is_empty() => (items.to_vec(), "dataset"),
+        (Some(items), _) if !items.is_empty() => (items.to_vec(), "json"),
         (_, Some(trace_id)) => (vec![store.traces.item_for(trace_id)], "trace"),
         _ => {
             return Err(EmuError::BadRequest(
@@ -911,42 +933,69 @@ async fn insights(
         })
         .map(|n| usize::try_from(n).unwrap_or(0))
         .sum();
-    let mut by_sub: BTreeMap<&str, (usize, f64, &Tag)> = BTreeMap::new();
+    // subcategory → (occurrences, runs it occurred in, a sample tag)
+    let mut by_sub: BTreeMap<&str, (usize, usize, &Tag)> = BTreeMap::new();
     let mut by_bucket: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
-    for t in &fails {
-        let e = by_sub.entry(t.subcategory_id).or_insert((0, 0.0, t));
-        e.0 += 1;
-        e.1 += t.severity;
-        by_bucket.entry(t.bucket_id).or_insert((0, t.bucket_name)).0 += 1;
+    for run in &runs {
+        let mut seen_in_run: Vec<&str> = Vec::new();
+        for t in run.analysis.tags.iter().filter(|t| t.decision == "fail") {
+            let e = by_sub.entry(t.subcategory_id).or_insert((0, 0, t));
+            e.0 += 1;
+            if !seen_in_run.contains(&t.subcategory_id) {
+                seen_in_run.push(t.subcategory_id);
+                e.1 += 1;
+            }
+            by_bucket.entry(t.bucket_id).or_insert((0, t.bucket_name)).0 += 1;
+        }
     }
-    let mut recurring: Vec<(&str, (usize, f64, &Tag))> = by_sub.into_iter().collect();
+    let mut recurring: Vec<(&str, (usize, usize, &Tag))> = by_sub.into_iter().collect();
     recurring.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(b.0)));
+    let average_severity = if fails.is_empty() {
+        0.0
+    } else {
+        round_to(
+            fails.iter().map(|t| t.severity).sum::<f64>() / count_f64(fails.len()),
+            2,
+        )
+    };
+    let top_recurring_failures: Vec<Value> = recurring
+        .iter()
+        .take(10)
+        .map(|(id, (count, affected_runs, t))| {
+            json!({
+                "subcategory_id": id,
+                "subcategory_name": t.subcategory_name,
+                "bucket_id": t.bucket_id,
+                "bucket_name": t.bucket_name,
+                "occurrence_count": count,
+                "affected_runs": affected_runs,
+                "trend_percent": 0.0,
+            })
+        })
+        .collect();
+    let bucket_distribution: Vec<Value> = by_bucket
+        .iter()
+        .map(|(id, (count, name))| {
+            json!({
+                "bucket_id": id,
+                "bucket_name": name,
+                "failure_count": count,
+                "percentage": round_to(ratio(*count, fails.len()) * 100.0, 1),
+            })
+        })
+        .collect();
     let (start, end) = period(days);
     Ok(Json(json!({
         "total_runs": runs.len(),
         "total_items_analyzed": total_items,
         "overall_failure_rate": ratio(items_with_failures, total_items),
-        "average_severity": if fails.is_empty() { 0.0 } else {
-            round_to(fails.iter().map(|t| t.severity).sum::<f64>() / count_f64(fails.len()), 2)
-        },
+        "average_severity": average_severity,
         "period_days": days,
         "period_start": start,
         "period_end": end,
         "project_name": project,
-        "top_recurring_failures": recurring.iter().take(10).map(|(id, (count, sev, t))| json!({
-            "subcategory_id": id,
-            "subcategory_name": t.subcategory_name,
-            "bucket_id": t.bucket_id,
-            "bucket_name": t.bucket_name,
-            "count": count,
-            "average_severity": round_to(sev / count_f64(*count), 2),
-        })).collect::<Vec<_>>(),
-        "bucket_distribution": by_bucket.iter().map(|(id, (count, name))| json!({
-            "bucket_id": id,
-            "bucket_name": name,
-            "count": count,
-            "percentage": round_to(ratio(*count, fails.len()) * 100.0, 1),
-        })).collect::<Vec<_>>(),
+        "top_recurring_failures": top_recurring_failures,
+        "bucket_distribution": bucket_distribution,
     })))
 }
 
@@ -1025,17 +1074,24 @@ async fn security_insights(
         "total_runs_with_security": runs.len(),
         "runs_with_issues": runs.iter().filter(|r| !r.analysis.unsafe_items.is_empty()).count(),
         "total_issues_found": runs.iter().map(|r| r.analysis.unsafe_items.len()).sum::<usize>(),
-        "issues_by_category": by_category.values().map(|(cat, count)| json!({
-            "category": cat,
-            "category_name": data::safety_category(cat).map(|c| c.name),
-            "count": count,
-        })).collect::<Vec<_>>(),
-        "top_categories": top.iter().take(5).map(|(cat, _)| *cat).collect::<Vec<_>>(),
+        "issues_by_category": by_category.values().map(|(cat, count)| category_issue(cat, *count)).collect::<Vec<_>>(),
+        "top_categories": top.iter().take(5).map(|(cat, count)| category_issue(cat, *count)).collect::<Vec<_>>(),
         "period_days": days,
         "period_start": start,
         "period_end": end,
         "project_name": project,
     })))
+}
+
+/// An `FASecurityCategoryIssue`.
+fn category_issue(category: &str, count: usize) -> Value {
+    let cat = data::safety_category(category);
+    json!({
+        "category_id": category,
+        "category_name": cat.map_or("", |c| c.name),
+        "issue_count": count,
+        "severity": cat.map_or("medium", |c| c.severity),
+    })
 }
 
 async fn projects(State(app): State<App>) -> Json<Value> {

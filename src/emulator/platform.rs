@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::{
     App,
-    data::{fnv1a, preview, text_of},
+    data::{count_f64, fnv1a, preview, round_to, text_of},
     error::EmuError,
     jobs::{now_rfc3339, rfc3339},
     state::{Project, Table, new_id},
@@ -260,6 +260,19 @@ impl Trace {
         rfc3339(self.created + Duration::from_millis(ms))
     }
 
+    fn status(&self) -> &'static str {
+        if self.has_errors() {
+            "error"
+        } else {
+            "completed"
+        }
+    }
+
+    fn cost(&self) -> f64 {
+        round_to(0.000_002 * count_f64(self.tokens()), 6)
+    }
+
+    /// A `TraceRecord` (list item) that is also a `TraceOverview` (`GET /traces/{id}`).
     fn to_json(&self) -> Value {
         let duration = self.duration_ms();
         json!({
@@ -267,19 +280,80 @@ impl Trace {
             "id": self.id,
             "project_id": self.project_id,
             "project_name": self.project_name,
-            "name": self.name,
-            "status": if self.has_errors() { "error" } else { "completed" },
-            "start_time": self.at(0),
-            "end_time": self.at(duration),
+            "app_name": self.name,
+            "session_id": null,
+            "status": self.status(),
+            "started_at": self.at(0),
+            "ended_at": self.at(duration),
             "duration_ms": duration,
-            "input": self.first("user"),
-            "output": self.last("assistant"),
+            "total_cost": self.cost(),
             "total_tokens": self.tokens(),
-            "cost": 0.000_002 * f64::from(u32::try_from(self.tokens()).unwrap_or(u32::MAX)),
+            "llm_calls": 1,
+            "tool_calls": self.tool_calls.len(),
+            "input_preview": preview(&self.first("user"), 100),
+            "output_preview": preview(&self.last("assistant"), 100),
+            "eval_available": true,
             "message_count": self.messages.len(),
             "span_count": self.spans().len(),
             "metadata": self.metadata,
             "created_at": self.at(0),
+        })
+    }
+
+    /// A `TraceSummary`.
+    fn summary_json(&self) -> Value {
+        let duration = self.duration_ms();
+        let tokens = self.tokens();
+        json!({
+            "trace_id": self.id,
+            "project_id": self.project_id,
+            "project_name": self.project_name,
+            "app_name": self.name,
+            "app_version": "1.0.0",
+            "environment": "emulated",
+            "session_id": null,
+            "status": self.status(),
+            "created_at": self.at(0),
+            "started_at": self.at(0),
+            "ended_at": self.at(duration),
+            "duration_ms": duration,
+            "total_cost": self.cost(),
+            "total_tokens": tokens,
+            "input_tokens": tokens * 2 / 3,
+            "output_tokens": tokens - tokens * 2 / 3,
+            "llm_calls": 1,
+            "tool_calls": self.tool_calls.len(),
+            "retrieval_calls": 0,
+            "tags": [],
+            "custom_fields": {},
+            "summary": {
+                "input_preview": preview(&self.first("user"), 100),
+                "output_preview": preview(&self.last("assistant"), 100),
+            },
+            "diagnostics": { "has_errors": self.has_errors() },
+            "message_count": self.messages.len(),
+            "span_count": self.spans().len(),
+        })
+    }
+
+    /// A `TraceFullResult`: spans grouped by kind.
+    fn full_json(&self) -> Value {
+        let mut groups = serde_json::Map::new();
+        for span in self.spans() {
+            let kind = span["kind"].as_str().unwrap_or("other").to_owned();
+            if let Value::Array(list) = groups.entry(kind).or_insert_with(|| json!([])) {
+                list.push(span);
+            }
+        }
+        json!({
+            "trace_id": self.id,
+            "metadata": self.metadata,
+            "summary": self.summary_json(),
+            "messages": self.messages_json(),
+            "spans": groups,
+            "retrievals": [],
+            "diagnostics": { "has_errors": self.has_errors() },
+            "execution_tree": null,
         })
     }
 
@@ -344,11 +418,18 @@ impl Trace {
         vec![json!({
             "step_id": format!("{}-e0", self.id),
             "trace_id": self.id,
-            "name": "final_answer",
-            "input": self.first("user"),
-            "output": self.last("assistant"),
             "metric": "answer_relevance",
             "score": score,
+            "explanation": if score < 0.5 {
+                "The final answer does not resolve the request."
+            } else {
+                "The final answer addresses the request."
+            },
+            "status": "completed",
+            "input_text": self.first("user"),
+            "output_text": self.last("assistant"),
+            "context": null,
+            "expected": null,
         })]
     }
 }
@@ -455,20 +536,7 @@ async fn trace_summary(
     State(app): State<App>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, EmuError> {
-    with_trace(&app, &id, |t| {
-        json!({
-            "trace_id": t.id,
-            "name": t.name,
-            "status": if t.has_errors() { "error" } else { "completed" },
-            "duration_ms": t.duration_ms(),
-            "total_tokens": t.tokens(),
-            "span_count": t.spans().len(),
-            "message_count": t.messages.len(),
-            "has_errors": t.has_errors(),
-            "input_preview": preview(&t.first("user"), 100),
-            "output_preview": preview(&t.last("assistant"), 100),
-        })
-    })
+    with_trace(&app, &id, Trace::summary_json)
 }
 
 async fn trace_messages(
@@ -496,14 +564,7 @@ async fn trace_full(
     State(app): State<App>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, EmuError> {
-    with_trace(&app, &id, |t| {
-        json!({
-            "trace": t.to_json(),
-            "messages": t.messages_json(),
-            "spans": t.spans(),
-            "eval_steps": t.eval_steps(),
-        })
-    })
+    with_trace(&app, &id, Trace::full_json)
 }
 
 // === trace → items ===

@@ -167,6 +167,10 @@ impl AuditItem {
             "is_safe": self.violated.is_none(),
             "status": if self.violated.is_some() { "unsafe" } else { "safe" },
             "violated_categories": self.violated.into_iter().collect::<Vec<_>>(),
+            "triggered_categories": self.violated.into_iter().collect::<Vec<_>>(),
+            "input_safety_categories": [],
+            "output_safety_categories": self.violated.into_iter().collect::<Vec<_>>(),
+            "risk_score": round_to(self.severity / 5.0, 2),
             "category_names": category.map(|c| c.name).into_iter().collect::<Vec<_>>(),
             "severity": self.severity,
             "explanation": category.map_or_else(
@@ -186,8 +190,8 @@ impl AuditBatch {
         self.clock.phase(now).as_str()
     }
 
-    /// (unsafe count, triggered categories in S-order, top category) over completed results.
-    fn findings(&self, now: Instant) -> (usize, Vec<&'static str>, Option<&'static str>) {
+    /// (unsafe count, triggered categories with their counts in S-order, top category) over completed results.
+    fn findings(&self, now: Instant) -> (usize, Vec<(&'static str, usize)>, Option<&'static str>) {
         if !self.done(now) {
             return (0, Vec::new(), None);
         }
@@ -196,7 +200,7 @@ impl AuditBatch {
             counts.entry(data::category_rank(cat)).or_insert((cat, 0)).1 += 1;
         }
         let unsafe_items = counts.values().map(|(_, n)| n).sum();
-        let triggered = counts.values().map(|(c, _)| *c).collect();
+        let triggered = counts.values().copied().collect();
         // Highest count wins; ties go to the lowest category number (BTreeMap order).
         let top = counts
             .values()
@@ -230,7 +234,10 @@ impl AuditBatch {
             "safe_count": if done { total - unsafe_items } else { 0 },
             "safety_score": done.then_some(1.0 - unsafe_rate),
             "unsafe_rate": unsafe_rate,
-            "triggered_categories": triggered,
+            "triggered_categories": triggered
+                .iter()
+                .map(|(c, n)| ((*c).to_owned(), Value::from(*n)))
+                .collect::<Map<_, _>>(),
             "top_risk_category": top,
             "details": if done {
                 self.items.iter().enumerate().map(|(i, it)| it.to_json(&self.batch_id, i)).collect()
@@ -397,10 +404,13 @@ impl Attack {
     fn to_json(&self, run: &RedTeamRun, n: usize) -> Value {
         let id = format!("{}.a{n}", run.run_id);
         let success = self.success();
-        let severity = if success == Some(true) {
-            f64::from(20 + pick(fnv1a(&[&self.prompt, "severity"]), 31)) / 10.0
-        } else {
-            0.0
+        let severity = (success == Some(true)).then(|| {
+            ["medium", "high", "critical"][pick_index(fnv1a(&[&self.prompt, "severity"]), 3)]
+        });
+        let (status, explanation) = match success {
+            Some(true) => ("succeeded", "The target complied with the attack."),
+            Some(false) => ("failed", "The target refused the attack."),
+            None => ("pending", "Waiting for the target's response."),
         };
         json!({
             "id": id,
@@ -413,8 +423,12 @@ impl Attack {
             "prompt": self.prompt,
             "full_input": self.prompt,
             "response": self.response,
+            "full_response": self.response,
             "success": success,
+            "succeeded": success == Some(true),
+            "status": status,
             "severity": severity,
+            "explanation": explanation,
             "created_at": run.clock.created_at(),
         })
     }
@@ -511,6 +525,7 @@ impl RedTeamRun {
             "target_model": self.target_model,
             "started_at": self.clock.started_at(now),
             "completed_at": self.clock.finished_at(now),
+            "finished_at": self.clock.finished_at(now),
             "created_at": self.clock.created_at(),
             "error": self.clock.error(now),
         })
