@@ -816,3 +816,94 @@ async fn run_serves_a_caller_bound_listener_until_cancelled() -> TestResult {
     tokio::time::timeout(DEADLINE, spawned.shutdown()).await??;
     Ok(())
 }
+
+#[tokio::test]
+async fn unified_endpoints_traces_and_comparisons() -> TestResult {
+    let api = Api::start(config()).await?;
+    let (status, created) = api
+        .post(
+            "/v2/projects",
+            &json!({"name": "shop", "model_name": "gpt-4o-mini"}),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    let pid = created["id"].as_str().unwrap();
+    assert_eq!(
+        api.post("/v2/projects", &json!({"name": "shop"})).await?.0,
+        StatusCode::CONFLICT
+    );
+    let (_, projects) = api.get("/v2/projects").await?;
+    let names: Vec<&str> = projects
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["demo", "shop"]);
+    assert_eq!(
+        api.get(&format!("/v2/projects/{pid}")).await?.1["name"],
+        "shop"
+    );
+
+    let (_, traces) = api.get("/api/v1/traces?page=1&page_size=2").await?;
+    assert_eq!(
+        (traces["total"].clone(), traces["has_more"].clone()),
+        (json!(3), json!(true))
+    );
+    let (status, spans) = api.get("/api/v1/traces/trace_demo_002/spans").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(spans["spans"].as_array().is_some_and(|s| s.len() == 3));
+    assert_eq!(
+        api.get("/api/v1/traces/nope").await?.0,
+        StatusCode::NOT_FOUND
+    );
+    let (_, from_trace) = api
+        .post(ANALYZE, &json!({"trace_id": "trace_demo_002"}))
+        .await?;
+    assert_eq!(from_trace["input_type"], "trace");
+    assert_eq!(from_trace["summary"]["total_failures_detected"], 1);
+
+    let eval = json!({"project_name": "shop", "dataset": items(0..2), "metrics": ["coherence"]});
+    let (_, a) = api.post("/v2/evaluate/", &eval).await?;
+    let (_, b) = api.post("/v2/evaluate/", &eval).await?;
+    let (a, b) = (a["run_id"].as_str().unwrap(), b["run_id"].as_str().unwrap());
+    let (status, cmp) = api
+        .get(&format!("/v2/evaluate/compare?run_ids={a}&run_ids={b}"))
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(cmp["overall_scores"][0], cmp["overall_scores"][1]);
+    assert_eq!(
+        api.get(&format!("/v2/evaluate/compare?run_ids={a}"))
+            .await?
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+
+    let (_, usage) = api.get("/v2/auth/usage").await?;
+    assert_eq!(usage["services"]["evaluation"], 2);
+    assert_eq!(usage["services"]["failure_analysis"], 1);
+    let (_, auth) = api.post("/v2/auth/validate", &json!(null)).await?;
+    assert_eq!(auth["valid"], true);
+
+    // A job id of one kind is unknown to the other kind's status endpoint.
+    let (_, rt) = api
+        .post(
+            "/v2/security/redteam",
+            &json!({"attack_vector_keys": ["jailbreak_roleplay"], "attacks_per_vector": 1}),
+        )
+        .await?;
+    let rt = rt["job_id"].as_str().unwrap();
+    assert_eq!(
+        api.get(&format!("/v2/security/jobs/{rt}/status?job_type=redteam"))
+            .await?
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.get(&format!("/v2/security/jobs/{rt}/status?job_type=security"))
+            .await?
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    Ok(())
+}

@@ -273,16 +273,15 @@ fn submit(
         .sum::<usize>()
         * sub.metrics.len();
     let run_id = new_id("ev");
-    let mut store = app.store();
-    let project_id = store.ensure_project(sub.project_name).id.clone();
-    store.count_usage(caller, Service::Evaluation, tokens);
+    let scored = score_items(items, &sub.metrics);
+    let project_id = app.store().ensure_project(sub.project_name).id.clone();
     let run = EvalRun {
         run_id: run_id.clone(),
         project_id,
         project_name: sub.project_name.to_owned(),
         run_name: sub.run_name,
         metadata: sub.metadata,
-        items: score_items(items, &sub.metrics),
+        items: scored,
         metrics: sub.metrics,
         clock,
     };
@@ -300,6 +299,8 @@ fn submit(
     } else {
         (StatusCode::OK, Json(run.result_json(Instant::now()))).into_response()
     };
+    let mut store = app.store();
+    store.count_usage(caller, Service::Evaluation, tokens);
     store.eval.runs.insert(run_id, run);
     response
 }

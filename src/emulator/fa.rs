@@ -652,10 +652,9 @@ async fn analyze(
     let job_duration = app.job_duration();
     let inline_max = app.settings.inline_max_items;
 
-    let mut store = app.store();
     let (items, input_type): (Vec<Value>, &'static str) = match (items, trace_id) {
         (Some(items), _) if !items.is_empty() => (items.to_vec(), "json"),
-        (_, Some(trace_id)) => (vec![store.traces.item_for(trace_id)], "trace"),
+        (_, Some(trace_id)) => (vec![app.store().traces.item_for(trace_id)], "trace"),
         _ => {
             return Err(EmuError::BadRequest(
                 "Either trace_id or dataset is required".to_owned(),
@@ -675,10 +674,7 @@ async fn analyze(
     } else {
         JobClock::finished()
     };
-    if let Some(name) = project_name {
-        store.ensure_project(name);
-    }
-    store.count_usage(&caller, Service::FailureAnalysis, analysis.tokens_used);
+    let tokens_used = analysis.tokens_used;
     let run = FaRun {
         run_id: run_id.clone(),
         project_name: project_name.map(str::to_owned),
@@ -691,7 +687,6 @@ async fn analyze(
         total_items,
         analysis,
     };
-    let now = Instant::now();
     let response = if is_async {
         let body = json!({
             "job_id": run_id,
@@ -704,8 +699,13 @@ async fn analyze(
         });
         (StatusCode::ACCEPTED, Json(body)).into_response()
     } else {
-        (StatusCode::OK, Json(run.result_json(now))).into_response()
+        (StatusCode::OK, Json(run.result_json(Instant::now()))).into_response()
     };
+    let mut store = app.store();
+    if let Some(name) = project_name {
+        store.ensure_project(name);
+    }
+    store.count_usage(&caller, Service::FailureAnalysis, tokens_used);
     store.fa.runs.insert(run_id, run);
     Ok(response)
 }

@@ -15,7 +15,8 @@
 //! - Test hook: an async job whose items contain `EMULATOR_JOB_FAIL` (or a red-team `run_name` containing it) ends
 //!   `failed` with `error: "emulated job failure"` instead of `completed`.
 //! - Faults, in order: scripted [`EmulatorHandle::fail_next`], then random drop / 429 / 500 from [`Faults`], then
-//!   `latency`. Every request is recorded first, faulted or not (the most recent 100 000 are kept).
+//!   `latency`. Every request is recorded first, faulted or not (the most recent 100 000, and at most 512 MiB of
+//!   bodies, are kept).
 //!
 //! # Example
 //! ```no_run
@@ -176,7 +177,9 @@ impl EmulatorHandle {
 
     /// Forgets the recorded requests (not the seen keys).
     pub fn clear_requests(&self) {
-        self.shared.control().requests.clear();
+        let mut c = self.shared.control();
+        c.requests.clear();
+        c.recorded_bytes = 0;
     }
 
     pub fn set_faults(&self, faults: Faults) {

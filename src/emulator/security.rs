@@ -311,13 +311,12 @@ fn store_batch(
         .map(|i| (i.user_input.len() + i.assistant_response.len()).div_ceil(4) + 50)
         .sum();
     let batch_id = new_id("sb");
-    let mut store = app.store();
-    let project_id = project_for(&mut store, obj)?;
-    store.count_usage(caller, Service::Security, tokens);
+    let batch_name = opt_str(obj, "batch_name")?.map(str::to_owned);
+    let project_id = project_for(&mut app.store(), obj)?;
     let batch = AuditBatch {
         batch_id: batch_id.clone(),
         project_id,
-        batch_name: opt_str(obj, "batch_name")?.map(str::to_owned),
+        batch_name,
         clock,
         items,
     };
@@ -336,6 +335,8 @@ fn store_batch(
     } else {
         (StatusCode::OK, Json(batch.result_json(Instant::now()))).into_response()
     };
+    let mut store = app.store();
+    store.count_usage(caller, Service::Security, tokens);
     store.security.batches.insert(batch_id, batch);
     Ok(response)
 }

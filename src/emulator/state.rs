@@ -18,6 +18,8 @@ use super::{
 
 /// Recorded requests kept at most (oldest dropped first), so long benchmark runs stay bounded.
 const MAX_RECORDED: usize = 100_000;
+/// Recorded body bytes kept at most (oldest requests dropped first; the newest is always kept).
+const MAX_RECORDED_BODY_BYTES: usize = 512 * 1024 * 1024;
 
 /// Everything the router and the connection layer share.
 #[derive(Debug)]
@@ -43,6 +45,8 @@ pub(super) struct Control {
     pub(super) fail_next: VecDeque<(usize, StatusCode)>,
     pub(super) job_duration: Duration,
     pub(super) requests: VecDeque<RecordedRequest>,
+    /// Sum of the recorded bodies' lengths.
+    pub(super) recorded_bytes: usize,
     pub(super) bearer_keys: Vec<String>,
     pub(super) openai_keys: Vec<String>,
 }
@@ -89,6 +93,7 @@ impl Shared {
                 fail_next: VecDeque::new(),
                 job_duration: config.job_duration,
                 requests: VecDeque::new(),
+                recorded_bytes: 0,
                 bearer_keys: Vec::new(),
                 openai_keys: Vec::new(),
             }),
@@ -116,10 +121,15 @@ impl Shared {
         {
             c.bearer_keys.push(key.to_owned());
         }
-        if c.requests.len() >= MAX_RECORDED {
-            c.requests.pop_front();
-        }
+        c.recorded_bytes += req.body.len();
         c.requests.push_back(req);
+        while c.requests.len() > 1
+            && (c.requests.len() > MAX_RECORDED || c.recorded_bytes > MAX_RECORDED_BODY_BYTES)
+        {
+            if let Some(old) = c.requests.pop_front() {
+                c.recorded_bytes -= old.body.len();
+            }
+        }
     }
 
     /// Remembers a BYOK `openai_api_key` seen in a submit body.

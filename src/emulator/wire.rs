@@ -246,3 +246,65 @@ pub(super) fn dataset(obj: &Object, max: usize) -> Result<Option<&[Value]>, EmuE
     }
     Ok(Some(items))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn params_keep_repeated_and_comma_joined_values() {
+        let p = Params::parse(Some("run_ids=a&run_ids=b%2Cc&empty=&page=2"));
+        assert_eq!(p.list("run_ids"), ["a", "b", "c"]);
+        assert_eq!(p.get("empty"), None);
+        assert_eq!(p.int("page", 1, 1, 10).unwrap(), 2);
+        assert!(matches!(
+            p.int("page", 1, 3, 10),
+            Err(EmuError::InvalidQuery { param: "page", .. })
+        ));
+    }
+
+    #[test]
+    fn paging_slices_and_reports_more() {
+        let items: Vec<u32> = (0..5).collect();
+        let page = Paging {
+            page: 2,
+            page_size: 2,
+        };
+        assert_eq!(page.slice(&items), [2, 3]);
+        assert!(page.has_more(items.len()));
+        let last = Paging {
+            page: 3,
+            page_size: 2,
+        };
+        assert_eq!(last.slice(&items), [4]);
+        assert!(!last.has_more(items.len()));
+        assert!(
+            Paging {
+                page: 9,
+                page_size: 2
+            }
+            .slice(&items)
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn dataset_size_is_checked_before_the_items() {
+        let obj = json_object(br#"{"dataset": [1, 2, 3]}"#).unwrap();
+        assert!(matches!(
+            dataset(&obj, 2),
+            Err(EmuError::DatasetTooLarge { size: 3, max: 2 })
+        ));
+        assert!(matches!(dataset(&obj, 5), Err(EmuError::BadRequest(_))));
+        let ok = json_object(br#"{"dataset": [{"input": "q"}]}"#).unwrap();
+        assert_eq!(dataset(&ok, 5).unwrap().map(<[Value]>::len), Some(1));
+        assert!(json_object(b"[1]").is_err());
+        assert!(json_object(b"  ").is_err());
+        assert_eq!(
+            optional_object(b"").unwrap(),
+            json!({}).as_object().cloned().unwrap()
+        );
+    }
+}
