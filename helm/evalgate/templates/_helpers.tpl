@@ -254,7 +254,12 @@ strict config parser rejects for integer keys, so the chart renders TOML itself.
 {{- if kindIs "map" $v }}
 {{- $name := $k }}
 {{- if $prefix }}{{ $name = printf "%s.%s" $prefix $k }}{{ end }}
+{{- $scalars := false }}
+{{- range $sv := values $v }}{{ if not (kindIs "map" $sv) }}{{ $scalars = true }}{{ end }}{{ end }}
+{{- /* A table holding only sub-tables needs no header of its own. */}}
+{{- if or $scalars (empty $v) }}
 {{ printf "\n[%s]" $name }}
+{{- end }}
 {{- include "evalgate.toml.table" (dict "prefix" $name "map" $v) }}
 {{- end }}
 {{- end }}
