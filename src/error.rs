@@ -39,6 +39,12 @@ pub enum ApiError {
     RequestTimeout,
     #[error("{0}")]
     Upstream(#[from] UpstreamError),
+    /// A job (or other resource) that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the resource's state (result not ready, idempotency key reuse).
+    #[error("{0}")]
+    Conflict(String),
     /// The shutdown grace period ended while this request was still running.
     #[error("evalgate is shutting down; the request was cut off and may have reached the upstream")]
     ShuttingDown,
@@ -73,7 +79,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } | Self::Upstream(UpstreamError::BodyTooLarge { .. }) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            Self::UnknownRoute => StatusCode::NOT_FOUND,
+            Self::UnknownRoute | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded { .. } | Self::Upstream(UpstreamError::Connect(_)) => {
@@ -98,6 +105,8 @@ impl ApiError {
                 "payload_too_large"
             }
             Self::UnknownRoute => "unknown_route",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RateLimited { .. } => "rate_limited",
             Self::Overloaded { .. } => "overloaded",
@@ -142,17 +151,53 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
+impl ApiError {
+    fn log(&self) {
         let code = self.code();
-        if status.is_server_error() {
-            tracing::warn!(error = %ErrorChain(&self), code, "request failed");
+        if self.status().is_server_error() {
+            tracing::warn!(error = %ErrorChain(self), code, "request failed");
         } else {
             tracing::debug!(error = %self, code, "request rejected");
         }
+    }
+
+    fn finish(&self, mut response: Response) -> Response {
+        if let Some(secs) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response.extensions_mut().insert(ErrorCode(self.code()));
+        response
+    }
+}
+
+/// The native `/v1` API's error shape: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug)]
+pub struct V1Error(pub ApiError);
+
+impl From<ApiError> for V1Error {
+    fn from(error: ApiError) -> Self {
+        Self(error)
+    }
+}
+
+impl IntoResponse for V1Error {
+    fn into_response(self) -> Response {
+        self.0.log();
+        let body = serde_json::json!({"error": {"code": self.0.code(), "message": self.0.public_message()}});
+        let response = (self.0.status(), Json(body)).into_response();
+        self.0.finish(response)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
+        let status = self.status();
+        let code = self.code();
         let message = self.public_message();
-        let mut response = (
+        let response = (
             status,
             Json(ErrorBody {
                 detail: &message,
@@ -160,13 +205,7 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
-        if let Some(secs) = self.retry_after() {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(secs));
-        }
-        response.extensions_mut().insert(ErrorCode(code));
-        response
+        self.finish(response)
     }
 }
 

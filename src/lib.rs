@@ -14,13 +14,16 @@
 //!
 //! `run` is the whole service: it builds the state, serves both ports, and shuts down in order
 //! (readiness 503 → drain the API port within the grace period → stop the admin port).
+pub mod batching;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod emulator;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod middleware;
+pub mod retry;
 pub mod shutdown;
 pub mod state;
 pub mod store;
@@ -99,10 +102,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let grace = config.server.shutdown_grace_period;
-    let state = AppState::build(config).await?;
+    let (state, engine) = AppState::build(config).await?;
     let admin_stop = CancellationToken::new();
+    let engine_stop = CancellationToken::new();
     let mut api_tasks = Supervisor::new(shutdown.clone());
     let mut admin_tasks = Supervisor::new(admin_stop.clone());
+    let mut engine_tasks = Supervisor::new(engine_stop.clone());
+    engine_tasks.spawn("job-engine", engine.run(engine_stop.clone()));
 
     let api = axum::serve(listeners.api, http::api_router(state.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -123,6 +129,7 @@ pub async fn run(
         () = shutdown.cancelled() => None,
         ended = api_tasks.next() => ended,
         ended = admin_tasks.next() => ended,
+        ended = engine_tasks.next() => ended,
     };
     let mut failure = early.map(|(task, result)| {
         let reason = result
@@ -148,6 +155,13 @@ pub async fn run(
             aborted,
             "grace period over; in-flight requests were cut off"
         );
+    }
+    // The engine stops after the API: in-flight upstream calls finish or resume from the store.
+    engine_stop.cancel();
+    while let Some((task, result)) = engine_tasks.next().await {
+        if let Err(reason) = result {
+            failure.get_or_insert((task, reason));
+        }
     }
     // The admin port answered 503 on /readyz throughout the drain; now it stops too.
     admin_stop.cancel();

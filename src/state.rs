@@ -12,6 +12,10 @@ use crate::{
     config::Config,
     error::ApiError,
     http::routes::RouteTable,
+    jobs::{
+        engine::{EngineHandle, JobEngine},
+        hub::JobHub,
+    },
     middleware::rate_limit::Limiters,
     shutdown::Readiness,
     store::{JobStore, SqliteStore},
@@ -31,6 +35,8 @@ pub struct Inner {
     pub readiness: Readiness,
     pub store: Arc<dyn JobStore>,
     pub metrics: PrometheusHandle,
+    pub hub: JobHub,
+    pub engine: EngineHandle,
     /// Fired when the shutdown grace period is over: requests still running are answered at once.
     pub hard_stop: CancellationToken,
     in_flight: Arc<Semaphore>,
@@ -60,21 +66,32 @@ impl Drop for InFlight {
 // === impl AppState ===
 
 impl AppState {
-    pub async fn build(config: Config) -> Result<Self, StartupError> {
+    /// Builds the state and the job engine that runs beside it.
+    pub async fn build(config: Config) -> Result<(Self, JobEngine), StartupError> {
         let upstream = UpstreamClient::new(&config.valiqor)?;
-        let store = SqliteStore::open(&config.store.path).await?;
-        Ok(Self(Arc::new(Inner {
+        let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&config.store.path).await?);
+        let hub = JobHub::new();
+        let (engine, handle) = JobEngine::new(
+            Arc::clone(&store),
+            upstream.clone(),
+            hub.clone(),
+            Arc::new(config.clone()),
+        );
+        let state = Self(Arc::new(Inner {
             upstream,
+            hub,
+            engine: handle,
             routes: RouteTable::new(),
             cache: TaxonomyCache::new(&config.taxonomy_cache),
             limiters: Limiters::new(&config.rate_limit),
             readiness: Readiness::default(),
-            store: Arc::new(store),
+            store,
             metrics: telemetry::metrics_handle(),
             hard_stop: CancellationToken::new(),
             in_flight: Arc::new(Semaphore::new(config.server.max_in_flight)),
             config,
-        })))
+        }));
+        Ok((state, engine))
     }
 
     /// Admits one request or sheds it with 503 + Retry-After when `server.max_in_flight` are running.

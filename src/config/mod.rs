@@ -31,6 +31,61 @@ pub struct Config {
     pub taxonomy_cache: TaxonomyCacheConfig,
     pub rate_limit: RateLimitConfig,
     pub telemetry: TelemetryConfig,
+    pub batching: BatchingConfig,
+    pub jobs: JobsConfig,
+}
+
+/// Batch limits of one kind.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BatchLimitsConfig {
+    pub max_items: usize,
+    pub max_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchingConfig {
+    pub failure_analysis: BatchLimitsConfig,
+    pub evaluation: BatchLimitsConfig,
+    pub security_audit: BatchLimitsConfig,
+}
+
+impl BatchingConfig {
+    pub fn for_kind(&self, kind: crate::jobs::JobKind) -> BatchLimitsConfig {
+        match kind {
+            crate::jobs::JobKind::FailureAnalysis => self.failure_analysis,
+            crate::jobs::JobKind::Evaluation => self.evaluation,
+            crate::jobs::JobKind::SecurityAudit => self.security_audit,
+        }
+    }
+}
+
+/// What a batch that fails for good does to its job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Finish the other batches; the job ends `completed_with_errors`.
+    Continue,
+    /// Cancel the other batches; the job ends `failed`.
+    FailFast,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobsConfig {
+    pub concurrency: usize,
+    pub upstream_per_second: u32,
+    #[serde(with = "humantime_serde")]
+    pub poll_initial_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub poll_max_interval: Duration,
+    pub max_attempts: u32,
+    pub failure_policy: FailurePolicy,
+    pub max_active_jobs: usize,
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -16,6 +16,8 @@ pub(crate) const SECTIONS: &[&str] = &[
     "taxonomy_cache",
     "rate_limit",
     "telemetry",
+    "batching",
+    "jobs",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -81,4 +83,39 @@ pub(crate) struct RawRateLimit {
 pub(crate) struct RawTelemetry {
     pub format: String,
     pub filter: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBatchLimits {
+    pub max_items: u64,
+    pub max_bytes: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBatching {
+    pub failure_analysis: RawBatchLimits,
+    pub evaluation: RawBatchLimits,
+    pub security_audit: RawBatchLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawJobs {
+    pub concurrency: u64,
+    pub upstream_per_second: u64,
+    #[serde(with = "humantime_serde")]
+    pub poll_initial_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub poll_max_interval: Duration,
+    pub max_attempts: u64,
+    pub failure_policy: String,
+    pub max_active_jobs: u64,
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
 }

@@ -9,9 +9,13 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use super::{
-    ByokMode, Config, ConfigError, EnvLookup, LogFormat, RateLimitConfig, ServerConfig,
-    StoreConfig, StorePath, TaxonomyCacheConfig, TelemetryConfig, ValiqorConfig,
-    raw::{self, RawRateLimit, RawServer, RawStore, RawTaxonomyCache, RawTelemetry, RawValiqor},
+    BatchLimitsConfig, BatchingConfig, ByokMode, Config, ConfigError, EnvLookup, FailurePolicy,
+    JobsConfig, LogFormat, RateLimitConfig, ServerConfig, StoreConfig, StorePath,
+    TaxonomyCacheConfig, TelemetryConfig, ValiqorConfig,
+    raw::{
+        self, RawBatchLimits, RawBatching, RawJobs, RawRateLimit, RawServer, RawStore,
+        RawTaxonomyCache, RawTelemetry, RawValiqor,
+    },
 };
 use crate::types::Secret;
 
@@ -97,6 +101,27 @@ pub(super) fn from_figment(figment: &Figment, env: &dyn EnvLookup) -> Result<Con
         .section::<RawTelemetry>(figment, "telemetry")
         .and_then(|raw| telemetry(&raw, &mut problems));
 
+    let batching = problems
+        .section::<RawBatching>(figment, "batching")
+        .and_then(|raw| batching(&raw, &mut problems));
+    let jobs = problems
+        .section::<RawJobs>(figment, "jobs")
+        .and_then(|raw| jobs(&raw, &mut problems));
+    if let (Some(server), Some(batching)) = (&server, &batching) {
+        for (kind, limits) in [
+            ("failure_analysis", batching.failure_analysis),
+            ("evaluation", batching.evaluation),
+            ("security_audit", batching.security_audit),
+        ] {
+            if limits.max_bytes > server.max_body_bytes {
+                problems.push(
+                    &format!("batching.{kind}.max_bytes"),
+                    "must not exceed server.max_body_bytes",
+                );
+            }
+        }
+    }
+
     match (
         server,
         valiqor,
@@ -104,6 +129,8 @@ pub(super) fn from_figment(figment: &Figment, env: &dyn EnvLookup) -> Result<Con
         taxonomy_cache,
         rate_limit,
         telemetry,
+        batching,
+        jobs,
     ) {
         (
             Some(server),
@@ -112,6 +139,8 @@ pub(super) fn from_figment(figment: &Figment, env: &dyn EnvLookup) -> Result<Con
             Some(taxonomy_cache),
             Some(rate_limit),
             Some(telemetry),
+            Some(batching),
+            Some(jobs),
         ) if problems.0.is_empty() => Ok(Config {
             server,
             valiqor,
@@ -119,11 +148,94 @@ pub(super) fn from_figment(figment: &Figment, env: &dyn EnvLookup) -> Result<Con
             taxonomy_cache,
             rate_limit,
             telemetry,
+            batching,
+            jobs,
         }),
         _ => Err(ConfigError {
             problems: problems.0,
         }),
     }
+}
+
+fn batch_limits(
+    kind: &str,
+    raw: &RawBatchLimits,
+    problems: &mut Problems,
+) -> Option<BatchLimitsConfig> {
+    let max_items = positive_usize(
+        &format!("batching.{kind}.max_items"),
+        raw.max_items,
+        problems,
+    );
+    let max_bytes = positive_usize(
+        &format!("batching.{kind}.max_bytes"),
+        raw.max_bytes,
+        problems,
+    );
+    Some(BatchLimitsConfig {
+        max_items: max_items?,
+        max_bytes: max_bytes?,
+    })
+}
+
+fn batching(raw: &RawBatching, problems: &mut Problems) -> Option<BatchingConfig> {
+    let failure_analysis = batch_limits("failure_analysis", &raw.failure_analysis, problems);
+    let evaluation = batch_limits("evaluation", &raw.evaluation, problems);
+    let security_audit = batch_limits("security_audit", &raw.security_audit, problems);
+    Some(BatchingConfig {
+        failure_analysis: failure_analysis?,
+        evaluation: evaluation?,
+        security_audit: security_audit?,
+    })
+}
+
+fn jobs(raw: &RawJobs, problems: &mut Problems) -> Option<JobsConfig> {
+    let concurrency = positive_usize("jobs.concurrency", raw.concurrency, problems);
+    let upstream_per_second = small_u32(
+        "jobs.upstream_per_second",
+        raw.upstream_per_second,
+        problems,
+    );
+    let max_attempts = match small_u32("jobs.max_attempts", raw.max_attempts, problems) {
+        Some(0) => {
+            problems.push("jobs.max_attempts", "must be greater than 0");
+            None
+        }
+        other => other,
+    };
+    let max_active_jobs = positive_usize("jobs.max_active_jobs", raw.max_active_jobs, problems);
+    if raw.poll_initial_interval.is_zero() {
+        problems.push("jobs.poll_initial_interval", "must be greater than 0");
+    }
+    if raw.poll_initial_interval > raw.poll_max_interval {
+        problems.push(
+            "jobs.poll_max_interval",
+            "must not be below jobs.poll_initial_interval",
+        );
+    }
+    let failure_policy = match raw.failure_policy.as_str() {
+        "continue" => Some(FailurePolicy::Continue),
+        "fail-fast" => Some(FailurePolicy::FailFast),
+        other => {
+            problems.push(
+                "jobs.failure_policy",
+                format!("{other:?} is not \"continue\" or \"fail-fast\""),
+            );
+            None
+        }
+    };
+    Some(JobsConfig {
+        concurrency: concurrency?,
+        upstream_per_second: upstream_per_second?,
+        poll_initial_interval: raw.poll_initial_interval,
+        poll_max_interval: raw.poll_max_interval,
+        max_attempts: max_attempts?,
+        failure_policy: failure_policy?,
+        max_active_jobs: max_active_jobs?,
+        retention: raw.retention,
+        idempotency_window: raw.idempotency_window,
+        max_wait: raw.max_wait,
+    })
 }
 
 fn socket_addr(key: &str, value: &str, problems: &mut Problems) -> Option<SocketAddr> {

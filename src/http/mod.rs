@@ -2,8 +2,10 @@
 pub mod admin;
 pub mod byok;
 pub mod headers;
+pub mod jobs;
 pub mod routes;
 pub mod valiqor;
+pub mod valiqor_jobs;
 
 use axum::{Router, middleware};
 use tower_http::{
@@ -21,6 +23,7 @@ use crate::{middleware as mw, state::AppState};
 ///    rate limits, body limit, BYOK, cache, forward (all under `server.request_timeout`).
 pub fn api_router(state: AppState) -> Router {
     Router::new()
+        .merge(jobs::router())
         .fallback(valiqor::handle)
         .with_state(state)
         .layer(middleware::from_fn(mw::metrics::layer))

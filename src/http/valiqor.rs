@@ -13,7 +13,7 @@ use axum::{
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{
-    HeaderValue, Method,
+    HeaderValue, Method, StatusCode,
     header::{AGE, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING},
     request::Parts,
 };
@@ -23,10 +23,13 @@ use super::{
     byok,
     headers::{self, CACHE_STATUS},
     routes::{Handling, Resolved},
+    valiqor_jobs,
 };
 use crate::{
+    batching::Submission,
     cache::{CacheKey, StoredResponse},
     error::ApiError,
+    jobs::service,
     middleware::metrics::{RouteLabel, UpstreamElapsed},
     state::{AppState, InFlight},
     telemetry,
@@ -45,7 +48,7 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
         Resolved::Found(template, handling) => {
             tracing::Span::current().record("route", template);
             let deadline = state.config.server.request_timeout;
-            let served = tokio::time::timeout(deadline, serve(&state, handling, request));
+            let served = tokio::time::timeout(deadline, serve(&state, template, handling, request));
             let response = tokio::select! {
                 biased;
                 () = state.hard_stop.cancelled() => ApiError::ShuttingDown.into_response(),
@@ -67,10 +70,16 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
 
 async fn serve(
     state: &AppState,
+    template: &'static str,
     handling: Handling,
     request: Request,
 ) -> Result<Response, ApiError> {
     let admitted = state.admit()?;
+    // evalgate's own job ids are answered here; every other id passes through.
+    if let Some(id) = valiqor_jobs::evalgate_id(request.uri().path()) {
+        let id = id.to_owned();
+        return valiqor_jobs::serve(state, template, &id, request.uri().query()).await;
+    }
     let (parts, body) = request.into_parts();
     let limit = state.config.server.max_body_bytes;
     if declared_length(&parts).is_some_and(|n| n > limit) {
@@ -82,7 +91,7 @@ async fn serve(
             state.limiters.check_playground()?;
             forward_streaming(state, parts, body, admitted).await
         }
-        Handling::Submit => forward_submit(state, parts, body, admitted).await,
+        Handling::Submit => forward_submit(state, template, parts, body, admitted).await,
         Handling::Cached => serve_cached(state, parts, admitted).await,
     }
 }
@@ -122,16 +131,27 @@ async fn forward_streaming(
 /// Reads a submit body, applies the BYOK key, and forwards it.
 async fn forward_submit(
     state: &AppState,
+    template: &'static str,
     parts: Parts,
     body: Body,
     admitted: InFlight,
 ) -> Result<Response, ApiError> {
     let limit = state.config.server.max_body_bytes;
-    let bytes = read_body(body, limit).await?;
+    let original = read_body(body, limit).await?;
     let valiqor = &state.config.valiqor;
     let key = valiqor.openai_api_key.as_ref().map(|k| k.expose().as_str());
-    let bytes =
-        byok::apply(bytes, valiqor.byok, key).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let bytes = byok::apply(original.clone(), valiqor.byok, key)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    // Datasets over the batch limits become managed jobs; others go straight through. A body
+    // the splitter cannot read (a trace-only run, say) is the upstream's to judge.
+    let managed = valiqor_jobs::managed_kind(template, &parts.method)
+        .and_then(|kind| Submission::parse(original).ok().map(|s| (kind, s)));
+    if let Some((kind, submission)) = &managed
+        && service::exceeds_limits(state, *kind, submission).await?
+    {
+        let (kind, submission) = managed.unwrap_or_else(|| unreachable!("checked just above"));
+        return valiqor_jobs::accept(state, kind, submission, None).await;
+    }
     let mut headers = headers::to_upstream(&parts.headers, false);
     // The body was just validated as JSON, whatever the caller labelled it (curl -d sends a form type).
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -143,7 +163,51 @@ async fn forward_submit(
         body: Some(reqwest::Body::from(bytes)),
         body_limit: limit,
     };
-    send(state, request, admitted).await
+    let (upstream, elapsed) = send_upstream(state, request).await?;
+    let Some((kind, submission)) = managed.filter(|_| upstream.status() == StatusCode::BAD_REQUEST)
+    else {
+        return Ok(stream_back(upstream, admitted, elapsed));
+    };
+    // A 400 may be `dataset_too_large`: then the dataset becomes a managed job split to fit.
+    let status = upstream.status();
+    let headers = headers::to_caller(upstream.headers());
+    let answer = Limited::new(http::Response::from(upstream).into_body(), TOO_LARGE_PEEK)
+        .collect()
+        .await
+        .map_err(|_| ApiError::Upstream(UpstreamError::Incomplete))?
+        .to_bytes();
+    if let Some(max_allowed) = dataset_too_large(&answer) {
+        tracing::info!(
+            max_allowed,
+            "upstream refused the dataset as too large; batching it"
+        );
+        return valiqor_jobs::accept(state, kind, submission, Some(max_allowed)).await;
+    }
+    let mut response = Response::new(Body::from(answer));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response.extensions_mut().insert(UpstreamElapsed(elapsed));
+    Ok(response)
+}
+
+/// How much of a 400 answer is read to look for `dataset_too_large`.
+const TOO_LARGE_PEEK: usize = 64 * 1024;
+
+/// `max_allowed` of a `400 {"error": "dataset_too_large", ...}` answer.
+fn dataset_too_large(body: &[u8]) -> Option<usize> {
+    #[derive(serde::Deserialize)]
+    struct TooLarge {
+        error: Option<String>,
+        max_allowed: Option<u64>,
+    }
+    let parsed: TooLarge = serde_json::from_slice(body).ok()?;
+    (parsed.error.as_deref() == Some("dataset_too_large")).then(|| {
+        parsed
+            .max_allowed
+            .and_then(|m| usize::try_from(m).ok())
+            .unwrap_or(1)
+            .max(1)
+    })
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
@@ -162,11 +226,26 @@ async fn send(
     request: UpstreamRequest,
     admitted: InFlight,
 ) -> Result<Response, ApiError> {
+    let (upstream, elapsed) = send_upstream(state, request).await?;
+    Ok(stream_back(upstream, admitted, elapsed))
+}
+
+async fn send_upstream(
+    state: &AppState,
+    request: UpstreamRequest,
+) -> Result<(reqwest::Response, std::time::Duration), ApiError> {
     state.limiters.check_upstream()?;
     let started = Instant::now();
     let result = state.upstream.send(request).await;
     let elapsed = started.elapsed();
-    let upstream = record_outcome(result)?;
+    Ok((record_outcome(result)?, elapsed))
+}
+
+fn stream_back(
+    upstream: reqwest::Response,
+    admitted: InFlight,
+    elapsed: std::time::Duration,
+) -> Response {
     let status = upstream.status();
     let headers = headers::to_caller(upstream.headers());
     let stream = upstream.bytes_stream().map(move |chunk| {
@@ -177,7 +256,7 @@ async fn send(
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response.extensions_mut().insert(UpstreamElapsed(elapsed));
-    Ok(response)
+    response
 }
 
 fn record_outcome(

@@ -1,13 +1,15 @@
 //! The durable store: `JobStore` is every read and write of persistent state; `SqliteStore` is the
 //! default implementation. Nothing outside this module knows SQL.
 //!
-//! Today the store holds only its schema version; managed jobs, batches and the webhook outbox
-//! are added here as migrations, behind the same trait, so a `PostgreSQL` store can follow.
+//! Every state change is committed before it is acknowledged (to a caller or to the engine's next
+//! step). A `PostgreSQL` store can implement the same trait; nothing outside `store/` changes.
 pub mod sqlite;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 
 pub use self::sqlite::SqliteStore;
+use crate::jobs::{BatchState, JobId, JobKind, JobState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -23,10 +25,233 @@ pub enum StoreError {
     Join(#[from] tokio::task::JoinError),
     #[error("the store is newer (schema {found}) than this evalgate (schema {supported})")]
     TooNew { found: i64, supported: i64 },
+    #[error("the store holds a value this evalgate cannot read: {0}")]
+    Corrupt(String),
+}
+
+/// Milliseconds since the Unix epoch (wall clock: persisted, compared across restarts).
+pub type Millis = i64;
+
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Which surface created a job (decides the id's follow-up paths and response shapes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// `POST /v1/jobs`.
+    Native,
+    /// A Valiqor submit endpoint, batched transparently behind the SDK.
+    Valiqor,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Valiqor => "valiqor",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewBatch {
+    pub idx: u32,
+    pub item_start: usize,
+    pub item_end: usize,
+    /// The batch's items, byte for byte, separators as sent (no brackets).
+    pub payload: Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: JobId,
+    pub kind: JobKind,
+    pub origin: Origin,
+    pub total_items: usize,
+    /// Top-level members repeated in every batch body (raw JSON members, no braces).
+    pub members: Bytes,
+    /// The webhook target as JSON, stored now and delivered by the webhook dispatcher.
+    pub webhook: Option<String>,
+    /// (Idempotency-Key, hash of the request body).
+    pub idempotency: Option<(String, String)>,
+    pub batches: Vec<NewBatch>,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct BatchRecord {
+    pub idx: u32,
+    pub item_start: usize,
+    pub item_end: usize,
+    pub state: BatchState,
+    pub upstream_job_id: Option<String>,
+    pub attempts: u32,
+    pub submits: u32,
+    pub progress: f64,
+    pub current_item: usize,
+    pub error: Option<String>,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub kind: JobKind,
+    pub origin: Origin,
+    pub state: JobState,
+    pub total_items: usize,
+    pub error: Option<String>,
+    pub webhook: Option<String>,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub updated_at: Millis,
+    /// The last event sequence number (SSE ids).
+    pub seq: i64,
+    /// Batches in dataset order (superseded `split` batches excluded).
+    pub batches: Vec<BatchRecord>,
+}
+
+/// What the engine needs to submit or poll one batch.
+#[derive(Debug, Clone)]
+pub struct BatchWork {
+    pub job_id: JobId,
+    pub kind: JobKind,
+    pub idx: u32,
+    pub item_start: usize,
+    pub item_end: usize,
+    pub state: BatchState,
+    pub upstream_job_id: Option<String>,
+    pub attempts: u32,
+    pub members: Bytes,
+    pub payload: Bytes,
+}
+
+/// A conditional change to one batch: applied only while the batch is in `from`, so a late
+/// writer (a poll finishing after a cancel) cannot overwrite a newer state.
+#[derive(Debug, Clone)]
+pub struct BatchUpdate {
+    pub job_id: JobId,
+    pub idx: u32,
+    pub from: Vec<BatchState>,
+    pub to: BatchState,
+    pub upstream_job_id: Option<String>,
+    pub attempts: Option<u32>,
+    /// Counts one more submit toward the upstream (crash tests check no batch is submitted twice).
+    pub count_submit: bool,
+    pub progress: Option<(f64, usize)>,
+    pub error: Option<String>,
+    pub result: Option<Bytes>,
+    /// An event to append for SSE (`batch`), in the same transaction.
+    pub event: Option<String>,
+}
+
+/// A job-level event, durable, for SSE replay after `Last-Event-ID`.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub name: String,
+    pub data: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ListQuery<'a> {
+    pub state: Option<JobState>,
+    pub limit: usize,
+    /// Job ids sort by creation (UUIDv7); the cursor is the last id of the previous page.
+    pub after: Option<&'a str>,
+}
+
+/// Outcome of `create_job` with an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    New,
+    /// Same key and same body within the window: the existing job.
+    Existing(JobId),
+    /// Same key, different body.
+    Conflict(JobId),
 }
 
 /// Dyn-compatible, async access to persistent state.
 pub trait JobStore: Send + Sync + std::fmt::Debug {
     /// A cheap round trip proving the store answers (readiness).
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Creates a job and its batches in one transaction. With an idempotency key seen within
+    /// `idempotency_since`, returns the existing job (same body hash) or a conflict instead.
+    fn create_job(
+        &self,
+        job: NewJob,
+        idempotency_since: Millis,
+    ) -> BoxFuture<'_, Result<Created, StoreError>>;
+
+    fn job(&self, id: &JobId) -> BoxFuture<'_, Result<Option<JobRecord>, StoreError>>;
+
+    fn list_jobs(&self, query: ListQuery<'_>) -> BoxFuture<'_, Result<Vec<JobRecord>, StoreError>>;
+
+    /// Every batch of every unfinished job that still needs work (for recovery at startup).
+    fn unfinished_batches(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<(JobId, u32, BatchState)>, StoreError>>;
+
+    /// Unfinished jobs whose batches are all terminal (a crash between the two commits).
+    fn jobs_to_finalize(&self) -> BoxFuture<'_, Result<Vec<JobId>, StoreError>>;
+
+    fn batch_work(
+        &self,
+        job: &JobId,
+        idx: u32,
+    ) -> BoxFuture<'_, Result<Option<BatchWork>, StoreError>>;
+
+    /// Applies a conditional batch change; `false` when the batch was no longer in `from`.
+    /// Moves the job to `running` on its first batch activity.
+    fn update_batch(&self, update: BatchUpdate) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Replaces batch `idx` (pending or submitting) by smaller batches appended with new
+    /// indexes, which are returned (empty when the batch had moved on).
+    fn split_batch(
+        &self,
+        job: &JobId,
+        idx: u32,
+        parts: Vec<NewBatch>,
+    ) -> BoxFuture<'_, Result<Vec<u32>, StoreError>>;
+
+    /// Jobs accepted and not finished.
+    fn count_active(&self) -> BoxFuture<'_, Result<usize, StoreError>>;
+
+    /// Completed batches' results: (item_start, item_count, result JSON), in dataset order.
+    fn batch_results(
+        &self,
+        job: &JobId,
+    ) -> BoxFuture<'_, Result<Vec<(usize, usize, Bytes)>, StoreError>>;
+
+    /// Ends a job (only if not already terminal) with its merged result; appends the final event.
+    fn finish_job(
+        &self,
+        job: &JobId,
+        state: JobState,
+        error: Option<String>,
+        result: Option<Bytes>,
+        event: String,
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    fn job_result(&self, job: &JobId) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>>;
+
+    /// Durable events with `seq > after`.
+    fn events_after(
+        &self,
+        job: &JobId,
+        after: i64,
+    ) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>>;
+
+    /// Deletes finished jobs (and their batches, events) that finished before `before`.
+    fn reap(&self, before: Millis) -> BoxFuture<'_, Result<usize, StoreError>>;
+
+    /// A learned upstream limit (e.g. `max_items` for a kind), if any.
+    fn learned_limit(&self, key: &str) -> BoxFuture<'_, Result<Option<usize>, StoreError>>;
+
+    fn set_learned_limit(&self, key: &str, value: usize) -> BoxFuture<'_, Result<(), StoreError>>;
 }

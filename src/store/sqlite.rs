@@ -7,16 +7,72 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use bytes::Bytes;
 use futures::{FutureExt, future::BoxFuture};
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{JobStore, StoreError};
-use crate::config::StorePath;
+use super::{
+    BatchRecord, BatchUpdate, BatchWork, Created, JobRecord, JobStore, ListQuery, Millis, NewBatch,
+    NewJob, Origin, StoreError, StoredEvent, now_millis,
+};
+use crate::{
+    config::StorePath,
+    jobs::{BatchState, JobId, JobKind, JobState},
+};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
-    // 1: bookkeeping only; the managed-jobs tables arrive as migration 2.
+    // 1: bookkeeping.
     "CREATE TABLE IF NOT EXISTS evalgate_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;",
+    // 2: managed jobs, their batches and their durable events.
+    r"
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        state TEXT NOT NULL,
+        total_items INTEGER NOT NULL,
+        members BLOB NOT NULL,
+        webhook TEXT,
+        idempotency_key TEXT,
+        request_hash TEXT,
+        error TEXT,
+        result BLOB,
+        seq INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        started_at INTEGER,
+        finished_at INTEGER,
+        updated_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX jobs_by_state ON jobs(state, id);
+    CREATE INDEX jobs_by_idempotency ON jobs(idempotency_key, created_at) WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX jobs_by_finish ON jobs(finished_at) WHERE finished_at IS NOT NULL;
+    CREATE TABLE batches (
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        item_start INTEGER NOT NULL,
+        item_end INTEGER NOT NULL,
+        payload BLOB NOT NULL,
+        state TEXT NOT NULL,
+        upstream_job_id TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        submits INTEGER NOT NULL DEFAULT 0,
+        progress REAL NOT NULL DEFAULT 0,
+        current_item INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        result BLOB,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (job_id, idx)
+    ) STRICT;
+    CREATE INDEX batches_unfinished ON batches(state) WHERE state IN ('pending', 'submitting', 'running');
+    CREATE TABLE job_events (
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    ) STRICT;
+    ",
 ];
 
 #[derive(Debug, Clone)]
@@ -102,10 +158,597 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+fn to_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_usize(n: i64) -> usize {
+    usize::try_from(n).unwrap_or(0)
+}
+
+fn to_u32(n: i64) -> u32 {
+    u32::try_from(n).unwrap_or(0)
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} {value:?}"))
+}
+
+fn parse_job_state(s: &str) -> Result<JobState, StoreError> {
+    JobState::parse(s).ok_or_else(|| corrupt("job state", s))
+}
+
+fn parse_batch_state(s: &str) -> Result<BatchState, StoreError> {
+    BatchState::parse(s).ok_or_else(|| corrupt("batch state", s))
+}
+
+const JOB_COLUMNS: &str = "id, kind, origin, state, total_items, error, webhook, created_at, started_at, finished_at, updated_at, seq";
+
+/// The raw job row; states are parsed after the query (rusqlite rows cannot carry our errors).
+struct JobRow {
+    id: String,
+    kind: String,
+    origin: String,
+    state: String,
+    total_items: i64,
+    error: Option<String>,
+    webhook: Option<String>,
+    created_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    updated_at: i64,
+    seq: i64,
+}
+
+fn job_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        id: row.get(0)?,
+        kind: row.get(1)?,
+        origin: row.get(2)?,
+        state: row.get(3)?,
+        total_items: row.get(4)?,
+        error: row.get(5)?,
+        webhook: row.get(6)?,
+        created_at: row.get(7)?,
+        started_at: row.get(8)?,
+        finished_at: row.get(9)?,
+        updated_at: row.get(10)?,
+        seq: row.get(11)?,
+    })
+}
+
+fn load_batches(conn: &Connection, job: &str) -> Result<Vec<BatchRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT idx, item_start, item_end, state, upstream_job_id, attempts, submits, progress, current_item, error, updated_at
+         FROM batches WHERE job_id = ?1 AND state != 'split' ORDER BY item_start",
+    )?;
+    let rows = stmt.query_map([job], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, i64>(2)?,
+            row.get::<_, String>(3)?,
+            row.get::<_, Option<String>>(4)?,
+            row.get::<_, i64>(5)?,
+            row.get::<_, i64>(6)?,
+            row.get::<_, f64>(7)?,
+            row.get::<_, i64>(8)?,
+            row.get::<_, Option<String>>(9)?,
+            row.get::<_, i64>(10)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (
+            idx,
+            start,
+            end,
+            state,
+            upstream,
+            attempts,
+            submits,
+            progress,
+            current,
+            error,
+            updated,
+        ) = row?;
+        out.push(BatchRecord {
+            idx: to_u32(idx),
+            item_start: to_usize(start),
+            item_end: to_usize(end),
+            state: parse_batch_state(&state)?,
+            upstream_job_id: upstream,
+            attempts: to_u32(attempts),
+            submits: to_u32(submits),
+            progress,
+            current_item: to_usize(current),
+            error,
+            updated_at: updated,
+        });
+    }
+    Ok(out)
+}
+
+fn to_record(conn: &Connection, row: JobRow, with_batches: bool) -> Result<JobRecord, StoreError> {
+    let batches = if with_batches {
+        load_batches(conn, &row.id)?
+    } else {
+        Vec::new()
+    };
+    Ok(JobRecord {
+        id: JobId::parse(&row.id).ok_or_else(|| corrupt("job id", &row.id))?,
+        kind: JobKind::parse(&row.kind).ok_or_else(|| corrupt("job kind", &row.kind))?,
+        origin: match row.origin.as_str() {
+            "native" => Origin::Native,
+            "valiqor" => Origin::Valiqor,
+            other => return Err(corrupt("job origin", other)),
+        },
+        state: parse_job_state(&row.state)?,
+        total_items: to_usize(row.total_items),
+        error: row.error,
+        webhook: row.webhook,
+        created_at: row.created_at,
+        started_at: row.started_at,
+        finished_at: row.finished_at,
+        updated_at: row.updated_at,
+        seq: row.seq,
+        batches,
+    })
+}
+
+/// Appends an event to a job inside the caller's transaction; returns its sequence number.
+fn append_event(
+    tx: &rusqlite::Transaction<'_>,
+    job: &str,
+    name: &str,
+    data: &str,
+) -> Result<i64, StoreError> {
+    let seq: i64 = tx.query_row(
+        "UPDATE jobs SET seq = seq + 1 WHERE id = ?1 RETURNING seq",
+        [job],
+        |row| row.get(0),
+    )?;
+    tx.execute(
+        "INSERT INTO job_events (job_id, seq, name, data) VALUES (?1, ?2, ?3, ?4)",
+        params![job, seq, name, data],
+    )?;
+    Ok(seq)
+}
+
+fn insert_batches(
+    tx: &rusqlite::Transaction<'_>,
+    job: &str,
+    batches: &[NewBatch],
+    now: Millis,
+) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO batches (job_id, idx, item_start, item_end, payload, state, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
+    )?;
+    for batch in batches {
+        stmt.execute(params![
+            job,
+            batch.idx,
+            to_i64(batch.item_start),
+            to_i64(batch.item_end),
+            &batch.payload[..],
+            now
+        ])?;
+    }
+    Ok(())
+}
+
 impl JobStore for SqliteStore {
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         self.with_conn(|conn| {
             conn.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .boxed()
+    }
+
+    fn create_job(
+        &self,
+        job: NewJob,
+        idempotency_since: Millis,
+    ) -> BoxFuture<'_, Result<Created, StoreError>> {
+        self.with_conn(move |conn| {
+            let tx = conn.transaction()?;
+            if let Some((key, hash)) = &job.idempotency {
+                let existing: Option<(String, String)> = tx
+                    .query_row(
+                        "SELECT id, request_hash FROM jobs WHERE idempotency_key = ?1 AND created_at >= ?2
+                         ORDER BY created_at DESC LIMIT 1",
+                        params![key, idempotency_since],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )
+                    .optional()?;
+                if let Some((id, existing_hash)) = existing {
+                    let id = JobId::parse(&id).ok_or_else(|| corrupt("job id", &id))?;
+                    return Ok(if existing_hash == *hash {
+                        Created::Existing(id)
+                    } else {
+                        Created::Conflict(id)
+                    });
+                }
+            }
+            let (key, hash) = job.idempotency.clone().unzip();
+            tx.execute(
+                "INSERT INTO jobs (id, kind, origin, state, total_items, members, webhook, idempotency_key, request_hash, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                params![
+                    job.id.as_str(),
+                    job.kind.as_str(),
+                    job.origin.as_str(),
+                    to_i64(job.total_items),
+                    &job.members[..],
+                    job.webhook,
+                    key,
+                    hash,
+                    job.created_at
+                ],
+            )?;
+            insert_batches(&tx, job.id.as_str(), &job.batches, job.created_at)?;
+            tx.commit()?;
+            Ok(Created::New)
+        })
+        .boxed()
+    }
+
+    fn job(&self, id: &JobId) -> BoxFuture<'_, Result<Option<JobRecord>, StoreError>> {
+        let id = id.as_str().to_owned();
+        self.with_conn(move |conn| {
+            let row = conn
+                .query_row(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                    [&id],
+                    job_row,
+                )
+                .optional()?;
+            row.map(|row| to_record(conn, row, true)).transpose()
+        })
+        .boxed()
+    }
+
+    fn list_jobs(&self, query: ListQuery<'_>) -> BoxFuture<'_, Result<Vec<JobRecord>, StoreError>> {
+        let state = query.state.map(JobState::as_str);
+        let after = query.after.unwrap_or("").to_owned();
+        let limit = to_i64(query.limit);
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) AND id > ?2 ORDER BY id LIMIT ?3"
+            ))?;
+            let rows = stmt
+                .query_map(params![state, after, limit], job_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(|row| to_record(conn, row, true)).collect()
+        })
+        .boxed()
+    }
+
+    fn unfinished_batches(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<(JobId, u32, BatchState)>, StoreError>> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT b.job_id, b.idx, b.state FROM batches b JOIN jobs j ON j.id = b.job_id
+                 WHERE b.state IN ('pending', 'submitting', 'running') AND j.state IN ('queued', 'running')
+                 ORDER BY b.job_id, b.item_start",
+            )?;
+            let rows = stmt
+                .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, String>(2)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(job, idx, state)| {
+                    Ok((
+                        JobId::parse(&job).ok_or_else(|| corrupt("job id", &job))?,
+                        to_u32(idx),
+                        parse_batch_state(&state)?,
+                    ))
+                })
+                .collect()
+        })
+        .boxed()
+    }
+
+    fn jobs_to_finalize(&self) -> BoxFuture<'_, Result<Vec<JobId>, StoreError>> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT j.id FROM jobs j WHERE j.state IN ('queued', 'running')
+                 AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.job_id = j.id AND b.state IN ('pending', 'submitting', 'running'))",
+            )?;
+            let ids = stmt
+                .query_map([], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            ids.iter()
+                .map(|id| JobId::parse(id).ok_or_else(|| corrupt("job id", id)))
+                .collect()
+        })
+        .boxed()
+    }
+
+    fn batch_work(
+        &self,
+        job: &JobId,
+        idx: u32,
+    ) -> BoxFuture<'_, Result<Option<BatchWork>, StoreError>> {
+        let job = job.clone();
+        self.with_conn(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT j.kind, b.item_start, b.item_end, b.state, b.upstream_job_id, b.attempts, j.members, b.payload
+                     FROM batches b JOIN jobs j ON j.id = b.job_id WHERE b.job_id = ?1 AND b.idx = ?2",
+                    params![job.as_str(), idx],
+                    |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, i64>(2)?,
+                            row.get::<_, String>(3)?,
+                            row.get::<_, Option<String>>(4)?,
+                            row.get::<_, i64>(5)?,
+                            row.get::<_, Vec<u8>>(6)?,
+                            row.get::<_, Vec<u8>>(7)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((kind, start, end, state, upstream, attempts, members, payload)) = row else {
+                return Ok(None);
+            };
+            Ok(Some(BatchWork {
+                kind: JobKind::parse(&kind).ok_or_else(|| corrupt("job kind", &kind))?,
+                job_id: job,
+                idx,
+                item_start: to_usize(start),
+                item_end: to_usize(end),
+                state: parse_batch_state(&state)?,
+                upstream_job_id: upstream,
+                attempts: to_u32(attempts),
+                members: Bytes::from(members),
+                payload: Bytes::from(payload),
+            }))
+        })
+        .boxed()
+    }
+
+    fn update_batch(&self, update: BatchUpdate) -> BoxFuture<'_, Result<bool, StoreError>> {
+        self.with_conn(move |conn| {
+            let tx = conn.transaction()?;
+            let now = now_millis();
+            let current: Option<String> = tx
+                .query_row(
+                    "SELECT b.state FROM batches b JOIN jobs j ON j.id = b.job_id
+                     WHERE b.job_id = ?1 AND b.idx = ?2 AND j.state IN ('queued', 'running')",
+                    params![update.job_id.as_str(), update.idx],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let Some(current) = current else {
+                return Ok(false);
+            };
+            if !update.from.contains(&parse_batch_state(&current)?) {
+                return Ok(false);
+            }
+            let (progress, current_item) = update.progress.unzip();
+            tx.execute(
+                "UPDATE batches SET state = ?3,
+                    upstream_job_id = COALESCE(?4, upstream_job_id),
+                    attempts = COALESCE(?5, attempts),
+                    submits = submits + ?6,
+                    progress = COALESCE(?7, progress),
+                    current_item = COALESCE(?8, current_item),
+                    error = ?9,
+                    result = COALESCE(?10, result),
+                    updated_at = ?11
+                 WHERE job_id = ?1 AND idx = ?2",
+                params![
+                    update.job_id.as_str(),
+                    update.idx,
+                    update.to.as_str(),
+                    update.upstream_job_id,
+                    update.attempts,
+                    i64::from(update.count_submit),
+                    progress,
+                    current_item.map(to_i64),
+                    update.error,
+                    update.result.as_deref(),
+                    now
+                ],
+            )?;
+            tx.execute(
+                "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?2), updated_at = ?2
+                 WHERE id = ?1 AND state = 'queued'",
+                params![update.job_id.as_str(), now],
+            )?;
+            if let Some(event) = &update.event {
+                append_event(&tx, update.job_id.as_str(), "batch", event)?;
+            }
+            tx.commit()?;
+            Ok(true)
+        })
+        .boxed()
+    }
+
+    fn count_active(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
+        self.with_conn(|conn| {
+            let n: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')",
+                [],
+                |row| row.get(0),
+            )?;
+            Ok(to_usize(n))
+        })
+        .boxed()
+    }
+
+    fn split_batch(
+        &self,
+        job: &JobId,
+        idx: u32,
+        parts: Vec<NewBatch>,
+    ) -> BoxFuture<'_, Result<Vec<u32>, StoreError>> {
+        let job = job.clone();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction()?;
+            let now = now_millis();
+            let changed = tx.execute(
+                "UPDATE batches SET state = 'split', updated_at = ?3
+                 WHERE job_id = ?1 AND idx = ?2 AND state IN ('pending', 'submitting')",
+                params![job.as_str(), idx, now],
+            )?;
+            if changed == 0 {
+                return Ok(Vec::new());
+            }
+            let next: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(idx), -1) + 1 FROM batches WHERE job_id = ?1",
+                [job.as_str()],
+                |row| row.get(0),
+            )?;
+            let parts: Vec<NewBatch> = parts
+                .into_iter()
+                .enumerate()
+                .map(|(i, part)| NewBatch {
+                    idx: to_u32(next + to_i64(i)),
+                    ..part
+                })
+                .collect();
+            insert_batches(&tx, job.as_str(), &parts, now)?;
+            tx.commit()?;
+            Ok(parts.iter().map(|p| p.idx).collect())
+        })
+        .boxed()
+    }
+
+    fn batch_results(
+        &self,
+        job: &JobId,
+    ) -> BoxFuture<'_, Result<Vec<(usize, usize, Bytes)>, StoreError>> {
+        let job = job.as_str().to_owned();
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT item_start, item_end, result FROM batches
+                 WHERE job_id = ?1 AND state = 'completed' AND result IS NOT NULL ORDER BY item_start",
+            )?;
+            let rows = stmt
+                .query_map([&job], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, Vec<u8>>(2)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows
+                .into_iter()
+                .map(|(start, end, result)| (to_usize(start), to_usize(end - start), Bytes::from(result)))
+                .collect())
+        })
+        .boxed()
+    }
+
+    fn finish_job(
+        &self,
+        job: &JobId,
+        state: JobState,
+        error: Option<String>,
+        result: Option<Bytes>,
+        event: String,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let job = job.as_str().to_owned();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction()?;
+            let now = now_millis();
+            let changed = tx.execute(
+                "UPDATE jobs SET state = ?2, error = ?3, result = ?4, finished_at = ?5, updated_at = ?5,
+                    started_at = COALESCE(started_at, ?5)
+                 WHERE id = ?1 AND state IN ('queued', 'running')",
+                params![job, state.as_str(), error, result.as_deref(), now],
+            )?;
+            if changed == 0 {
+                return Ok(false);
+            }
+            if state == JobState::Cancelled {
+                tx.execute(
+                    "UPDATE batches SET state = 'cancelled', updated_at = ?2
+                     WHERE job_id = ?1 AND state IN ('pending', 'submitting', 'running')",
+                    params![job, now],
+                )?;
+            }
+            append_event(&tx, &job, state.sdk_status_event(), &event)?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .boxed()
+    }
+
+    fn job_result(&self, job: &JobId) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>> {
+        let job = job.as_str().to_owned();
+        self.with_conn(move |conn| {
+            let result: Option<Option<Vec<u8>>> = conn
+                .query_row("SELECT result FROM jobs WHERE id = ?1", [&job], |row| {
+                    row.get(0)
+                })
+                .optional()?;
+            Ok(result.flatten().map(Bytes::from))
+        })
+        .boxed()
+    }
+
+    fn events_after(
+        &self,
+        job: &JobId,
+        after: i64,
+    ) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
+        let job = job.as_str().to_owned();
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, name, data FROM job_events WHERE job_id = ?1 AND seq > ?2 ORDER BY seq",
+            )?;
+            let rows = stmt
+                .query_map(params![job, after], |row| {
+                    Ok(StoredEvent {
+                        seq: row.get(0)?,
+                        name: row.get(1)?,
+                        data: row.get(2)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .boxed()
+    }
+
+    fn reap(&self, before: Millis) -> BoxFuture<'_, Result<usize, StoreError>> {
+        self.with_conn(move |conn| {
+            let deleted = conn.execute(
+                "DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?1",
+                [before],
+            )?;
+            Ok(deleted)
+        })
+        .boxed()
+    }
+
+    fn learned_limit(&self, key: &str) -> BoxFuture<'_, Result<Option<usize>, StoreError>> {
+        let key = format!("learned_limit:{key}");
+        self.with_conn(move |conn| {
+            let value: Option<String> = conn
+                .query_row(
+                    "SELECT value FROM evalgate_meta WHERE key = ?1",
+                    [&key],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            Ok(value.and_then(|v| v.parse().ok()))
+        })
+        .boxed()
+    }
+
+    fn set_learned_limit(&self, key: &str, value: usize) -> BoxFuture<'_, Result<(), StoreError>> {
+        let key = format!("learned_limit:{key}");
+        self.with_conn(move |conn| {
+            conn.execute(
+                "INSERT INTO evalgate_meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value.to_string()],
+            )?;
             Ok(())
         })
         .boxed()

@@ -2,6 +2,7 @@
 //!
 //! It knows the base URL, timeouts, pooling and the credential; it does not know which caller asked.
 pub mod error;
+pub mod jobs;
 
 use std::{
     hash::{DefaultHasher, Hash, Hasher},

@@ -1,0 +1,52 @@
+//! `JobHub`: in-process fan-out of job events to whoever watches (SSE streams, long polls).
+//! Watching never causes an upstream call: the engine polls each upstream job once, whatever the
+//! number of watchers.
+use tokio::sync::broadcast;
+
+use super::JobId;
+
+/// One event about one job. `seq` is the job's durable event sequence (SSE id) at the time.
+#[derive(Debug, Clone)]
+pub struct JobEvent {
+    pub job_id: JobId,
+    /// `progress`, `batch`, `completed`, `failed` or `cancelled`.
+    pub name: &'static str,
+    pub seq: i64,
+    pub data: String,
+}
+
+impl JobEvent {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.name, "completed" | "failed" | "cancelled")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct JobHub {
+    tx: broadcast::Sender<JobEvent>,
+}
+
+/// Events buffered per subscriber; a slow subscriber that falls behind re-reads the job.
+const CAPACITY: usize = 1024;
+
+impl JobHub {
+    pub fn new() -> Self {
+        let (tx, _) = broadcast::channel(CAPACITY);
+        Self { tx }
+    }
+
+    pub fn publish(&self, event: JobEvent) {
+        // No subscriber is fine: nobody is watching.
+        let _ = self.tx.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+        self.tx.subscribe()
+    }
+}
+
+impl Default for JobHub {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,448 @@
+//! The upstream's async-job protocol (Valiqor reference §5) for managed jobs: submit a batch,
+//! poll its status, fetch its result, cancel it. The engine sees only these outcomes, never URLs.
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header::CONTENT_TYPE};
+use serde::Deserialize;
+
+use super::{UpstreamClient, UpstreamError, UpstreamRequest};
+use crate::jobs::JobKind;
+
+/// The upstream's answer to a batch submit.
+#[derive(Debug)]
+pub enum SubmitOutcome {
+    /// 202: an async job to poll.
+    Accepted {
+        upstream_job_id: String,
+    },
+    /// Any other 2xx: the result, inline.
+    Inline(Bytes),
+    /// 400 `dataset_too_large`: re-split to `max_allowed` items.
+    TooLarge {
+        max_allowed: Option<usize>,
+    },
+    Failure(Failure),
+}
+
+/// The upstream's answer to a status poll.
+#[derive(Debug)]
+pub enum PollOutcome {
+    Pending {
+        running: bool,
+        progress_percent: f64,
+        current_item: usize,
+        /// `estimated_remaining_seconds`, when the upstream gives one.
+        eta: Option<Duration>,
+    },
+    Completed,
+    Failed(String),
+    Cancelled,
+    Failure(Failure),
+}
+
+/// A request that did not succeed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Worth retrying: 5xx, 429, timeouts, resets.
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// Not worth retrying: other 4xx, or an answer that makes no sense.
+    Permanent(String),
+}
+
+impl Failure {
+    fn from_error(error: &UpstreamError) -> Self {
+        Self::Transient {
+            reason: error.to_string(),
+            retry_after: None,
+        }
+    }
+
+    fn from_status(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Self {
+        let detail = detail_of(body);
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            Self::Transient {
+                reason: format!("upstream answered {status}: {detail}"),
+                retry_after: retry_after(headers),
+            }
+        } else {
+            Self::Permanent(format!("upstream answered {status}: {detail}"))
+        }
+    }
+}
+
+/// `Retry-After` as whole seconds (the only form the upstream uses).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// The error text of a Valiqor error body (`detail` string or `detail.message`), capped.
+fn detail_of(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Body {
+        detail: Option<serde_json::Value>,
+        message: Option<String>,
+        error: Option<String>,
+    }
+    let text = match serde_json::from_slice::<Body>(body) {
+        Ok(Body {
+            detail: Some(serde_json::Value::String(s)),
+            ..
+        }) => s,
+        Ok(Body {
+            detail: Some(d), ..
+        }) => d
+            .get("message")
+            .and_then(serde_json::Value::as_str)
+            .map_or_else(|| d.to_string(), str::to_owned),
+        Ok(Body {
+            message: Some(m), ..
+        }) => m,
+        Ok(Body { error: Some(e), .. }) => e,
+        _ => String::from_utf8_lossy(body).into_owned(),
+    };
+    let mut text = text;
+    if text.len() > 300 {
+        let mut cut = 300;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+struct Paths {
+    submit: &'static str,
+    /// `{id}` is replaced by the upstream job id.
+    status: &'static str,
+    result: &'static str,
+    cancel: &'static str,
+    query: Option<&'static str>,
+}
+
+fn paths(kind: JobKind) -> Paths {
+    match kind {
+        JobKind::FailureAnalysis => Paths {
+            submit: "/v2/failure-analysis/analyze",
+            status: "/v2/failure-analysis/runs/{id}/status",
+            result: "/v2/failure-analysis/runs/{id}",
+            cancel: "/v2/failure-analysis/runs/{id}/cancel",
+            query: None,
+        },
+        JobKind::Evaluation => Paths {
+            submit: "/v2/evaluate/",
+            status: "/v2/evaluate/jobs/{id}/status",
+            result: "/v2/evaluate/runs/{id}",
+            cancel: "/v2/evaluate/jobs/{id}/cancel",
+            query: None,
+        },
+        JobKind::SecurityAudit => Paths {
+            submit: "/v2/security/audit",
+            status: "/v2/security/jobs/{id}/status",
+            result: "/v2/security/audit/batches/{id}",
+            cancel: "/v2/security/jobs/{id}/cancel",
+            query: Some("job_type=security"),
+        },
+    }
+}
+
+/// The submit path of a kind (the transparent surface recognises these).
+pub fn submit_path(kind: JobKind) -> &'static str {
+    paths(kind).submit
+}
+
+/// Upstream ids go into URL paths: accept only plain tokens.
+fn safe_id(id: &str) -> Result<&str, Failure> {
+    if !id.is_empty()
+        && id.len() <= 200
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    {
+        Ok(id)
+    } else {
+        Err(Failure::Permanent(format!(
+            "upstream job id {id:?} is not a plain token"
+        )))
+    }
+}
+
+#[derive(Deserialize)]
+struct Accepted {
+    job_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TooLarge {
+    error: Option<String>,
+    max_allowed: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Status {
+    status: Option<String>,
+    progress_percent: Option<f64>,
+    current_item: Option<u64>,
+    estimated_remaining_seconds: Option<f64>,
+    error: Option<String>,
+}
+
+/// A fully read upstream answer.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+// === impl UpstreamClient (jobs) ===
+
+impl UpstreamClient {
+    async fn call(
+        &self,
+        method: Method,
+        path: String,
+        query: Option<&str>,
+        body: Option<Bytes>,
+        request_id: &str,
+    ) -> Result<Answer, Failure> {
+        let mut headers = HeaderMap::new();
+        if body.is_some() {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        if let Ok(id) = HeaderValue::try_from(request_id) {
+            headers.insert(crate::http::headers::REQUEST_ID, id);
+        }
+        let request = UpstreamRequest {
+            method,
+            path,
+            query: query.map(str::to_owned),
+            headers,
+            body: body.map(reqwest::Body::from),
+            body_limit: usize::MAX,
+        };
+        let response = self
+            .send(request)
+            .await
+            .map_err(|e| Failure::from_error(&e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(|e| Failure::Transient {
+            reason: format!("upstream answer broke off: {e}"),
+            retry_after: None,
+        })?;
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Submits one batch body (already carrying the BYOK key).
+    pub async fn submit_batch(
+        &self,
+        kind: JobKind,
+        body: Bytes,
+        request_id: &str,
+    ) -> SubmitOutcome {
+        let answer = match self
+            .call(
+                Method::POST,
+                paths(kind).submit.to_owned(),
+                None,
+                Some(body),
+                request_id,
+            )
+            .await
+        {
+            Ok(answer) => answer,
+            Err(failure) => return SubmitOutcome::Failure(failure),
+        };
+        if answer.status == StatusCode::ACCEPTED {
+            return match serde_json::from_slice::<Accepted>(&answer.body) {
+                Ok(Accepted { job_id: Some(id) }) if safe_id(&id).is_ok() => {
+                    SubmitOutcome::Accepted {
+                        upstream_job_id: id,
+                    }
+                }
+                _ => SubmitOutcome::Failure(Failure::Permanent(
+                    "upstream answered 202 without a usable job_id".to_owned(),
+                )),
+            };
+        }
+        if answer.status.is_success() {
+            return SubmitOutcome::Inline(answer.body);
+        }
+        if answer.status == StatusCode::BAD_REQUEST
+            && let Ok(TooLarge {
+                error: Some(e),
+                max_allowed,
+            }) = serde_json::from_slice(&answer.body)
+            && e == "dataset_too_large"
+        {
+            return SubmitOutcome::TooLarge {
+                max_allowed: max_allowed.and_then(|m| usize::try_from(m).ok()),
+            };
+        }
+        SubmitOutcome::Failure(Failure::from_status(
+            answer.status,
+            &answer.headers,
+            &answer.body,
+        ))
+    }
+
+    pub async fn poll_batch(
+        &self,
+        kind: JobKind,
+        upstream_id: &str,
+        request_id: &str,
+    ) -> PollOutcome {
+        let id = match safe_id(upstream_id) {
+            Ok(id) => id,
+            Err(failure) => return PollOutcome::Failure(failure),
+        };
+        let p = paths(kind);
+        let answer = match self
+            .call(
+                Method::GET,
+                p.status.replace("{id}", id),
+                p.query,
+                None,
+                request_id,
+            )
+            .await
+        {
+            Ok(answer) => answer,
+            Err(failure) => return PollOutcome::Failure(failure),
+        };
+        if !answer.status.is_success() {
+            return PollOutcome::Failure(Failure::from_status(
+                answer.status,
+                &answer.headers,
+                &answer.body,
+            ));
+        }
+        let Ok(status) = serde_json::from_slice::<Status>(&answer.body) else {
+            return PollOutcome::Failure(Failure::Transient {
+                reason: "upstream status answer is not JSON".to_owned(),
+                retry_after: retry_after(&answer.headers),
+            });
+        };
+        match status.status.as_deref() {
+            Some("completed") => PollOutcome::Completed,
+            Some("failed") => PollOutcome::Failed(
+                status
+                    .error
+                    .unwrap_or_else(|| "upstream job failed".to_owned()),
+            ),
+            Some("cancelled") => PollOutcome::Cancelled,
+            other => PollOutcome::Pending {
+                // `processing` and unknown values are treated as still running.
+                running: other != Some("queued"),
+                progress_percent: status.progress_percent.unwrap_or(0.0).clamp(0.0, 100.0),
+                current_item: status
+                    .current_item
+                    .and_then(|n| usize::try_from(n).ok())
+                    .unwrap_or(0),
+                eta: status
+                    .estimated_remaining_seconds
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .map(Duration::from_secs_f64),
+            },
+        }
+    }
+
+    pub async fn fetch_result(
+        &self,
+        kind: JobKind,
+        upstream_id: &str,
+        request_id: &str,
+    ) -> Result<Bytes, Failure> {
+        let id = safe_id(upstream_id)?;
+        let answer = self
+            .call(
+                Method::GET,
+                paths(kind).result.replace("{id}", id),
+                None,
+                None,
+                request_id,
+            )
+            .await?;
+        if answer.status.is_success() {
+            Ok(answer.body)
+        } else {
+            Err(Failure::from_status(
+                answer.status,
+                &answer.headers,
+                &answer.body,
+            ))
+        }
+    }
+
+    pub async fn cancel_batch(
+        &self,
+        kind: JobKind,
+        upstream_id: &str,
+        request_id: &str,
+    ) -> Result<(), Failure> {
+        let id = safe_id(upstream_id)?;
+        let p = paths(kind);
+        let answer = self
+            .call(
+                Method::POST,
+                p.cancel.replace("{id}", id),
+                p.query,
+                None,
+                request_id,
+            )
+            .await?;
+        if answer.status.is_success() || answer.status == StatusCode::CONFLICT {
+            Ok(())
+        } else {
+            Err(Failure::from_status(
+                answer.status,
+                &answer.headers,
+                &answer.body,
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_are_read_from_every_valiqor_error_shape_and_capped() {
+        assert_eq!(detail_of(br#"{"detail": "bad"}"#), "bad");
+        assert_eq!(
+            detail_of(br#"{"detail": {"error": "x", "message": "nested"}}"#),
+            "nested"
+        );
+        assert_eq!(
+            detail_of(br#"{"error": "dataset_too_large"}"#),
+            "dataset_too_large"
+        );
+        assert_eq!(detail_of(b"plain"), "plain");
+        assert!(detail_of(&vec![b'a'; 1000]).chars().count() <= 301);
+    }
+
+    #[test]
+    fn only_plain_ids_reach_a_url() {
+        assert!(safe_id("run_123-abc.def:1").is_ok());
+        assert!(safe_id("../admin").is_err());
+        assert!(safe_id("a/b").is_err());
+        assert!(safe_id("").is_err());
+    }
+}
