@@ -907,3 +907,23 @@ async fn unified_endpoints_traces_and_comparisons() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn multi_megabyte_datasets_are_accepted() -> TestResult {
+    let api = Api::start(EmulatorConfig {
+        inline_max_items: 100,
+        max_dataset_items: 100,
+        ..config()
+    })
+    .await?;
+    let padding = "x".repeat(50_000);
+    let dataset: Vec<Value> = (0..100)
+        .map(|i| json!({"input": format!("q{i} {padding}"), "output": format!("a{i}")}))
+        .collect();
+    let body = analyze_body(&dataset);
+    assert!(serde_json::to_vec(&body)?.len() > 2 * 1024 * 1024);
+    let (status, run) = api.post(ANALYZE, &body).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(run["summary"]["total_items"], 100);
+    Ok(())
+}

@@ -84,6 +84,8 @@ pub(super) struct ItemText {
     pub(super) expected: String,
     pub(super) has_context: bool,
     pub(super) has_tools: bool,
+    /// Hash of input, output and context (see [`ItemText::key`]).
+    key: u64,
 }
 
 impl ItemText {
@@ -99,19 +101,37 @@ impl ItemText {
         let expected = field("expected")
             .or_else(|| field("expected_output"))
             .or_else(|| field("reference"));
+        let input = text_of(field("input"));
+        let output = text_of(field("output"));
+        let context = text_of(field("context"));
+        let key = fnv1a(&[&input, &output, &context]);
         Self {
-            input: text_of(field("input")),
-            output: text_of(field("output")),
-            context: text_of(field("context")),
+            input,
+            output,
+            context,
             expected: text_of(expected),
             has_context: non_empty(field("context")),
             has_tools: non_empty(field("tool_calls")),
+            key,
+        }
+    }
+
+    /// A text-less item with these traits (for inferring a run's feature kind).
+    pub(super) fn shape(has_context: bool, has_tools: bool) -> Self {
+        Self {
+            input: String::new(),
+            output: String::new(),
+            context: String::new(),
+            expected: String::new(),
+            has_context,
+            has_tools,
+            key: 0,
         }
     }
 
     /// The hash key of the item's content (never its position), so results survive re-batching.
     pub(super) fn key(&self) -> u64 {
-        fnv1a(&[&self.input, &self.output, &self.context])
+        self.key
     }
 
     /// An output that is empty or contains "fail" is a failure everywhere in the emulator.
@@ -590,7 +610,7 @@ pub(super) fn metric_milli(metric: &str, item: &ItemText) -> u32 {
         }
         "levenshtein" => levenshtein_milli(out, exp),
         _ => {
-            let h = fnv1a(&[metric, &item.input, &item.output, &item.context]);
+            let h = fnv1a(&[metric, &item.key().to_string()]);
             if item.is_failing() {
                 50 + pick(h, 300)
             } else if item.is_unsure() {

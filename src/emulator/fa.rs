@@ -170,15 +170,7 @@ fn run_kind(items: &[Value], opts: &Options) -> String {
     let texts: Vec<ItemText> = items.iter().map(ItemText::of).collect();
     let ctx = texts.iter().any(|t| t.has_context);
     let tools = texts.iter().any(|t| t.has_tools);
-    infer_kind(&ItemText {
-        input: String::new(),
-        output: String::new(),
-        context: String::new(),
-        expected: String::new(),
-        has_context: ctx,
-        has_tools: tools,
-    })
-    .to_owned()
+    infer_kind(&ItemText::shape(ctx, tools)).to_owned()
 }
 
 fn bucket_selected(bucket: &Bucket, opts: &Options) -> bool {

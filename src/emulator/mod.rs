@@ -48,7 +48,7 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, middleware};
+use axum::{Router, extract::DefaultBodyLimit, middleware};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -320,6 +320,8 @@ fn router(app: App) -> Router {
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // The connection layer already read (and capped) the body; axum's 2 MB default must not apply again.
+        .layer(DefaultBodyLimit::disable())
         .with_state(app)
 }
 
