@@ -122,7 +122,7 @@ render() {
 validate() {
   local file="$1" v
   for v in "${K8S_VERSIONS[@]}"; do
-    kubernetes-validate --strict --quiet -k "$v" "$file" || return 1
+    kubernetes-validate --strict --quiet -k "$v" - <"$file" || return 1
   done
 }
 
