@@ -89,10 +89,24 @@ def http_get(url):
         return response.status, response.read().decode()
 
 
+def wait_ready(admin, timeout=20):
+    """Polls /readyz until 200 (readiness follows the listeners by a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if http_get(admin + "/readyz")[0] == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("evalgate did not become ready")
+        time.sleep(0.05)
+
+
 def main():
     emulator = Proc(
         [EMULATOR_BIN, "--listen", "127.0.0.1:0", "--api-key", UPSTREAM_KEY,
-         "--inline-max-items", "10", "--job-duration", "2s"]
+         "--inline-max-items", "10", "--max-dataset-items", "1000", "--job-duration", "2s"]
     )
     upstream = emulator.wait_for(lambda l: (m := re.search(r"(http://127\.0\.0\.1:\d+)", l)) and m.group(1))
     store = tempfile.mkdtemp()
@@ -112,7 +126,7 @@ def main():
         listening = gateway.wait_for(json_field("message", "listening"))
         api = "http://" + listening["listen"]
         admin = "http://" + listening["admin_listen"]
-        assert http_get(admin + "/readyz")[0] == 200
+        wait_ready(admin)
         run_checks(api, admin, failures)
     finally:
         code = gateway.stop()
@@ -222,6 +236,25 @@ def run_checks(api, admin, failures):
         result = handle.result()
         assert result.total_items == 14, result.total_items
 
+    def five_thousand_items_through_an_upstream_capped_at_one_thousand():
+        # The emulator refuses more than 1,000 items; evalgate splits, polls and merges.
+        items = dataset(5000)
+        result = fa.run(dataset=items)
+        assert result.run_id.startswith("egj_"), result.run_id
+        assert result.status == "completed", result.status
+        assert result.summary.total_items == 5000, result.summary.total_items
+        indexes = [i.item_index for i in result.inputs]
+        assert indexes == list(range(5000)), indexes[:5]
+        expected_failures = sum(1 for i in range(5000) if i % 3 == 0)
+        failing_items = {t.item_index for t in result.failure_tags if t.decision == "fail"}
+        assert len(failing_items) == expected_failures, (len(failing_items), expected_failures)
+        handle = fa.run_async(dataset=items[:2500])
+        assert handle.job_id.startswith("egj_")
+        status = fa.poll_status(handle.job_id)
+        assert status.status in ("queued", "running", "completed"), status.status
+        handle.wait(poll_interval=0.5, timeout=120)
+        assert handle.result().summary.total_items == 2500
+
     def errors_keep_the_sdk_exception_types():
         try:
             fa.get_run("no-such-run")
@@ -240,6 +273,7 @@ def run_checks(api, admin, failures):
         ("eval evaluate_async", eval_async),
         ("security audit_async", security_audit_async),
         ("upstream errors map to SDK exceptions", errors_keep_the_sdk_exception_types),
+        ("run() of 5,000 items against an upstream capped at 1,000", five_thousand_items_through_an_upstream_capped_at_one_thousand),
     ]:
         check(failures, name, fn)
 
