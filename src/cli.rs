@@ -1,7 +1,13 @@
-//! Command line: `evalgate [--config FILE] [--demo]`, `check-config`, `healthcheck URL`.
-use std::path::PathBuf;
+//! Command line: `evalgate [--config FILE] [--demo]`, `check-config`, `healthcheck URL`,
+//! `submit FILE --kind KIND [--wait]`.
+use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+
+use crate::jobs::JobKind;
+
+/// sysexits `EX_USAGE`: the command line (or the input it names) is wrong.
+pub const EX_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +32,23 @@ pub struct Args {
     pub command: Option<Command>,
 }
 
+impl Args {
+    /// Parses the command line. A usage error is printed and becomes exit code 64 (`EX_USAGE`)
+    /// rather than clap's 2, which `submit` uses for `completed_with_errors`; `--help` and
+    /// `--version` print and become exit code 0.
+    pub fn parse_or_exit() -> Result<Self, ExitCode> {
+        Self::try_parse().map_err(|error| {
+            // Nothing better to do if the terminal is gone.
+            let _ = error.print();
+            if error.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            }
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate the configuration, print it (secrets as *****), exit 0 or 78.
@@ -35,6 +58,65 @@ pub enum Command {
         /// e.g. <http://127.0.0.1:9090/livez>
         url: String,
     },
+    /// Submit a dataset (JSON array or JSONL) as a managed job; `--wait` follows it to the end.
+    ///
+    /// Exit codes: 0 accepted (or `completed` with `--wait`), 2 `completed_with_errors`,
+    /// 1 `failed`, `cancelled` or an error, 64 bad input (nothing is sent).
+    Submit(SubmitArgs),
+}
+
+/// `evalgate submit`.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct SubmitArgs {
+    /// The dataset: a JSON array, or JSONL (one item per non-empty line); `-` reads stdin.
+    pub file: PathBuf,
+
+    /// What the job evaluates.
+    #[arg(long, value_enum)]
+    pub kind: KindArg,
+
+    /// Follow the job (progress on stderr) and write its merged result.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// The evalgate API.
+    #[arg(long, env = "EVALGATE_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+
+    /// With `--wait`: write the result to this file instead of stdout.
+    #[arg(long, short = 'o', requires = "wait")]
+    pub output: Option<PathBuf>,
+
+    /// Upstream options of that kind, a JSON object, e.g. `{"run_eval": true}`.
+    #[arg(long, conflicts_with = "options_file")]
+    pub options: Option<String>,
+
+    /// The same, read from a file.
+    #[arg(long)]
+    pub options_file: Option<PathBuf>,
+
+    /// Same key and same request within the server's window: the same job, not a new one.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+}
+
+/// `--kind`: the job kinds, spelled as on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum KindArg {
+    FailureAnalysis,
+    Evaluation,
+    SecurityAudit,
+}
+
+impl From<KindArg> for JobKind {
+    fn from(kind: KindArg) -> Self {
+        match kind {
+            KindArg::FailureAnalysis => Self::FailureAnalysis,
+            KindArg::Evaluation => Self::Evaluation,
+            KindArg::SecurityAudit => Self::SecurityAudit,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

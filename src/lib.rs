@@ -27,6 +27,7 @@ pub mod retry;
 pub mod shutdown;
 pub mod state;
 pub mod store;
+pub mod submit;
 pub mod telemetry;
 pub mod types;
 pub mod upstream;

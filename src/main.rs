@@ -1,7 +1,6 @@
 //! The `evalgate` binary: parse the command line, load config, start telemetry, run. No logic.
 use std::{process::ExitCode, time::Duration};
 
-use clap::Parser;
 use evalgate::{
     Listeners, RunError,
     cli::{Args, Command, LogFormatArg},
@@ -21,10 +20,14 @@ const DEMO_UPSTREAM_KEY: &str = "vq_demo_upstream_key";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::parse_or_exit() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     match &args.command {
         Some(Command::Healthcheck { url }) => healthcheck(url).await,
         Some(Command::CheckConfig) => check_config(&args),
+        Some(Command::Submit(submit)) => evalgate::submit::run(submit).await,
         None => serve(&args).await,
     }
 }
