@@ -141,7 +141,7 @@ mod tests {
         let mut now = POLICY.initial;
         let mut polls = 1;
         while now < total {
-            let eta = total - now;
+            let eta = total.saturating_sub(now);
             now += POLICY.next_poll(polls, None, Some(eta), &mut rng);
             polls += 1;
         }

@@ -1,7 +1,6 @@
 //! Taxonomy cache: hit/miss/stale, single-flight, TTL, only-200s, purge, key normalisation.
 #![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
     reason = "test helpers outside #[test] functions fail fast by design"
 )]
 

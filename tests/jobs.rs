@@ -2,7 +2,7 @@
 //! unmodified SDK's paths, against the emulator.
 #![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
+    clippy::panic,
     reason = "test helpers outside #[test] functions fail fast by design"
 )]
 

@@ -1,11 +1,11 @@
-//! The native jobs API (`/v1/jobs`) and its OpenAPI document. Handlers are thin: extract, call
+//! The native jobs API (`/v1/jobs`) and its `OpenAPI` document. Handlers are thin: extract, call
 //! `jobs::service`, map. Errors use the `/v1` shape `{"error": {"code", "message"}}`.
 use std::{convert::Infallible, time::Duration};
 
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, Query, State},
+    extract::{Path, Query, State, rejection::QueryRejection},
     http::{HeaderMap, StatusCode, header},
     response::{
         IntoResponse, Response,
@@ -76,7 +76,7 @@ pub struct SubmitJob {
     /// The items, forwarded byte for byte.
     #[schema(value_type = Vec<Object>)]
     pub dataset: Box<RawValue>,
-    /// Upstream fields of that kind (feature_kind, run_eval, buckets, metrics, categories, project_name, ...).
+    /// Upstream fields of that kind (`feature_kind`, `run_eval`, `buckets`, `metrics`, `categories`, `project_name`, ...).
     #[schema(value_type = Option<Object>)]
     pub options: Option<Box<RawValue>>,
     /// `{"url", "secret", "events"}`; stored now, delivered when webhooks are enabled.
@@ -222,9 +222,10 @@ fn parse_wait(raw: &str) -> Result<Duration, ApiError> {
 async fn status(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<WaitQuery>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Response {
     let run = async {
+        let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
         let wait = query
             .wait
             .as_deref()
@@ -272,8 +273,12 @@ struct ListParams {
 /// Jobs, oldest first, with cursor pagination.
 #[utoipa::path(get, path = "/v1/jobs", params(("status" = Option<String>, Query), ("limit" = Option<usize>, Query, description = "1-100, default 20"), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = JobList), (status = 400, body = ErrorEnvelope)))]
-async fn list(State(state): State<AppState>, Query(params): Query<ListParams>) -> Response {
+async fn list(
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Response {
     let run = async {
+        let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
         let status = params
             .status
             .as_deref()
@@ -341,31 +346,32 @@ fn event_stream(
     async_stream::stream! {
         // Subscribe before reading, so nothing that happens in between is missed.
         let mut live = state.hub.subscribe();
+        // Without Last-Event-ID the whole history is replayed; with it, what came after.
         let mut seen = last.unwrap_or(0);
-        let replay_from = last;
         let Ok(record) = service::get(&state, &id).await else { return };
-        if let Some(after) = replay_from {
-            if let Ok(stored) = state.store.events_after(&record.id, after).await {
-                for event in stored {
-                    seen = event.seq;
-                    yield Ok(Event::default().id(event.seq.to_string()).event(event.name).data(event.data));
-                }
-            }
-        } else {
-            seen = record.seq;
-        }
+        // Progress snapshots carry no id: only durable events move Last-Event-ID.
         let snapshot = serde_json::to_string(&service::view(&record)).unwrap_or_default();
-        yield Ok(Event::default().id(seen.to_string()).event("progress").data(snapshot));
         if record.state.is_terminal() {
-            if replay_from.is_none() {
-                if let Ok(stored) = state.store.events_after(&record.id, record.seq - 1).await {
-                    for event in stored {
-                        yield Ok(Event::default().id(event.seq.to_string()).event(event.name).data(event.data));
-                    }
+            // A finished job: where it ended, then the history, the final event last.
+            yield Ok(Event::default().event("progress").data(snapshot));
+            if let Ok(stored) = state.store.events_after(&record.id, seen).await {
+                for event in stored {
+                    yield Ok(Event::default().id(event.seq.to_string()).event(event.name).data(event.data));
                 }
             }
             return;
         }
+        if let Ok(stored) = state.store.events_after(&record.id, seen).await {
+            for event in stored {
+                seen = event.seq;
+                let terminal = matches!(event.name.as_str(), "completed" | "failed" | "cancelled");
+                yield Ok(Event::default().id(event.seq.to_string()).event(event.name).data(event.data));
+                if terminal {
+                    return;
+                }
+            }
+        }
+        yield Ok(Event::default().event("progress").data(snapshot));
         loop {
             let event = match live.recv().await {
                 Ok(event) if event.job_id != record.id => continue,
@@ -384,11 +390,11 @@ fn event_stream(
                     }
                 }
             }
-            if event.as_ref().is_none_or(|e| e.name == "progress") {
-                if let Ok(current) = service::get(&state, &id).await {
-                    let data = serde_json::to_string(&service::view(&current)).unwrap_or_default();
-                    yield Ok(Event::default().id(seen.to_string()).event("progress").data(data));
-                }
+            if event.as_ref().is_none_or(|e| e.name == "progress")
+                && let Ok(current) = service::get(&state, &id).await
+            {
+                let data = serde_json::to_string(&service::view(&current)).unwrap_or_default();
+                yield Ok(Event::default().event("progress").data(data));
             }
         }
     }

@@ -5,7 +5,6 @@ use axum::{
     Json,
     response::{IntoResponse, Response},
 };
-use bytes::Bytes;
 use http::{Method, StatusCode, header};
 use serde_json::{Value, json};
 
@@ -170,11 +169,7 @@ async fn merged(state: &AppState, record: &JobRecord) -> Result<Value, ApiError>
 async fn result_or_placeholder(state: &AppState, record: &JobRecord) -> Result<Response, ApiError> {
     if record.state.is_terminal() {
         let (_, bytes) = service::result(state, record.id.as_str()).await?;
-        return Ok((
-            [(header::CONTENT_TYPE, "application/json")],
-            Bytes::from(bytes),
-        )
-            .into_response());
+        return Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response());
     }
     // Still running: the run as it stands, in the shape every result model reads.
     let id = record.id.as_str();

@@ -138,6 +138,10 @@ impl JobEngine {
 
     /// Runs until `shutdown`; work in flight is given the remaining grace to finish and is
     /// otherwise picked up from the store on the next start.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "the scheduler loop reads best as one select"
+    )]
     pub async fn run(
         mut self,
         shutdown: CancellationToken,
@@ -321,7 +325,7 @@ impl Ctx {
         }
     }
 
-    fn update(&self, job: &JobId, idx: u32, from: &[BatchState], to: BatchState) -> BatchUpdate {
+    fn update(job: &JobId, idx: u32, from: &[BatchState], to: BatchState) -> BatchUpdate {
         BatchUpdate {
             job_id: job.clone(),
             idx,
@@ -338,7 +342,6 @@ impl Ctx {
     }
 
     fn batch_event(
-        &self,
         job: &JobId,
         idx: u32,
         state: BatchState,
@@ -361,6 +364,7 @@ impl Ctx {
         });
     }
 
+    #[expect(clippy::too_many_lines, reason = "one match over every submit outcome")]
     async fn submit(&self, work: &Work) -> Result<Next, crate::store::StoreError> {
         let Some(batch) = self.ctx_batch(work).await? else {
             return Ok(Next::default());
@@ -376,7 +380,7 @@ impl Ctx {
             return self.resplit(work, &batch, limit).await;
         }
         self.throttle().await;
-        let mut mark = self.update(
+        let mut mark = Self::update(
             &work.job,
             work.idx,
             &[BatchState::Pending, BatchState::Submitting],
@@ -404,7 +408,7 @@ impl Ctx {
             .await;
         match outcome {
             SubmitOutcome::Accepted { upstream_job_id } => {
-                let mut update = self.update(
+                let mut update = Self::update(
                     &work.job,
                     work.idx,
                     &[BatchState::Submitting],
@@ -412,7 +416,7 @@ impl Ctx {
                 );
                 update.upstream_job_id = Some(upstream_job_id.clone());
                 update.attempts = Some(0);
-                update.event = Some(self.batch_event(
+                update.event = Some(Self::batch_event(
                     &work.job,
                     work.idx,
                     BatchState::Running,
@@ -546,6 +550,7 @@ impl Ctx {
         })
     }
 
+    #[expect(clippy::too_many_lines, reason = "one match over every poll outcome")]
     async fn poll(
         &self,
         work: &Work,
@@ -571,7 +576,7 @@ impl Ctx {
                 eta,
                 ..
             } => {
-                let mut update = self.update(
+                let mut update = Self::update(
                     &work.job,
                     work.idx,
                     &[BatchState::Running],
@@ -627,14 +632,14 @@ impl Ctx {
                     .await
             }
             PollOutcome::Cancelled => {
-                let mut update = self.update(
+                let mut update = Self::update(
                     &work.job,
                     work.idx,
                     &[BatchState::Running],
                     BatchState::Cancelled,
                 );
                 update.error = Some("cancelled upstream".to_owned());
-                update.event = Some(self.batch_event(
+                update.event = Some(Self::batch_event(
                     &work.job,
                     work.idx,
                     BatchState::Cancelled,
@@ -671,7 +676,7 @@ impl Ctx {
         result: Bytes,
     ) -> Result<Next, crate::store::StoreError> {
         let items = batch.item_end - batch.item_start;
-        let mut update = self.update(
+        let mut update = Self::update(
             &work.job,
             work.idx,
             &[BatchState::Submitting, BatchState::Running],
@@ -679,7 +684,7 @@ impl Ctx {
         );
         update.progress = Some((100.0, items));
         update.result = Some(result);
-        update.event = Some(self.batch_event(
+        update.event = Some(Self::batch_event(
             &work.job,
             work.idx,
             BatchState::Completed,
@@ -703,7 +708,7 @@ impl Ctx {
         error: String,
     ) -> Result<Next, crate::store::StoreError> {
         tracing::warn!(error, "batch failed");
-        let mut update = self.update(
+        let mut update = Self::update(
             &work.job,
             work.idx,
             &[
@@ -713,7 +718,7 @@ impl Ctx {
             ],
             BatchState::Failed,
         );
-        update.event = Some(self.batch_event(
+        update.event = Some(Self::batch_event(
             &work.job,
             work.idx,
             BatchState::Failed,
@@ -731,10 +736,6 @@ impl Ctx {
         })
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one retry rule for submits and polls alike"
-    )]
     async fn retry_or_fail(
         &self,
         work: &Work,
@@ -761,7 +762,7 @@ impl Ctx {
                         .await;
                 }
                 tracing::warn!(attempts, reason, "transient upstream failure; retrying");
-                let mut update = self.update(&work.job, work.idx, &[from], back_to);
+                let mut update = Self::update(&work.job, work.idx, &[from], back_to);
                 update.attempts = Some(attempts);
                 update.error = Some(reason);
                 if !self.store.update_batch(update).await? {
@@ -790,6 +791,10 @@ impl Ctx {
         }
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "decide, merge and commit in one readable sequence"
+    )]
     async fn try_finalize(&self, job: &JobId) -> Result<(), crate::store::StoreError> {
         let Some(record) = self.store.job(job).await? else {
             return Ok(());
@@ -865,26 +870,35 @@ impl Ctx {
                 now_millis().saturating_sub(record.started_at.unwrap_or(record.created_at)),
             )
             .unwrap_or(0);
-            let batches: Vec<merge::BatchResult<'_>> = results
-                .iter()
-                .map(|(start, count, result)| merge::BatchResult {
-                    item_start: *start,
-                    item_count: *count,
-                    result,
-                })
-                .collect();
-            let ctx = merge::MergeContext {
-                job_id: job.as_str(),
-                total_items: record.total_items,
-                duration_ms,
-            };
-            match merge::merge(record.kind, &batches, &ctx) {
-                Ok(mut value) => {
+            let section = evalgate_section(&record);
+            let kind = record.kind;
+            let id = job.as_str().to_owned();
+            // Merging parses every batch result: CPU work that stays off the async workers.
+            let merged = tokio::task::spawn_blocking(move || {
+                let batches: Vec<merge::BatchResult<'_>> = results
+                    .iter()
+                    .map(|(start, count, result)| merge::BatchResult {
+                        item_start: *start,
+                        item_count: *count,
+                        result,
+                    })
+                    .collect();
+                let ctx = merge::MergeContext {
+                    job_id: &id,
+                    // What was merged: failed batches are listed in the `evalgate` section instead.
+                    total_items: results.iter().map(|(_, count, _)| count).sum(),
+                    duration_ms,
+                };
+                merge::merge(kind, &batches, &ctx).map(|mut value| {
                     if let Some(obj) = value.as_object_mut() {
-                        obj.insert("evalgate".to_owned(), evalgate_section(&record));
+                        obj.insert("evalgate".to_owned(), section);
                     }
-                    Some(Bytes::from(value.to_string()))
-                }
+                    Bytes::from(value.to_string())
+                })
+            })
+            .await?;
+            match merged {
+                Ok(bytes) => Some(bytes),
                 Err(error) => {
                     tracing::error!(error = %error, "merging batch results failed");
                     None

@@ -157,7 +157,7 @@ impl BatchState {
     }
 }
 
-/// An evalgate job id: `egj_` + a UUIDv7 (time-ordered), so ids sort by creation and are
+/// An evalgate job id: `egj_` + a `UUIDv7` (time-ordered), so ids sort by creation and are
 /// recognisable on the Valiqor-compatible paths, where every other id passes through.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct JobId(String);

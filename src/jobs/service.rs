@@ -191,6 +191,10 @@ pub async fn exceeds_limits(
     Ok(submission.len() > limits.max_items || payload > limits.max_bytes)
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "used as map_err(store_error)"
+)]
 pub fn store_error(error: crate::store::StoreError) -> ApiError {
     tracing::error!(error = %crate::error::ErrorChain(&error), "store failed");
     ApiError::Internal
@@ -283,7 +287,7 @@ pub async fn wait(state: &AppState, id: &str, wait: Duration) -> Result<JobRecor
     let deadline = tokio::time::Instant::now() + wait.min(state.config.jobs.max_wait);
     loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {
-            Err(_) => break,
+            Err(_) | Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => break,
             Ok(Ok(event)) if event.job_id == record.id && event.is_terminal() => break,
             Ok(Ok(_)) => {}
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
@@ -291,7 +295,6 @@ pub async fn wait(state: &AppState, id: &str, wait: Duration) -> Result<JobRecor
                     break;
                 }
             }
-            Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => break,
         }
     }
     get(state, id).await

@@ -29,6 +29,11 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// (job, batch index, state) of a batch that still needs work.
+pub type UnfinishedBatch = (JobId, u32, BatchState);
+/// (`item_start`, `item_count`, result JSON) of a completed batch.
+pub type CompletedBatch = (usize, usize, Bytes);
+
 /// Milliseconds since the Unix epoch (wall clock: persisted, compared across restarts).
 pub type Millis = i64;
 
@@ -161,7 +166,7 @@ pub struct StoredEvent {
 pub struct ListQuery<'a> {
     pub state: Option<JobState>,
     pub limit: usize,
-    /// Job ids sort by creation (UUIDv7); the cursor is the last id of the previous page.
+    /// Job ids sort by creation (`UUIDv7`); the cursor is the last id of the previous page.
     pub after: Option<&'a str>,
 }
 
@@ -193,9 +198,7 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     fn list_jobs(&self, query: ListQuery<'_>) -> BoxFuture<'_, Result<Vec<JobRecord>, StoreError>>;
 
     /// Every batch of every unfinished job that still needs work (for recovery at startup).
-    fn unfinished_batches(
-        &self,
-    ) -> BoxFuture<'_, Result<Vec<(JobId, u32, BatchState)>, StoreError>>;
+    fn unfinished_batches(&self) -> BoxFuture<'_, Result<Vec<UnfinishedBatch>, StoreError>>;
 
     /// Unfinished jobs whose batches are all terminal (a crash between the two commits).
     fn jobs_to_finalize(&self) -> BoxFuture<'_, Result<Vec<JobId>, StoreError>>;
@@ -222,11 +225,8 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     /// Jobs accepted and not finished.
     fn count_active(&self) -> BoxFuture<'_, Result<usize, StoreError>>;
 
-    /// Completed batches' results: (item_start, item_count, result JSON), in dataset order.
-    fn batch_results(
-        &self,
-        job: &JobId,
-    ) -> BoxFuture<'_, Result<Vec<(usize, usize, Bytes)>, StoreError>>;
+    /// Completed batches' results: (`item_start`, `item_count`, result JSON), in dataset order.
+    fn batch_results(&self, job: &JobId) -> BoxFuture<'_, Result<Vec<CompletedBatch>, StoreError>>;
 
     /// Ends a job (only if not already terminal) with its merged result; appends the final event.
     fn finish_job(

@@ -12,8 +12,8 @@ use futures::{FutureExt, future::BoxFuture};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    BatchRecord, BatchUpdate, BatchWork, Created, JobRecord, JobStore, ListQuery, Millis, NewBatch,
-    NewJob, Origin, StoreError, StoredEvent, now_millis,
+    BatchRecord, BatchUpdate, BatchWork, CompletedBatch, Created, JobRecord, JobStore, ListQuery,
+    Millis, NewBatch, NewJob, Origin, StoreError, StoredEvent, UnfinishedBatch, now_millis,
 };
 use crate::{
     config::StorePath,
@@ -426,9 +426,7 @@ impl JobStore for SqliteStore {
         .boxed()
     }
 
-    fn unfinished_batches(
-        &self,
-    ) -> BoxFuture<'_, Result<Vec<(JobId, u32, BatchState)>, StoreError>> {
+    fn unfinished_batches(&self) -> BoxFuture<'_, Result<Vec<UnfinishedBatch>, StoreError>> {
         self.with_conn(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT b.job_id, b.idx, b.state FROM batches b JOIN jobs j ON j.id = b.job_id
@@ -620,10 +618,7 @@ impl JobStore for SqliteStore {
         .boxed()
     }
 
-    fn batch_results(
-        &self,
-        job: &JobId,
-    ) -> BoxFuture<'_, Result<Vec<(usize, usize, Bytes)>, StoreError>> {
+    fn batch_results(&self, job: &JobId) -> BoxFuture<'_, Result<Vec<CompletedBatch>, StoreError>> {
         let job = job.as_str().to_owned();
         self.with_conn(move |conn| {
             let mut stmt = conn.prepare_cached(
@@ -664,13 +659,12 @@ impl JobStore for SqliteStore {
             if changed == 0 {
                 return Ok(false);
             }
-            if state == JobState::Cancelled {
-                tx.execute(
-                    "UPDATE batches SET state = 'cancelled', updated_at = ?2
-                     WHERE job_id = ?1 AND state IN ('pending', 'submitting', 'running')",
-                    params![job, now],
-                )?;
-            }
+            // Whatever had not finished is cancelled with its job (cancel, fail-fast).
+            tx.execute(
+                "UPDATE batches SET state = 'cancelled', updated_at = ?2
+                 WHERE job_id = ?1 AND state IN ('pending', 'submitting', 'running')",
+                params![job, now],
+            )?;
             append_event(&tx, &job, state.sdk_status_event(), &event)?;
             tx.commit()?;
             Ok(true)

@@ -191,6 +191,7 @@ struct TooLarge {
 }
 
 #[derive(Deserialize)]
+#[expect(clippy::struct_field_names, reason = "the upstream's own field names")]
 struct Status {
     status: Option<String>,
     progress_percent: Option<f64>,

@@ -1,0 +1,129 @@
+//! End-to-end job benchmarks against the emulator, in-process on loopback:
+//!
+//! 1. **Throughput**: 100 batches whose upstream jobs take 1 s each, at `jobs.concurrency = 8`
+//!    (target: wall time ≤ 15 s).
+//! 2. **Poll economy**: upstream status polls for one long job (target ≤ 25 for a 10-minute job;
+//!    the SDK makes 300). Run time-compressed by `SCALE` (job, initial and max interval all divided
+//!    by it), which leaves the poll count unchanged.
+//!
+//! `cargo bench --bench jobs_e2e` prints one line per measurement.
+#![expect(
+    clippy::print_stdout,
+    clippy::unwrap_used,
+    reason = "a benchmark program"
+)]
+
+use std::time::{Duration, Instant};
+
+use evalgate::{
+    Listeners,
+    config::Config,
+    emulator::{Emulator, EmulatorConfig},
+};
+use http::Method;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+const KEY: &str = "vq_bench_upstream";
+/// Time compression of the poll-economy run.
+const SCALE: u32 = 20;
+
+fn dataset(n: usize) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| json!({"input": format!("question {i}"), "output": format!("answer {i}"), "context": [format!("ctx {i}")]}))
+            .collect(),
+    )
+}
+
+async fn run_job(
+    items: usize,
+    job_duration: Duration,
+    edit: impl FnOnce(&mut Config),
+) -> (Duration, usize, usize) {
+    let emulator = Emulator::spawn(EmulatorConfig {
+        api_key: Some(KEY.to_owned()),
+        inline_max_items: 0,
+        max_dataset_items: 100_000,
+        job_duration,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let config = Config::for_tests(&emulator.handle().base_url(), KEY, edit);
+    let listeners = Listeners::bind(&config.server).await.unwrap();
+    let api = format!("http://{}", listeners.api_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(evalgate::run(config, listeners, shutdown.clone()));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(900))
+        .build()
+        .unwrap();
+    // Wait until serving.
+    while client.get(format!("{api}/v1/jobs")).send().await.is_err() {
+        tokio::task::yield_now().await;
+    }
+    let started = Instant::now();
+    let accepted: Value = client
+        .post(format!("{api}/v1/jobs"))
+        .json(&json!({"kind": "failure_analysis", "dataset": dataset(items)}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = accepted["job_id"].as_str().unwrap().to_owned();
+    let batches = usize::try_from(accepted["batches"].as_u64().unwrap()).unwrap();
+    loop {
+        let status: Value = client
+            .get(format!("{api}/v1/jobs/{id}?wait=60s"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["status"] != "running" && status["status"] != "queued" {
+            assert_eq!(status["status"], "completed", "{status}");
+            break;
+        }
+    }
+    let wall = started.elapsed();
+    let polls = emulator
+        .handle()
+        .requests()
+        .iter()
+        .filter(|r| r.method == Method::GET && r.path.ends_with("/status"))
+        .count();
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    (wall, batches, polls)
+}
+
+#[tokio::main]
+async fn main() {
+    // 1. 100 batches × 1 s upstream jobs at concurrency 8.
+    let (wall, batches, polls) = run_job(1000, Duration::from_secs(1), |c| {
+        c.batching.failure_analysis.max_items = 10;
+        c.jobs.concurrency = 8;
+    })
+    .await;
+    println!(
+        "throughput: {batches} batches x 1 s upstream jobs, concurrency 8: wall {:.2} s (target <= 15 s), {polls} status polls",
+        wall.as_secs_f64()
+    );
+
+    // 2. One 10-minute job, compressed SCALE times.
+    let (wall, _, polls) = run_job(10, Duration::from_secs(600) / SCALE, |c| {
+        c.jobs.poll_initial_interval = Duration::from_secs(2) / SCALE;
+        c.jobs.poll_max_interval = Duration::from_secs(30) / SCALE;
+    })
+    .await;
+    println!(
+        "poll economy: one 10-minute upstream job (run {SCALE}x compressed in {:.1} s): {polls} status polls (target <= 25; the SDK polls every 2 s: 300)",
+        wall.as_secs_f64()
+    );
+}
