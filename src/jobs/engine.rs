@@ -574,6 +574,7 @@ impl Ctx {
                 progress_percent,
                 current_item,
                 eta,
+                retry_after,
                 ..
             } => {
                 let mut update = Self::update(
@@ -594,7 +595,7 @@ impl Ctx {
                 let eta = eta.or_else(|| eta_from_progress(running_for, progress_percent));
                 let delay = self
                     .backoff
-                    .next_poll(polls + 1, None, eta, &mut rand::rng());
+                    .next_poll(polls + 1, retry_after, eta, &mut rand::rng());
                 Ok(Next {
                     schedule: vec![(
                         Work {

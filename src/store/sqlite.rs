@@ -772,4 +772,101 @@ mod tests {
         assert_eq!(mode, "wal");
         assert_eq!(version, i64::try_from(MIGRATIONS.len()).unwrap());
     }
+
+    fn new_job(batches: usize) -> NewJob {
+        NewJob {
+            id: JobId::generate(),
+            kind: JobKind::FailureAnalysis,
+            origin: Origin::Native,
+            total_items: batches,
+            members: Bytes::from_static(b"\"run_eval\": true"),
+            webhook: None,
+            idempotency: None,
+            batches: (0..batches)
+                .map(|i| NewBatch {
+                    idx: u32::try_from(i).unwrap(),
+                    item_start: i,
+                    item_end: i + 1,
+                    payload: Bytes::from_static(b"{\"input\": \"q\"}"),
+                })
+                .collect(),
+            created_at: now_millis(),
+        }
+    }
+
+    #[tokio::test]
+    async fn finished_jobs_are_reaped_after_retention_and_unfinished_ones_never() {
+        let store = SqliteStore::open(&StorePath::Memory).await.unwrap();
+        let done = new_job(2);
+        let running = new_job(1);
+        let (done_id, running_id) = (done.id.clone(), running.id.clone());
+        assert_eq!(store.create_job(done, 0).await.unwrap(), Created::New);
+        assert_eq!(store.create_job(running, 0).await.unwrap(), Created::New);
+        assert!(
+            store
+                .finish_job(&done_id, JobState::Cancelled, None, None, "{}".to_owned())
+                .await
+                .unwrap()
+        );
+        let record = store.job(&done_id).await.unwrap().unwrap();
+        assert!(
+            record
+                .batches
+                .iter()
+                .all(|b| b.state == BatchState::Cancelled)
+        );
+        // Not yet past retention: kept.
+        assert_eq!(
+            store.reap(record.finished_at.unwrap() - 1).await.unwrap(),
+            0
+        );
+        assert_eq!(store.reap(now_millis() + 1_000).await.unwrap(), 1);
+        assert!(store.job(&done_id).await.unwrap().is_none());
+        assert!(store.job(&running_id).await.unwrap().is_some());
+        assert_eq!(store.count_active().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn batch_updates_are_conditional_on_the_current_state() {
+        let store = SqliteStore::open(&StorePath::Memory).await.unwrap();
+        let job = new_job(1);
+        let id = job.id.clone();
+        store.create_job(job, 0).await.unwrap();
+        let update = |from: Vec<BatchState>, to| BatchUpdate {
+            job_id: id.clone(),
+            idx: 0,
+            from,
+            to,
+            upstream_job_id: Some("up_1".to_owned()),
+            attempts: None,
+            count_submit: true,
+            progress: None,
+            error: None,
+            result: None,
+            event: Some("{}".to_owned()),
+        };
+        assert!(
+            store
+                .update_batch(update(vec![BatchState::Pending], BatchState::Running))
+                .await
+                .unwrap()
+        );
+        // A late writer that expected `pending` no longer applies.
+        assert!(
+            !store
+                .update_batch(update(vec![BatchState::Pending], BatchState::Failed))
+                .await
+                .unwrap()
+        );
+        let record = store.job(&id).await.unwrap().unwrap();
+        assert_eq!(
+            record.state,
+            JobState::Running,
+            "first batch activity starts the job"
+        );
+        assert_eq!(record.batches[0].submits, 1);
+        assert_eq!(record.batches[0].upstream_job_id.as_deref(), Some("up_1"));
+        assert_eq!(store.events_after(&id, 0).await.unwrap().len(), 1);
+        assert_eq!(store.unfinished_batches().await.unwrap().len(), 1);
+    }
 }

@@ -34,6 +34,8 @@ pub enum PollOutcome {
         current_item: usize,
         /// `estimated_remaining_seconds`, when the upstream gives one.
         eta: Option<Duration>,
+        /// The status answer's `Retry-After`, which wins over evalgate's own interval.
+        retry_after: Option<Duration>,
     },
     Completed,
     Failed(String),
@@ -360,6 +362,7 @@ impl UpstreamClient {
                     .estimated_remaining_seconds
                     .filter(|s| s.is_finite() && *s >= 0.0)
                     .map(Duration::from_secs_f64),
+                retry_after: retry_after(&answer.headers),
             },
         }
     }
