@@ -15,6 +15,7 @@ use crate::{
     jobs::{
         engine::{EngineHandle, JobEngine},
         hub::JobHub,
+        limits::LearnedLimits,
     },
     middleware::rate_limit::Limiters,
     shutdown::Readiness,
@@ -37,6 +38,8 @@ pub struct Inner {
     pub metrics: PrometheusHandle,
     pub hub: JobHub,
     pub engine: EngineHandle,
+    /// Upstream dataset limits learned from `dataset_too_large`.
+    pub learned: Arc<LearnedLimits>,
     /// Fired when the shutdown grace period is over: requests still running are answered at once.
     pub hard_stop: CancellationToken,
     in_flight: Arc<Semaphore>,
@@ -71,16 +74,19 @@ impl AppState {
         let upstream = UpstreamClient::new(&config.valiqor)?;
         let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&config.store.path).await?);
         let hub = JobHub::new();
+        let learned = Arc::new(LearnedLimits::load(store.as_ref()).await?);
         let (engine, handle) = JobEngine::new(
             Arc::clone(&store),
             upstream.clone(),
             hub.clone(),
             Arc::new(config.clone()),
+            Arc::clone(&learned),
         );
         let state = Self(Arc::new(Inner {
             upstream,
             hub,
             engine: handle,
+            learned,
             routes: RouteTable::new(),
             cache: TaxonomyCache::new(&config.taxonomy_cache),
             limiters: Limiters::new(&config.rate_limit),

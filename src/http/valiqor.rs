@@ -37,7 +37,7 @@ use crate::{
 };
 
 /// Entry point for every API-port request.
-#[tracing::instrument(name = "request", skip_all, fields(method = %request.method(), route, status))]
+#[tracing::instrument(name = "request", level = "debug", skip_all, fields(method = %request.method(), route, status))]
 pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let resolved = state.routes.resolve(request.method(), request.uri().path());
     let (template, response) = match resolved {
@@ -147,7 +147,7 @@ async fn forward_submit(
     let managed = valiqor_jobs::managed_kind(template, &parts.method)
         .and_then(|kind| Submission::parse(original).ok().map(|s| (kind, s)));
     if let Some((kind, submission)) = &managed
-        && service::exceeds_limits(state, *kind, submission).await?
+        && service::exceeds_limits(state, *kind, submission)
     {
         let (kind, submission) = managed.unwrap_or_else(|| unreachable!("checked just above"));
         return valiqor_jobs::accept(state, kind, submission, None).await;

@@ -23,6 +23,7 @@ use tokio_util::{sync::CancellationToken, time::DelayQueue};
 use super::{
     BatchState, JobId, JobKind, JobState,
     hub::{JobEvent, JobHub},
+    limits::LearnedLimits,
     merge,
 };
 use crate::{
@@ -95,6 +96,7 @@ struct Ctx {
     config: Arc<Config>,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     backoff: Backoff,
+    learned: Arc<LearnedLimits>,
 }
 
 #[derive(Debug)]
@@ -114,6 +116,7 @@ impl JobEngine {
         upstream: UpstreamClient,
         hub: JobHub,
         config: Arc<Config>,
+        learned: Arc<LearnedLimits>,
     ) -> (Self, EngineHandle) {
         let (tx, commands) = mpsc::channel(COMMAND_CAPACITY);
         let limiter = NonZeroU32::new(config.jobs.upstream_per_second)
@@ -130,6 +133,7 @@ impl JobEngine {
                 config,
                 limiter,
                 backoff,
+                learned,
             },
             commands,
         };
@@ -374,7 +378,7 @@ impl Ctx {
         }
         let items = batch.item_end - batch.item_start;
         // A limit learned from an earlier `dataset_too_large` applies before asking again.
-        if let Some(limit) = self.store.learned_limit(batch.kind.as_str()).await?
+        if let Some(limit) = self.learned.get(batch.kind)
             && items > limit
         {
             return self.resplit(work, &batch, limit).await;
@@ -468,8 +472,9 @@ impl Ctx {
                         )
                         .await;
                 }
-                self.store
-                    .set_learned_limit(batch.kind.as_str(), limit)
+                let limit = self
+                    .learned
+                    .learn(self.store.as_ref(), batch.kind, limit)
                     .await?;
                 tracing::info!(
                     kind = batch.kind.as_str(),

@@ -5,6 +5,7 @@
 //! results, `crate::batching` splits datasets.
 pub mod engine;
 pub mod hub;
+pub mod limits;
 pub mod merge;
 pub mod service;
 

@@ -153,42 +153,30 @@ pub fn view(record: &JobRecord) -> JobView {
 }
 
 /// The limits a new job of `kind` is split by: configured, tightened by what the upstream taught us.
-async fn limits(
-    state: &AppState,
-    kind: JobKind,
-    upstream_max_items: Option<usize>,
-) -> Result<BatchLimits, ApiError> {
+fn limits(state: &AppState, kind: JobKind, upstream_max_items: Option<usize>) -> BatchLimits {
     let configured = state.config.batching.for_kind(kind);
-    let learned = state
-        .store
-        .learned_limit(kind.as_str())
-        .await
-        .map_err(store_error)?;
+    let learned = state.learned.get(kind);
     let max_items = [Some(configured.max_items), learned, upstream_max_items]
         .into_iter()
         .flatten()
         .min()
         .unwrap_or(configured.max_items)
         .max(1);
-    Ok(BatchLimits {
+    BatchLimits {
         max_items,
         max_bytes: configured.max_bytes,
-    })
+    }
 }
 
 /// Whether a submit body of `kind` must become a managed job (over the batch limits).
-pub async fn exceeds_limits(
-    state: &AppState,
-    kind: JobKind,
-    submission: &Submission,
-) -> Result<bool, ApiError> {
-    let limits = limits(state, kind, None).await?;
+pub fn exceeds_limits(state: &AppState, kind: JobKind, submission: &Submission) -> bool {
+    let limits = limits(state, kind, None);
     let payload = submission
         .items
         .first()
         .zip(submission.items.last())
         .map_or(0, |(a, b)| b.end - a.start);
-    Ok(submission.len() > limits.max_items || payload > limits.max_bytes)
+    submission.len() > limits.max_items || payload > limits.max_bytes
 }
 
 #[expect(
@@ -209,7 +197,7 @@ pub async fn submit(state: &AppState, request: JobRequest) -> Result<(JobRecord,
             retry_after: Duration::from_secs(u64::from(state.config.server.retry_after_secs)),
         });
     }
-    let limits = limits(state, request.kind, request.upstream_max_items).await?;
+    let limits = limits(state, request.kind, request.upstream_max_items);
     let submission = &request.submission;
     let batches: Vec<NewBatch> = submission
         .split(limits)

@@ -16,14 +16,14 @@ pub struct UpstreamElapsed(pub Duration);
 
 pub async fn layer(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let response = next.run(request).await;
     let total = started.elapsed();
     let route = response
         .extensions()
         .get::<RouteLabel>()
         .map_or("unmatched", |r| r.0);
-    let status = response.status().as_u16().to_string();
+    let status = status_label(response.status());
     metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route, "method" => method, "status" => status)
         .increment(1);
     metrics::histogram!(telemetry::HTTP_DURATION, "route" => route).record(total.as_secs_f64());
@@ -37,4 +37,32 @@ pub async fn layer(request: Request, next: Next) -> Response {
         metrics::counter!(telemetry::HTTP_ERRORS, "code" => *code).increment(1);
     }
     response
+}
+
+/// The method as a static label (no allocation per request); anything unusual is `other`.
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PATCH => "PATCH",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The status as a label; the common ones without an allocation.
+fn status_label(status: http::StatusCode) -> metrics::SharedString {
+    match status.as_u16() {
+        200 => "200".into(),
+        202 => "202".into(),
+        400 => "400".into(),
+        404 => "404".into(),
+        429 => "429".into(),
+        502 => "502".into(),
+        503 => "503".into(),
+        other => other.to_string().into(),
+    }
 }
