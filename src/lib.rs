@@ -31,6 +31,7 @@ pub mod submit;
 pub mod telemetry;
 pub mod types;
 pub mod upstream;
+pub mod webhooks;
 
 use std::{io, net::SocketAddr, time::Duration};
 

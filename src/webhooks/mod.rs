@@ -1,0 +1,2 @@
+//! Webhook delivery building blocks: Standard Webhooks signing ([`signing`]).
+pub mod signing;
