@@ -3,131 +3,26 @@
 //! evalgate splits an oversize dataset into batches, submits each batch upstream and merges the
 //! completed batches' results back into **one** result, in the shape the upstream itself returns
 //! for that kind (`FARunResult`, `EvaluationResult`, `SecurityAuditResult`; `valiqor-api.md`
-//! §4.2-4.4), in the original dataset order. [`merge`] is pure and CPU-bound (bytes in, one
-//! `serde_json::Value` out); call it from a blocking context for large jobs. Its cost is almost
-//! all JSON parsing: the result owns every parsed batch (in memory roughly 8× the JSON size), and
-//! the lists are moved into it, never cloned; unions and tallies use hash indexes (linear time).
+//! §4.2-4.4), in the original dataset order. [`merge_with_section`] is pure and CPU-bound (bytes
+//! in, the merged JSON bytes out); call it from a blocking context for large jobs.
 //!
-//! # Merge rules
-//!
-//! ## Inputs
-//!
-//! - A batch covers the dataset items `item_start .. item_start + item_count`. Batches may be
-//!   passed in any order; they are sorted by `item_start`. Overlapping ranges are an error.
-//!   "First batch" below means the batch with the lowest `item_start`.
-//! - Only completed batches are merged. Failed batches are simply absent: the caller lists them
-//!   in an `evalgate` object it adds to the merged result. Every count in the merged result
-//!   therefore counts the **merged** items only, and `MergeContext::total_items` must equal the
-//!   sum of the batches' `item_count` (checked; a mismatch is an error), not the size of the
-//!   original dataset.
-//! - Each batch result must be a JSON object. Missing optional fields take defaults (0, false,
-//!   empty list or object, null); numbers may be integers or floats. A field that must be a list
-//!   or an object but has another JSON type is an error naming the batch (`item_start`).
-//! - Zero batches is an error: there is no result shape to build on.
-//!
-//! ## Terms
-//!
-//! - **Item-weighted mean**: `Σ(value × weight) / Σ weight` over the batches that carry a numeric
-//!   value. When every such weight is 0 it is the plain mean; when all the values are equal it is
-//!   that value exactly (so one batch merges to its own numbers, bit for bit).
-//! - **Ordered union**: the elements in order of first appearance (batches in dataset order, each
-//!   list in its own order), duplicates dropped.
-//! - **Remapped `item_index`**: a batch-local `item_index` becomes `item_start + item_index`, the
-//!   item's position in the original dataset. A local index that is not a non-negative integer,
-//!   or is `>= item_count`, is an error. Entries of `inputs` and `details` without an
-//!   `item_index` get their position in the batch's list (remapped); tags without one keep none.
-//! - **Latest**: the greatest of the batches' RFC 3339 strings (they compare as text).
-//!
-//! ## Every kind
-//!
-//! - The job id replaces the result's own ids (per kind below); `status` is `"completed"`.
-//! - `duration_ms` is `MergeContext::duration_ms`, the job's wall time (always written for failure
-//!   analysis, otherwise only where the first batch has the field).
-//! - `completed_at`, where the first batch has it, is the latest; `error`, where the first batch
-//!   has it, is null.
-//! - Every field not named in these rules is the first batch's, unchanged, unknown extra fields
-//!   included.
-//!
-//! ## Failure analysis (`FARunResult`)
-//!
-//! - `failure_tags` and `inputs`: concatenated in dataset order, every `item_index` remapped;
-//!   `tag_id`s (and every other tag or input field) kept.
-//! - `summary`, recomputed (unknown summary fields of the first batch kept):
-//!   - `total_failures_detected`, `total_passes`, `total_uncertain`, `items_with_failures`,
-//!     `items_all_passed`, `total_items`: sums (a batch without `summary.total_items` counts its
-//!     `item_count`).
-//!   - `overall_severity`: the maximum over the batches' `overall_severity` and the severities of
-//!     all failing tags (`decision` = `"fail"`).
-//!   - `overall_confidence`: item-weighted mean, weight = the batch's `item_count`.
-//!   - `primary_failure` and `primary_failure_name`: the `subcategory_id` (and its first-seen
-//!     `subcategory_name`) with the highest maximum `severity` over all failing tags; ties go to
-//!     the larger number of failing tags, then to the first appearance in dataset order. A batch
-//!     that has no failing tag but names a `primary_failure` in its summary (an upstream that
-//!     omits tags) contributes that subcategory with its `overall_severity` and
-//!     `total_failures_detected` (at least 1) failing tags. Null when nothing failed.
-//!   - `buckets_affected`: ordered union.
-//!   - `should_alert`, `should_gate_ci`, `needs_human_review`: logical OR.
-//! - `detectors_run`: ordered union. `detectors_skipped`: ordered union **minus** every detector
-//!   in the merged `detectors_run` (a detector that ran on any batch was not skipped by the job;
-//!   this is what one run over the whole dataset reports).
-//! - `tokens_used` and top-level `total_items` (where the first batch has it): sums.
-//! - `eval_metrics`: per metric key, the item-weighted mean (weight = `item_count`) of the numeric
-//!   values; a key with no numeric value anywhere keeps its first non-null value.
-//! - `security_flags`: a deep merge of the batches' objects: keys are united; for a key present
-//!   in several batches, booleans are combined with OR, integers summed, other numbers take the
-//!   maximum, lists take the ordered union, objects merge recursively, and strings or mismatched
-//!   types keep the first batch's value. (The upstream sends a category → name map, which this
-//!   unites.) `{}` when no batch has flags.
-//! - `run_id` = job id. `mode`, `input_type`, `feature_kind`, `created_at`, `eval_run_id`,
-//!   `security_batch_id` and any other field: the first batch's.
-//!
-//! ## Evaluation (`EvaluationResult`)
-//!
-//! - A batch's evaluated count is `evaluated_items`, else `items_evaluated`, else its
-//!   `item_count`; it is the batch's weight.
-//! - `aggregate_scores`: per metric key, the item-weighted mean of the numeric values (weight =
-//!   evaluated count); a key with no numeric value anywhere keeps its first non-null value.
-//! - `overall_score`: item-weighted mean (same weight); null when no batch has a number.
-//! - `total_items` (a batch without it counts its `item_count`) and the evaluated count: sums.
-//!   The evaluated count is written under each of `evaluated_items` and `items_evaluated` that
-//!   any batch uses (`evaluated_items` when neither appears).
-//! - Any other top-level field holding a non-negative integer is a counter and is summed, except
-//!   `id`, fields ending in `_id` or `_at`, `duration_ms` and `overall_score`.
-//! - `metrics` (the list of metric names), where the first batch has it: ordered union.
-//! - `run_id` = job id, and `id` too where the first batch has it. `metadata`, `project_id` and
-//!   any other field: the first batch's.
-//!
-//! ## Security audit (`SecurityAuditResult`)
-//!
-//! - Per batch: total = `total_items`, else `item_count`; unsafe = `unsafe_items`, else
-//!   `unsafe_count`, else total − `safe_count`, else `unsafe_rate` × total (rounded), else the
-//!   number of `details` entries marked unsafe; safe = `safe_count`, else total − unsafe.
-//! - `total_items`, `unsafe_items`, `safe_count`: sums; `unsafe_count` too where any batch has it.
-//! - `safety_score` = 1 − unsafe / total (1.0 when total is 0); `unsafe_rate` = unsafe / total
-//!   where any batch has it.
-//! - `details`: concatenated in dataset order, every `item_index` remapped; item ids kept (they
-//!   address the upstream's own items).
-//! - An item's categories are its `violated_categories`, else `triggered_categories`, else
-//!   `categories` (lists), else `category` or `violated_category` (strings); each counted once
-//!   per item.
-//! - Category occurrences of a batch: per item from `details` when its entries carry categories;
-//!   else the counts of a `triggered_categories` object; else 1 per name of a
-//!   `triggered_categories` list (the batch triggered it); else 1 for its `top_risk_category`.
-//! - `triggered_categories` keeps the first batch's shape. As a list (the default): the ordered
-//!   union of the batches' names (a batch without the field adds its items' categories). As an
-//!   object (category → count): the union of keys with summed counts (a list-shaped batch adds
-//!   its occurrences, at least 1 per name).
-//! - `top_risk_category`: the category with the most occurrences over all batches; ties go to the
-//!   first appearance (batches in dataset order; within a batch in the order of its occurrence
-//!   source). Null when nothing was triggered.
-//! - `batch_id` = job id, and `audit_id` and `id` too where the first batch has them. Any other
-//!   field: the first batch's.
+//! The big per-item lists (`failure_tags`, `inputs`, `details`) never become `serde_json::Value`
+//! trees: each entry is scanned once, borrowing its field values as raw JSON text, for its
+//! `item_index` and the few fields the summary needs, and is then copied into the output byte for
+//! byte with only its `item_index` rewritten. Every other field of a batch (summaries, metrics,
+//! flags, scalars) is small and is read into a `Value`. The output is written top-level keys in
+//! sorted order (the order of a `serde_json::Map`); unions and tallies use hash indexes (linear
+//! time).
 use std::{
+    borrow::Cow,
     cmp::Ordering,
     collections::{BTreeMap, HashMap, HashSet},
+    fmt,
 };
 
-use serde_json::{Map, Value};
+use bytes::Bytes;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value, value::RawValue};
 
 use crate::jobs::JobKind;
 
@@ -175,6 +70,13 @@ pub enum MergeError {
         item_start: usize,
         problem: BatchProblem,
     },
+    /// Only from [`merge`]: the merged bytes could not be read back into a `Value` (a copied
+    /// entry holds a number `serde_json` cannot represent, such as `1e400`).
+    #[error("the merged result cannot be represented as a JSON value")]
+    Output {
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// What is wrong with one batch's result.
@@ -208,18 +110,41 @@ pub enum BatchProblem {
     },
 }
 
-/// Merges completed batches (any order in the slice; sorted by `item_start`) into one result.
+/// Merges completed batches (any order in the slice; sorted by `item_start`) into one result and
+/// returns it as a `Value`.
 ///
-/// The result is the upstream's shape for `kind`, with `run_id` / `batch_id` = `ctx.job_id` and
-/// `status` `"completed"`; the module documentation lists every rule.
+/// A convenience over [`merge_with_section`] (it reads the merged bytes back); large merges
+/// should use that and keep the bytes.
 pub fn merge(
     kind: JobKind,
     batches: &[BatchResult<'_>],
     ctx: &MergeContext<'_>,
 ) -> Result<Value, MergeError> {
+    let bytes = merge_with_section(kind, batches, ctx, None)?;
+    serde_json::from_slice(&bytes).map_err(|source| MergeError::Output { source })
+}
+
+/// Merges completed batches (any order in the slice; sorted by `item_start`) into one result,
+/// written as JSON bytes.
+///
+/// The result is the upstream's shape for `kind`, with `run_id` / `batch_id` = `ctx.job_id` and
+/// `status` `"completed"`; the module documentation lists every rule. `section`, when given, is
+/// written as one more top-level field (replacing a batch field of that name), so a caller can
+/// add its own object without reading the result back.
+pub fn merge_with_section(
+    kind: JobKind,
+    batches: &[BatchResult<'_>],
+    ctx: &MergeContext<'_>,
+    section: Option<(&str, &Value)>,
+) -> Result<Bytes, MergeError> {
     // Each batch is parsed and folded in before the next is parsed, while its data is in cache.
     let order = plan(batches, ctx)?;
-    let mut parsed = order.iter().map(parse_batch);
+    let lists: &'static [&'static str] = match kind {
+        JobKind::FailureAnalysis => &["failure_tags", "inputs"],
+        JobKind::Evaluation => &[],
+        JobKind::SecurityAudit => &["details"],
+    };
+    let mut parsed = order.iter().map(|b| parse_batch(b, lists));
     let merged = match kind {
         JobKind::FailureAnalysis => {
             let mut acc = FaMerge::default();
@@ -237,17 +162,18 @@ pub fn merge(
             acc.finish(ctx)
         }
     };
-    Ok(Value::Object(merged))
+    merged.write(section).map(Bytes::from)
 }
 
 // === batches ===
 
-/// A parsed batch result.
+/// A parsed batch result: its big lists as raw JSON, every other field as a `Value`.
 #[derive(Debug)]
-struct Batch {
+struct Batch<'a> {
     start: usize,
     count: usize,
     obj: Map<String, Value>,
+    lists: Vec<(&'static str, &'a RawValue)>,
 }
 
 /// Sorts the batches by `item_start` and checks their ranges and the item total.
@@ -281,33 +207,97 @@ fn plan<'a>(
     Ok(sorted)
 }
 
-fn parse_batch(b: &BatchResult<'_>) -> Result<Batch, MergeError> {
-    match serde_json::from_slice::<Value>(b.result) {
-        Ok(Value::Object(obj)) => Ok(Batch {
-            start: b.item_start,
-            count: b.item_count,
-            obj,
-        }),
-        Ok(other) => Err(MergeError::Malformed {
-            item_start: b.item_start,
-            problem: BatchProblem::NotAnObject {
-                found: json_type(&other),
+/// Parses a batch result, keeping the top-level fields named in `lists` as raw JSON.
+fn parse_batch<'a>(
+    b: &BatchResult<'a>,
+    lists: &'static [&'static str],
+) -> Result<Batch<'a>, MergeError> {
+    let invalid = |source| MergeError::InvalidJson {
+        item_start: b.item_start,
+        source,
+    };
+    if b.result.iter().find(|c| !is_ws(**c)) != Some(&b'{') {
+        // Not an object (or not JSON): the rare path can afford a full parse for the message.
+        return Err(match serde_json::from_slice::<Value>(b.result) {
+            Ok(other) => MergeError::Malformed {
+                item_start: b.item_start,
+                problem: BatchProblem::NotAnObject {
+                    found: json_type(&other),
+                },
             },
-        }),
-        Err(source) => Err(MergeError::InvalidJson {
-            item_start: b.item_start,
-            source,
-        }),
+            Err(source) => invalid(source),
+        });
+    }
+    let mut de = serde_json::Deserializer::from_slice(b.result);
+    let (obj, raw) = TopLevel { lists }
+        .deserialize(&mut de)
+        .and_then(|top| de.end().map(|()| top))
+        .map_err(invalid)?;
+    Ok(Batch {
+        start: b.item_start,
+        count: b.item_count,
+        obj,
+        lists: raw,
+    })
+}
+
+/// Reads a JSON object: the fields named in `lists` as raw JSON, the others as `Value`s.
+#[derive(Debug, Clone, Copy)]
+struct TopLevel {
+    lists: &'static [&'static str],
+}
+
+type TopFields<'a> = (Map<String, Value>, Vec<(&'static str, &'a RawValue)>);
+
+impl<'de> DeserializeSeed<'de> for TopLevel {
+    type Value = TopFields<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopLevel {
+    type Value = TopFields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut obj = Map::new();
+        let mut raw: Vec<(&'static str, &'de RawValue)> = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if let Some(&name) = self.lists.iter().find(|name| **name == key) {
+                let value: &'de RawValue = map.next_value()?;
+                // A repeated key: the last one wins, as in a `Map`.
+                match raw.iter_mut().find(|(n, _)| *n == name) {
+                    Some(slot) => slot.1 = value,
+                    None => raw.push((name, value)),
+                }
+            } else {
+                let value: Value = map.next_value()?;
+                obj.insert(key, value);
+            }
+        }
+        Ok((obj, raw))
     }
 }
 
 // === impl Batch ===
 
-impl Batch {
+impl<'a> Batch<'a> {
     fn malformed(&self, problem: BatchProblem) -> MergeError {
         MergeError::Malformed {
             item_start: self.start,
             problem,
+        }
+    }
+
+    fn invalid(&self, source: serde_json::Error) -> MergeError {
+        MergeError::InvalidJson {
+            item_start: self.start,
+            source,
         }
     }
 
@@ -325,19 +315,6 @@ impl Batch {
         self.obj.get(key).and_then(as_count)
     }
 
-    /// Moves a list out of the result (absent or null → empty).
-    fn take_list(&mut self, field: &'static str) -> Result<Vec<Value>, MergeError> {
-        match self.obj.remove(field) {
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Array(items)) => Ok(items),
-            Some(other) => Err(self.malformed(BatchProblem::FieldType {
-                field,
-                expected: "array",
-                found: json_type(&other),
-            })),
-        }
-    }
-
     /// Moves an object out of the result (absent or null → empty).
     fn take_object(&mut self, field: &'static str) -> Result<Map<String, Value>, MergeError> {
         match self.obj.remove(field) {
@@ -351,53 +328,448 @@ impl Batch {
         }
     }
 
-    /// Rewrites every entry's batch-local `item_index` into the original dataset's index.
+    /// Scans the list `field` (absent or null → empty): checks every entry, works out how its
+    /// batch-local `item_index` becomes the original dataset's index, and calls `each` with the
+    /// entry's `wanted` fields (in `wanted`'s order).
     ///
     /// With `positional`, an entry without one gets its position in the list (remapped).
-    fn remap(
+    fn scan(
         &self,
-        list: &mut [Value],
         field: &'static str,
         positional: bool,
-    ) -> Result<(), MergeError> {
-        let start = to_u64(self.start);
-        let count = self.items();
-        for (position, entry) in list.iter_mut().enumerate() {
-            let obj = match entry {
-                Value::Object(obj) => obj,
-                other => {
-                    return Err(self.malformed(BatchProblem::EntryType {
-                        field,
-                        position,
-                        found: json_type(other),
-                    }));
-                }
-            };
-            let slot = obj.get_mut("item_index");
-            let local = match slot.as_deref() {
-                None | Some(Value::Null) if positional => to_u64(position),
-                None | Some(Value::Null) => continue,
-                Some(v) => as_count(v).ok_or_else(|| {
-                    self.malformed(BatchProblem::BadItemIndex { field, position })
-                })?,
-            };
-            if local >= count {
-                return Err(self.malformed(BatchProblem::ItemIndexOutOfRange {
+        wanted: &[&str],
+        each: &mut dyn FnMut(&Wanted<'a>) -> Result<(), serde_json::Error>,
+    ) -> Result<Vec<Entry<'a>>, MergeError> {
+        let Some(&(_, raw)) = self.lists.iter().find(|(name, _)| *name == field) else {
+            return Ok(Vec::new());
+        };
+        match raw.get().as_bytes().first() {
+            Some(b'n') => return Ok(Vec::new()),
+            Some(b'[') => {}
+            _ => {
+                return Err(self.malformed(BatchProblem::FieldType {
                     field,
-                    position,
-                    index: local,
-                    count: self.count,
+                    expected: "array",
+                    found: raw_type(raw),
                 }));
             }
-            let global = Value::from(start.saturating_add(local));
-            match slot {
-                Some(v) => *v = global,
-                None => {
-                    obj.insert("item_index".to_owned(), global);
+        }
+        let text = raw.get();
+        let mut scan = ListScan {
+            batch: self,
+            field,
+            positional,
+            wanted,
+            text,
+            each,
+            entries: Vec::new(),
+            problem: None,
+        };
+        let mut de = serde_json::Deserializer::from_str(text);
+        let outcome = de.deserialize_seq(&mut scan);
+        if let Some(problem) = scan.problem {
+            return Err(problem);
+        }
+        outcome.map_err(|e| self.invalid(e))?;
+        Ok(scan.entries)
+    }
+
+    /// Where a list entry's `item_index` goes, given the value it has (`None`: no such key).
+    fn place(
+        &self,
+        field: &'static str,
+        position: usize,
+        positional: bool,
+        index: Option<&RawValue>,
+    ) -> Result<Option<u64>, MergeError> {
+        let index = index.filter(|raw| raw.get() != "null");
+        let local = match index {
+            None if positional => to_u64(position),
+            None => return Ok(None),
+            Some(raw) => raw_count(raw)
+                .map_err(|e| self.invalid(e))?
+                .ok_or_else(|| self.malformed(BatchProblem::BadItemIndex { field, position }))?,
+        };
+        if local >= self.items() {
+            return Err(self.malformed(BatchProblem::ItemIndexOutOfRange {
+                field,
+                position,
+                index: local,
+                count: self.count,
+            }));
+        }
+        Ok(Some(to_u64(self.start).saturating_add(local)))
+    }
+}
+
+/// The most fields a list scan reads from each entry.
+const MAX_WANTED: usize = 7;
+
+/// The values of the fields a scan wants from one entry (raw JSON, borrowed from the batch).
+type Wanted<'a> = [Option<&'a RawValue>; MAX_WANTED];
+
+/// One entry of a merged list: its text (borrowed from the batch) and how its `item_index` is
+/// rewritten on output.
+#[derive(Debug)]
+struct Entry<'a> {
+    text: Cow<'a, str>,
+    patch: Patch,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Patch {
+    /// Copied unchanged.
+    Keep,
+    /// The bytes `at .. at + len` (the old `item_index` value) become `index`.
+    Replace { at: usize, len: usize, index: u64 },
+    /// `"item_index":index` is inserted after the opening brace.
+    Insert { index: u64 },
+}
+
+impl Entry<'_> {
+    fn write(&self, out: &mut Vec<u8>) {
+        let text = self.text.as_bytes();
+        match self.patch {
+            Patch::Keep => out.extend_from_slice(text),
+            Patch::Replace { at, len, index } => {
+                let (head, rest) = text.split_at_checked(at).unwrap_or((text, &[]));
+                out.extend_from_slice(head);
+                push_u64(out, index);
+                out.extend_from_slice(rest.get(len..).unwrap_or_default());
+            }
+            Patch::Insert { index } => {
+                let body = text.get(1..).unwrap_or_default();
+                out.extend_from_slice(b"{\"item_index\":");
+                push_u64(out, index);
+                if body.iter().find(|c| !is_ws(**c)) != Some(&b'}') {
+                    out.push(b',');
+                }
+                out.extend_from_slice(body);
+            }
+        }
+    }
+}
+
+/// A one-pass scan of a list's entries (the seq visitor; each entry is read by [`EntryScan`]).
+struct ListScan<'s, 'a> {
+    batch: &'s Batch<'a>,
+    field: &'static str,
+    positional: bool,
+    wanted: &'s [&'s str],
+    /// The list's JSON text (every raw value of the scan points into it).
+    text: &'a str,
+    each: &'s mut dyn FnMut(&Wanted<'a>) -> Result<(), serde_json::Error>,
+    entries: Vec<Entry<'a>>,
+    /// A merge error that stopped the scan (the deserializer sees a placeholder error).
+    problem: Option<MergeError>,
+}
+
+impl ListScan<'_, '_> {
+    fn stop<E: de::Error>(&mut self, problem: MergeError) -> E {
+        self.problem = Some(problem);
+        E::custom("merge error")
+    }
+}
+
+impl<'a> Visitor<'a> for &mut ListScan<'_, 'a> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: SeqAccess<'a>>(self, mut seq: A) -> Result<(), A::Error> {
+        let bytes = self.text.as_bytes();
+        let base = self.text.as_ptr() as usize;
+        // Entries are contiguous: each starts after the previous one (or the `[`), past
+        // whitespace and a comma, and ends at the `}` after its last value.
+        let mut cursor = 1;
+        let mut position = 0;
+        while let Some(scanned) = seq.next_element_seed(EntryScan {
+            wanted: self.wanted,
+        })? {
+            let scanned = match scanned {
+                Ok(scanned) => scanned,
+                Err(found) => {
+                    let problem = self.batch.malformed(BatchProblem::EntryType {
+                        field: self.field,
+                        position,
+                        found,
+                    });
+                    return Err(self.stop(problem));
+                }
+            };
+            let start = skip(bytes, cursor, |c| is_ws(c) || c == b',');
+            let after = match scanned.last_end {
+                Some(end) => end.wrapping_sub(base),
+                None => start.saturating_add(1),
+            };
+            let close = skip(bytes, after, is_ws);
+            if bytes.get(start) != Some(&b'{') || bytes.get(close) != Some(&b'}') {
+                return Err(de::Error::custom("an entry's bounds were not found"));
+            }
+            let end = close + 1;
+            cursor = end;
+            let text = self.text.get(start..end).unwrap_or_default();
+            let entry = if scanned.index_keys > 1 {
+                // A repeated `item_index` (the last one counts): rare, so read into a `Value`.
+                match self.remap_value(text, position) {
+                    Ok(entry) => entry,
+                    Err(problem) => return Err(self.stop(problem)),
+                }
+            } else {
+                let placed = self
+                    .batch
+                    .place(self.field, position, self.positional, scanned.index);
+                let patch = match (placed, scanned.index) {
+                    (Err(problem), _) => return Err(self.stop(problem)),
+                    (Ok(None), _) => Patch::Keep,
+                    (Ok(Some(index)), None) => Patch::Insert { index },
+                    (Ok(Some(index)), Some(raw)) => Patch::Replace {
+                        at: (raw.get().as_ptr() as usize).wrapping_sub(base + start),
+                        len: raw.get().len(),
+                        index,
+                    },
+                };
+                Entry {
+                    text: Cow::Borrowed(text),
+                    patch,
+                }
+            };
+            if let Err(e) = (self.each)(&scanned.wanted) {
+                let problem = self.batch.invalid(e);
+                return Err(self.stop(problem));
+            }
+            self.entries.push(entry);
+            position += 1;
+        }
+        Ok(())
+    }
+}
+
+impl<'a> ListScan<'_, 'a> {
+    /// Remaps an entry through a `Value` (for entries the byte splice does not cover).
+    fn remap_value(&self, text: &str, position: usize) -> Result<Entry<'a>, MergeError> {
+        let mut value: Value = serde_json::from_str(text).map_err(|e| self.batch.invalid(e))?;
+        let index = match &value {
+            Value::Object(obj) => obj.get("item_index").map(Value::to_string),
+            _ => None,
+        };
+        let raw = index
+            .map(RawValue::from_string)
+            .transpose()
+            .map_err(|e| self.batch.invalid(e))?;
+        let placed = self
+            .batch
+            .place(self.field, position, self.positional, raw.as_deref())?;
+        if let (Some(index), Value::Object(obj)) = (placed, &mut value) {
+            obj.insert("item_index".to_owned(), Value::from(index));
+        }
+        Ok(Entry {
+            text: Cow::Owned(value.to_string()),
+            patch: Patch::Keep,
+        })
+    }
+}
+
+/// One list entry, read in one pass: its `item_index` and wanted fields as raw JSON.
+#[derive(Debug)]
+struct Scanned<'a> {
+    /// The last `item_index` value, and how many `item_index` keys there were.
+    index: Option<&'a RawValue>,
+    index_keys: usize,
+    /// The wanted fields (a repeated key: the last one wins, as in a `Map`).
+    wanted: Wanted<'a>,
+    /// The address just past the entry's last value (`None` for `{}`).
+    last_end: Option<usize>,
+}
+
+/// Reads one entry; `Err` holds the JSON type of an entry that is not an object.
+#[derive(Clone, Copy)]
+struct EntryScan<'w> {
+    wanted: &'w [&'w str],
+}
+
+impl<'de> DeserializeSeed<'de> for EntryScan<'_> {
+    type Value = Result<Scanned<'de>, &'static str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntryScan<'_> {
+    type Value = Result<Scanned<'de>, &'static str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut scanned = Scanned {
+            index: None,
+            index_keys: 0,
+            wanted: [None; MAX_WANTED],
+            last_end: None,
+        };
+        while let Some(key) = map.next_key_seed(KeyScan(self.wanted))? {
+            let value: &'de RawValue = map.next_value()?;
+            match key {
+                Key::Index => {
+                    scanned.index = Some(value);
+                    scanned.index_keys += 1;
+                }
+                Key::Wanted(i) => {
+                    if let Some(slot) = scanned.wanted.get_mut(i) {
+                        *slot = Some(value);
+                    }
+                }
+                Key::Other => {}
+            }
+            scanned.last_end = Some(value.get().as_ptr() as usize + value.get().len());
+        }
+        Ok(Ok(scanned))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Err("array"))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Err("null"))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Err("boolean"))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Err("number"))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Err("number"))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Err("number"))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Err("string"))
+    }
+}
+
+/// Which field of an entry a key names.
+#[derive(Debug, Clone, Copy)]
+enum Key {
+    Index,
+    Wanted(usize),
+    Other,
+}
+
+/// Reads an entry's key.
+#[derive(Clone, Copy)]
+struct KeyScan<'w>(&'w [&'w str]);
+
+impl<'de> DeserializeSeed<'de> for KeyScan<'_> {
+    type Value = Key;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Key, D::Error> {
+        deserializer.deserialize_identifier(self)
+    }
+}
+
+impl Visitor<'_> for KeyScan<'_> {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+        Ok(if key == "item_index" {
+            Key::Index
+        } else {
+            self.0
+                .iter()
+                .position(|w| *w == key)
+                .map_or(Key::Other, Key::Wanted)
+        })
+    }
+}
+
+// === output ===
+
+/// A merged result: its small fields, and its big lists as per-batch entries.
+#[derive(Debug, Default)]
+struct Merged<'a> {
+    fields: Map<String, Value>,
+    lists: Vec<(&'static str, Vec<Vec<Entry<'a>>>)>,
+}
+
+/// One top-level field of the output.
+enum Piece<'m, 'a> {
+    Value(&'m Value),
+    List(&'m [Vec<Entry<'a>>]),
+}
+
+impl Merged<'_> {
+    /// Writes the result as one JSON object, keys in sorted order; `section` is one more field.
+    fn write(self, section: Option<(&str, &Value)>) -> Result<Vec<u8>, MergeError> {
+        let output = |source| MergeError::Output { source };
+        let mut fields: Vec<(&str, Piece<'_, '_>)> = Vec::with_capacity(self.fields.len() + 4);
+        let taken = |key: &str| {
+            section.is_some_and(|(name, _)| name == key)
+                || self.lists.iter().any(|(name, _)| *name == key)
+        };
+        for (key, value) in &self.fields {
+            if !taken(key) {
+                fields.push((key, Piece::Value(value)));
+            }
+        }
+        for (name, parts) in &self.lists {
+            if section.is_none_or(|(key, _)| key != *name) {
+                fields.push((name, Piece::List(parts)));
+            }
+        }
+        if let Some((key, value)) = section {
+            fields.push((key, Piece::Value(value)));
+        }
+        fields.sort_by(|a, b| a.0.cmp(b.0));
+
+        let list_bytes: usize = self
+            .lists
+            .iter()
+            .flat_map(|(_, parts)| parts)
+            .flatten()
+            .map(|e| e.text.len() + 24)
+            .sum();
+        let mut out = Vec::with_capacity(list_bytes + 64 * 1024);
+        out.push(b'{');
+        for (i, (key, piece)) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, key).map_err(output)?;
+            out.push(b':');
+            match piece {
+                Piece::Value(value) => serde_json::to_writer(&mut out, value).map_err(output)?,
+                Piece::List(parts) => {
+                    out.push(b'[');
+                    for (j, entry) in parts.iter().flatten().enumerate() {
+                        if j > 0 {
+                            out.push(b',');
+                        }
+                        entry.write(&mut out);
+                    }
+                    out.push(b']');
                 }
             }
         }
-        Ok(())
+        out.push(b'}');
+        Ok(out)
     }
 }
 
@@ -412,13 +784,16 @@ const FA_COUNTS: [&str; 5] = [
 ];
 const FA_FLAGS: [&str; 3] = ["should_alert", "should_gate_ci", "needs_human_review"];
 
+/// The tag fields the summary reads, in [`Wanted`] order.
+const TAG_FIELDS: [&str; 4] = ["decision", "severity", "subcategory_id", "subcategory_name"];
+
 /// Running state of a failure-analysis merge.
 #[derive(Debug, Default)]
-struct FaMerge {
+struct FaMerge<'a> {
     /// The first batch's remaining fields and its summary.
     base: Option<(Map<String, Value>, Map<String, Value>)>,
-    tags: Vec<Vec<Value>>,
-    inputs: Vec<Vec<Value>>,
+    tags: Vec<Vec<Entry<'a>>>,
+    inputs: Vec<Vec<Entry<'a>>>,
     counts: [u64; 5],
     summary_total: u64,
     severity: MaxNumber,
@@ -435,15 +810,16 @@ struct FaMerge {
     completed_at: Latest,
 }
 
-impl FaMerge {
-    fn add(&mut self, mut batch: Batch) -> Result<(), MergeError> {
-        let mut tags = batch.take_list("failure_tags")?;
-        batch.remap(&mut tags, "failure_tags", false)?;
-        let mut inputs = batch.take_list("inputs")?;
-        batch.remap(&mut inputs, "inputs", true)?;
+impl<'a> FaMerge<'a> {
+    fn add(&mut self, mut batch: Batch<'a>) -> Result<(), MergeError> {
+        let mut any_failing = false;
+        let tags = batch.scan("failure_tags", false, &TAG_FIELDS, &mut |tag| {
+            any_failing |= Self::add_tag(&mut self.severity, &mut self.failures, tag)?;
+            Ok(())
+        })?;
+        let inputs = batch.scan("inputs", true, &[], &mut |_| Ok(()))?;
         let summary = batch.take_object("summary")?;
 
-        let any_failing = self.add_tags(&tags);
         self.add_summary(&summary, &batch, any_failing);
         self.tags.push(tags);
         self.inputs.push(inputs);
@@ -471,30 +847,28 @@ impl FaMerge {
         Ok(())
     }
 
-    /// Reads the failing tags; true when there was at least one.
-    fn add_tags(&mut self, tags: &[Value]) -> bool {
-        let mut any = false;
-        for tag in tags.iter().filter_map(Value::as_object) {
-            let failing = tag
-                .get("decision")
-                .and_then(Value::as_str)
-                .is_some_and(|d| d.eq_ignore_ascii_case("fail"));
-            if !failing {
-                continue;
-            }
-            any = true;
-            let severity = tag.get("severity");
-            self.severity.add(severity);
-            if let Some(id) = tag.get("subcategory_id").and_then(Value::as_str) {
-                let severity = severity.and_then(Value::as_f64).unwrap_or(0.0);
-                self.failures
-                    .add(id, tag.get("subcategory_name"), severity, 1);
-            }
+    /// Reads one tag (its [`TAG_FIELDS`]); true when it is failing.
+    fn add_tag(
+        severity_max: &mut MaxNumber,
+        failures: &mut FailureTally,
+        [decision, severity, id, name, ..]: &Wanted<'_>,
+    ) -> Result<bool, serde_json::Error> {
+        let failing = decision
+            .and_then(raw_str)
+            .is_some_and(|d| d.eq_ignore_ascii_case("fail"));
+        if !failing {
+            return Ok(false);
         }
-        any
+        let severity: Option<Value> = severity.map(raw_value).transpose()?;
+        severity_max.add(severity.as_ref());
+        if let Some(id) = id.and_then(raw_str) {
+            let severity = severity.as_ref().and_then(Value::as_f64).unwrap_or(0.0);
+            failures.add(&id, || name.and_then(|n| raw_value(n).ok()), severity, 1);
+        }
+        Ok(true)
     }
 
-    fn add_summary(&mut self, summary: &Map<String, Value>, batch: &Batch, any_failing: bool) {
+    fn add_summary(&mut self, summary: &Map<String, Value>, batch: &Batch<'_>, any_failing: bool) {
         for (sum, key) in self.counts.iter_mut().zip(FA_COUNTS) {
             *sum = sum.saturating_add(summary.get(key).and_then(as_count).unwrap_or(0));
         }
@@ -522,12 +896,16 @@ impl FaMerge {
                 .and_then(as_count)
                 .unwrap_or(0)
                 .max(1);
-            self.failures
-                .add(id, summary.get("primary_failure_name"), severity, count);
+            self.failures.add(
+                id,
+                || summary.get("primary_failure_name").cloned(),
+                severity,
+                count,
+            );
         }
     }
 
-    fn finish(self, ctx: &MergeContext<'_>) -> Map<String, Value> {
+    fn finish(self, ctx: &MergeContext<'_>) -> Merged<'a> {
         let (mut out, mut summary) = self.base.unwrap_or_default();
         for (key, sum) in FA_COUNTS.into_iter().zip(self.counts) {
             put(&mut summary, key, sum);
@@ -567,8 +945,6 @@ impl FaMerge {
         put(&mut out, "run_id", ctx.job_id);
         put(&mut out, "status", "completed");
         put(&mut out, "summary", summary);
-        put(&mut out, "failure_tags", concat(self.tags));
-        put(&mut out, "inputs", concat(self.inputs));
         put(&mut out, "eval_metrics", self.eval_metrics.finish());
         let flags = match self.security_flags {
             Value::Null => Value::Object(Map::new()),
@@ -583,7 +959,10 @@ impl FaMerge {
             put(&mut out, "total_items", self.total_items);
         }
         finish_common(&mut out, self.completed_at);
-        out
+        Merged {
+            fields: out,
+            lists: vec![("failure_tags", self.tags), ("inputs", self.inputs)],
+        }
     }
 }
 
@@ -604,8 +983,9 @@ struct FailureEntry {
 }
 
 impl FailureTally {
-    fn add(&mut self, id: &str, name: Option<&Value>, severity: f64, count: u64) {
-        let name = name.filter(|n| !n.is_null());
+    /// Counts failing tags of `id`; `name` is read only while the entry has no name yet.
+    fn add(&mut self, id: &str, name: impl FnOnce() -> Option<Value>, severity: f64, count: u64) {
+        let name = || name().filter(|n| !n.is_null());
         if let Some(&i) = self.index.get(id)
             && let Some(entry) = self.entries.get_mut(i)
         {
@@ -614,21 +994,20 @@ impl FailureTally {
                 entry.max_severity = severity;
             }
             if entry.name.is_null()
-                && let Some(name) = name
+                && let Some(name) = name()
             {
-                entry.name = name.clone();
+                entry.name = name;
             }
             return;
         }
         self.index.insert(id.to_owned(), self.entries.len());
         self.entries.push(FailureEntry {
             id: id.to_owned(),
-            name: name.cloned().unwrap_or(Value::Null),
+            name: name().unwrap_or(Value::Null),
             max_severity: severity,
             count,
         });
     }
-
     /// Highest maximum severity, then most failing tags, then first appearance.
     fn primary(&self) -> Option<&FailureEntry> {
         self.entries.iter().fold(None, |best, e| match best {
@@ -676,7 +1055,7 @@ fn is_eval_counter(key: &str) -> bool {
 }
 
 impl EvalMerge {
-    fn add(&mut self, batch: Batch) {
+    fn add(&mut self, batch: Batch<'_>) {
         let obj = &batch.obj;
         let evaluated = EVALUATED_NAMES
             .iter()
@@ -711,7 +1090,7 @@ impl EvalMerge {
         }
     }
 
-    fn finish(self, ctx: &MergeContext<'_>) -> Map<String, Value> {
+    fn finish(self, ctx: &MergeContext<'_>) -> Merged<'static> {
         let mut out = self.base.unwrap_or_default();
         put(&mut out, "run_id", ctx.job_id);
         if out.contains_key("id") {
@@ -741,22 +1120,26 @@ impl EvalMerge {
             put(&mut out, "duration_ms", ctx.duration_ms);
         }
         finish_common(&mut out, self.completed_at);
-        out
+        Merged {
+            fields: out,
+            lists: Vec::new(),
+        }
     }
 }
 
 // === security audit ===
+// === security audit ===
 
 /// Running state of a security-audit merge.
 #[derive(Debug, Default)]
-struct SecurityMerge {
+struct SecurityMerge<'a> {
     base: Option<Map<String, Value>>,
     total: u64,
     unsafe_items: u64,
     safe: u64,
     has_unsafe_count: bool,
     has_unsafe_rate: bool,
-    details: Vec<Vec<Value>>,
+    details: Vec<Vec<Entry<'a>>>,
     /// Shape of the first batch's `triggered_categories`: true for an object.
     triggered_is_map: Option<bool>,
     /// Union order and summed counts of `triggered_categories`.
@@ -766,11 +1149,12 @@ struct SecurityMerge {
     completed_at: Latest,
 }
 
-impl SecurityMerge {
-    fn add(&mut self, mut batch: Batch) -> Result<(), MergeError> {
-        let mut details = batch.take_list("details")?;
-        batch.remap(&mut details, "details", true)?;
-        let found = DetailFindings::of(&details);
+impl<'a> SecurityMerge<'a> {
+    fn add(&mut self, batch: Batch<'a>) -> Result<(), MergeError> {
+        let mut found = DetailFindings::default();
+        let details = batch.scan("details", true, &DETAIL_FIELDS, &mut |fields| {
+            found.add(fields)
+        })?;
         self.details.push(details);
         let obj = &batch.obj;
 
@@ -865,7 +1249,7 @@ impl SecurityMerge {
         }
     }
 
-    fn finish(self, ctx: &MergeContext<'_>) -> Map<String, Value> {
+    fn finish(self, ctx: &MergeContext<'_>) -> Merged<'a> {
         let mut out = self.base.unwrap_or_default();
         put(&mut out, "batch_id", ctx.job_id);
         for key in ["audit_id", "id"] {
@@ -912,9 +1296,11 @@ impl SecurityMerge {
             "top_risk_category",
             self.occurrences.top().map_or(Value::Null, Value::from),
         );
-        put(&mut out, "details", concat(self.details));
         finish_common(&mut out, self.completed_at);
-        out
+        Merged {
+            fields: out,
+            lists: vec![("details", self.details)],
+        }
     }
 }
 
@@ -929,42 +1315,62 @@ struct DetailFindings {
     unsafe_items: u64,
 }
 
+/// The detail fields the category rules read, in [`Wanted`] order.
+const DETAIL_FIELDS: [&str; 7] = [
+    "is_safe",
+    "status",
+    "violated_categories",
+    "triggered_categories",
+    "categories",
+    "category",
+    "violated_category",
+];
+
 impl DetailFindings {
-    fn of(details: &[Value]) -> Self {
-        let mut found = Self::default();
-        let mut seen: Vec<&str> = Vec::new();
-        for item in details.iter().filter_map(Value::as_object) {
-            seen.clear();
-            found.has_categories |= item_categories(item, |cat| {
-                if !seen.contains(&cat) {
-                    seen.push(cat);
-                    found.categories.add(cat, 1);
-                }
-            });
-            let flagged = item.get("is_safe").and_then(Value::as_bool) == Some(false)
-                || item.get("status").and_then(Value::as_str) == Some("unsafe")
-                || !seen.is_empty();
-            if flagged {
-                found.unsafe_items += 1;
-            }
+    /// Reads one audit item (its [`DETAIL_FIELDS`]).
+    fn add(&mut self, fields: &Wanted<'_>) -> Result<(), serde_json::Error> {
+        let mut values: [Option<Value>; MAX_WANTED] = Default::default();
+        for (value, raw) in values.iter_mut().zip(fields) {
+            *value = raw.map(raw_value).transpose()?;
         }
-        found
+        let get = |key: &str| {
+            DETAIL_FIELDS
+                .iter()
+                .position(|k| *k == key)
+                .and_then(|i| values.get(i))
+                .and_then(Option::as_ref)
+        };
+        let mut seen: Vec<&str> = Vec::new();
+        self.has_categories |= item_categories(get, |cat| {
+            if !seen.contains(&cat) {
+                seen.push(cat);
+                self.categories.add(cat, 1);
+            }
+        });
+        let flagged = get("is_safe").and_then(Value::as_bool) == Some(false)
+            || get("status").and_then(Value::as_str) == Some("unsafe")
+            || !seen.is_empty();
+        if flagged {
+            self.unsafe_items += 1;
+        }
+        Ok(())
     }
 }
 
-/// Calls `each` with an audit item's categories; false when the item has no category field.
-fn item_categories<'v>(item: &'v Map<String, Value>, mut each: impl FnMut(&'v str)) -> bool {
+/// Calls `each` with an audit item's categories (`get` reads its fields); false when the item
+/// has no category field.
+fn item_categories<'v>(
+    get: impl Fn(&str) -> Option<&'v Value>,
+    mut each: impl FnMut(&'v str),
+) -> bool {
     let list = ["violated_categories", "triggered_categories", "categories"]
         .into_iter()
-        .find_map(|k| item.get(k).and_then(Value::as_array));
+        .find_map(|k| get(k).and_then(Value::as_array));
     if let Some(list) = list {
         list.iter().filter_map(Value::as_str).for_each(each);
         return true;
     }
-    match ["category", "violated_category"]
-        .into_iter()
-        .find_map(|k| item.get(k))
-    {
+    match ["category", "violated_category"].into_iter().find_map(&get) {
         Some(value) => {
             if let Some(cat) = value.as_str() {
                 each(cat);
@@ -991,15 +1397,6 @@ fn finish_common(out: &mut Map<String, Value>, completed_at: Latest) {
 
 fn put(map: &mut Map<String, Value>, key: &str, value: impl Into<Value>) {
     map.insert(key.to_owned(), value.into());
-}
-
-/// Concatenates per-batch lists, moving their elements.
-fn concat(parts: Vec<Vec<Value>>) -> Vec<Value> {
-    let mut all = Vec::with_capacity(parts.iter().map(Vec::len).sum());
-    for part in parts {
-        all.extend(part);
-    }
-    all
 }
 
 /// Elements in order of first appearance, without duplicates (compared as JSON text).
@@ -1278,9 +1675,77 @@ fn as_weight(n: u64) -> f64 {
     n as f64
 }
 
+// === raw JSON ===
+
+fn is_ws(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// The first position at or after `from` whose byte `skip_over` does not accept.
+fn skip(bytes: &[u8], from: usize, skip_over: impl Fn(u8) -> bool) -> usize {
+    bytes
+        .get(from..)
+        .and_then(|rest| rest.iter().position(|c| !skip_over(*c)))
+        .map_or(bytes.len(), |i| from + i)
+}
+
+/// The JSON type of a raw value, from its first byte.
+fn raw_type(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "boolean",
+        Some(b'"') => "string",
+        Some(b'[') => "array",
+        Some(b'{') => "object",
+        _ => "number",
+    }
+}
+
+fn raw_value(raw: &RawValue) -> Result<Value, serde_json::Error> {
+    serde_json::from_str(raw.get())
+}
+
+/// A raw JSON string's text (borrowed when it has no escapes); `None` for other types.
+fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let s = raw.get();
+    let inner = s.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(s).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
+}
+
+/// A raw value as a count ([`as_count`]); `None` when it is not one.
+fn raw_count(raw: &RawValue) -> Result<Option<u64>, serde_json::Error> {
+    let s = raw.get();
+    // Plain digits (JSON allows no leading zeros) that fit: the common case, without a `Value`.
+    if (1..=19).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_digit()) {
+        return Ok(s.parse().ok());
+    }
+    raw_value(raw).map(|v| as_count(&v))
+}
+
+/// Appends `n` in decimal.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        if let Some(slot) = buf.get_mut(i) {
+            *slot = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        }
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(buf.get(i..).unwrap_or_default());
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use proptest::prelude::*;
     use serde_json::json;
@@ -2617,6 +3082,114 @@ mod tests {
         assert!(matches!(err, MergeError::NoBatches));
     }
 
+    // === raw lists ===
+
+    fn merge_raw(kind: JobKind, batches: &[(usize, usize, &str)]) -> String {
+        let refs: Vec<BatchResult<'_>> = batches
+            .iter()
+            .map(|(s, c, b)| BatchResult {
+                item_start: *s,
+                item_count: *c,
+                result: b.as_bytes(),
+            })
+            .collect();
+        let ctx = MergeContext {
+            job_id: JOB,
+            total_items: batches.iter().map(|b| b.1).sum(),
+            duration_ms: DURATION,
+        };
+        let bytes = merge_with_section(kind, &refs, &ctx, None).unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn list_entries_are_copied_byte_for_byte_with_only_the_index_rewritten() {
+        let batch = r#" {
+            "failure_tags" : [ { "b": 1.50, "item_index" : 1 , "z":"\u00e9 \"]}"} ,{"item_index":null},{ } ] ,
+            "inputs": [ {} , { "x" : [1, {"item_index": 7}] } , {"item_index": 0, "item_index": 1} ],
+            "summary": {}
+        } "#;
+        let out = merge_raw(JobKind::FailureAnalysis, &[(10, 2, batch)]);
+        assert!(
+            out.contains(
+                r#""failure_tags":[{ "b": 1.50, "item_index" : 11 , "z":"\u00e9 \"]}"},{"item_index":null},{ }]"#
+            ),
+            "{out}"
+        );
+        // Positions are inserted first; a repeated key goes through a `Value` (the last one counts).
+        assert!(
+            out.contains(
+                r#""inputs":[{"item_index":10},{"item_index":11, "x" : [1, {"item_index": 7}] },{"item_index":11}]"#
+            ),
+            "{out}"
+        );
+        let value: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(value["summary"]["total_items"], 2);
+
+        let details =
+            r#"{"details":[{"item_index":0,"is_safe":false,"category":"S1"},{"id":"x"}]}"#;
+        let out = merge_raw(JobKind::SecurityAudit, &[(4, 2, details)]);
+        assert!(
+            out.contains(
+                r#""details":[{"item_index":4,"is_safe":false,"category":"S1"},{"item_index":5,"id":"x"}]"#
+            ),
+            "{out}"
+        );
+        let value: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(value["unsafe_items"], 1);
+        assert_eq!(value["top_risk_category"], "S1");
+    }
+
+    #[test]
+    fn escaped_keys_are_read_like_any_json_parser_reads_them() {
+        let batch = r#"{"failure_tags":[{"item\u005findex":1,"decision":"fail","subcategory_id":"a\u0062","severity":2.5}]}"#;
+        let out = merge_raw(JobKind::FailureAnalysis, &[(3, 2, batch)]);
+        let value: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(value["failure_tags"][0]["item_index"], 4);
+        assert_eq!(value["summary"]["primary_failure"], "ab");
+        assert_eq!(value["summary"]["overall_severity"], 2.5);
+    }
+
+    #[test]
+    fn the_section_is_written_as_one_more_field_in_key_order() {
+        let (_, batches) = three_batches();
+        let raw: Vec<(usize, usize, Vec<u8>)> = batches
+            .iter()
+            .map(|(s, c, v)| {
+                let mut v = v.clone();
+                v["evalgate"] = json!("the batch's own");
+                (*s, *c, serde_json::to_vec(&v).unwrap())
+            })
+            .collect();
+        let refs: Vec<BatchResult<'_>> = raw
+            .iter()
+            .map(|(s, c, b)| BatchResult {
+                item_start: *s,
+                item_count: *c,
+                result: b,
+            })
+            .collect();
+        let ctx = MergeContext {
+            job_id: JOB,
+            total_items: 6,
+            duration_ms: DURATION,
+        };
+        let section = json!({ "job_id": JOB, "failed_batches": [] });
+        let bytes = merge_with_section(
+            JobKind::FailureAnalysis,
+            &refs,
+            &ctx,
+            Some(("evalgate", &section)),
+        )
+        .unwrap();
+        let mut expected = merge(JobKind::FailureAnalysis, &refs, &ctx).unwrap();
+        expected["evalgate"] = section;
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value, expected);
+        // The same text a `Map` of the result would give.
+        assert_eq!(bytes, serde_json::to_string(&value).unwrap().as_bytes());
+    }
+
     // === properties ===
 
     fn tag_strategy() -> impl Strategy<Value = TagSpec> {
@@ -2920,20 +3493,48 @@ mod tests {
             drop(serde_json::from_slice::<Value>(b.result).unwrap());
         }
         let parse_only = started.elapsed();
-        let started = Instant::now();
-        let merged = merge(JobKind::FailureAnalysis, &refs, &ctx).unwrap();
-        let elapsed = started.elapsed();
-        assert_eq!(merged["inputs"].as_array().unwrap().len(), 100 * per_batch);
-        assert_eq!(merged["summary"]["total_items"], 100 * per_batch);
-        let started = Instant::now();
-        drop(merged);
+        let section = json!({ "job_id": JOB, "batches": [] });
+        let mut wall = Vec::new();
+        let mut cpu = Vec::new();
+        let mut merged = Bytes::new();
+        for _ in 0..5 {
+            drop(merged);
+            let (started, cpu_started) = (Instant::now(), on_cpu());
+            merged = merge_with_section(
+                JobKind::FailureAnalysis,
+                &refs,
+                &ctx,
+                Some(("evalgate", &section)),
+            )
+            .unwrap();
+            wall.push(started.elapsed());
+            cpu.push(on_cpu().saturating_sub(cpu_started));
+        }
+        wall.sort_unstable();
+        cpu.sort_unstable();
+        let value: Value = serde_json::from_slice(&merged).unwrap();
+        assert_eq!(value["inputs"].as_array().unwrap().len(), 100 * per_batch);
+        assert_eq!(value["summary"]["total_items"], 100 * per_batch);
+        assert_eq!(value["evalgate"], section);
         println!(
-            "merged {} batches, {:.1} MB, {} items in {elapsed:?} \
-             (parse-only baseline {parse_only:?}; dropping the result {:?})",
+            "merged {} batches, {:.1} MB in, {:.1} MB out, {} items: wall best {:?} median {:?}, \
+             on-CPU best {:?} median {:?} (5 runs; parse-only `Value` baseline {parse_only:?})",
             refs.len(),
             as_weight(to_u64(bytes)) / 1e6,
+            as_weight(to_u64(merged.len())) / 1e6,
             100 * per_batch,
-            started.elapsed(),
+            wall[0],
+            wall[2],
+            cpu[0],
+            cpu[2],
         );
+    }
+
+    /// Time this thread has spent on a CPU (`/proc/thread-self/schedstat`; zero without it).
+    fn on_cpu() -> Duration {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .map_or(Duration::ZERO, Duration::from_nanos)
     }
 }
