@@ -182,6 +182,8 @@ pub struct TargetPolicy {
 pub struct CheckedUrl {
     url: Url,
     host: CheckedHost,
+    /// The host as connected to: the lower-case name, or the address (IPv6 without brackets).
+    host_text: String,
     port: u16,
 }
 
@@ -206,11 +208,8 @@ impl CheckedUrl {
     }
 
     /// The host name, or the literal address (IPv6 without brackets).
-    pub fn host(&self) -> String {
-        match &self.host {
-            CheckedHost::Ip(addr) => addr.to_string(),
-            CheckedHost::Name(name) => name.clone(),
-        }
+    pub fn host(&self) -> &str {
+        &self.host_text
     }
 
     /// The literal address, when the host is one.
@@ -299,9 +298,14 @@ impl TargetPolicy {
                 }
             }
         }
+        let host_text = match &host {
+            CheckedHost::Ip(addr) => addr.to_string(),
+            CheckedHost::Name(name) => name.clone(),
+        };
         Ok(CheckedUrl {
             url: parsed,
             host,
+            host_text,
             port,
         })
     }
@@ -849,6 +853,9 @@ mod tests {
             let checked = p.check_url(url).unwrap();
             assert!(checked.ip().is_none(), "{url}");
         }
+        // `\` is `/` in special URLs (as for the HTTP client, which uses the same parser).
+        let checked = p.check_url("http://example.com\\@127.0.0.1/").unwrap();
+        assert_eq!(checked.host(), "example.com");
         let checked = p.check_url("http://Hooks.Example.COM./p").unwrap();
         assert_eq!(checked.host(), "hooks.example.com");
         assert_eq!(checked.port(), 80);
