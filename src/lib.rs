@@ -53,6 +53,8 @@ pub enum StartupError {
     Store(#[from] store::StoreError),
     #[error("cannot build the upstream client")]
     Upstream(#[from] upstream::BuildError),
+    #[error("invalid webhook target policy: {0}")]
+    Webhooks(String),
 }
 
 /// `run` ended with an error.
@@ -104,13 +106,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let grace = config.server.shutdown_grace_period;
-    let (state, engine) = AppState::build(config).await?;
+    let (state, workers) = AppState::build(config).await?;
     let admin_stop = CancellationToken::new();
     let engine_stop = CancellationToken::new();
     let mut api_tasks = Supervisor::new(shutdown.clone());
     let mut admin_tasks = Supervisor::new(admin_stop.clone());
     let mut engine_tasks = Supervisor::new(engine_stop.clone());
-    engine_tasks.spawn("job-engine", engine.run(engine_stop.clone()));
+    engine_tasks.spawn("job-engine", workers.engine.run(engine_stop.clone()));
+    engine_tasks.spawn(
+        "webhook-dispatcher",
+        workers.dispatcher.run(engine_stop.clone()),
+    );
 
     let api = axum::serve(listeners.api, http::api_router(state.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());

@@ -66,6 +66,17 @@ impl Backoff {
     }
 }
 
+/// A fixed schedule step (webhook retries) with ±`fraction` jitter.
+pub fn jittered(base: Duration, fraction: f64, rng: &mut impl Rng) -> Duration {
+    let factor = rng.random_range((1.0 - fraction)..=(1.0 + fraction));
+    base.mul_f64(factor).max(MIN_DELAY)
+}
+
+/// A receiver's `Retry-After`, honoured up to `cap`.
+pub fn honour_retry_after(wait: Duration, cap: Duration) -> Duration {
+    wait.clamp(MIN_DELAY, cap)
+}
+
 /// An ETA from progress alone: the time spent so far scaled by what remains.
 pub fn eta_from_progress(elapsed: Duration, progress_percent: f64) -> Option<Duration> {
     (progress_percent > 0.0 && progress_percent < 100.0)
@@ -146,6 +157,22 @@ mod tests {
             polls += 1;
         }
         assert!(polls <= 25, "{polls} polls");
+    }
+
+    #[test]
+    fn webhook_schedule_steps_get_twenty_percent_jitter() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for _ in 0..200 {
+            let d = jittered(Duration::from_secs(300), 0.2, &mut rng);
+            assert!(
+                d >= Duration::from_secs(240) && d <= Duration::from_secs(360),
+                "{d:?}"
+            );
+        }
+        assert_eq!(
+            honour_retry_after(Duration::from_secs(7200), Duration::from_secs(3600)),
+            Duration::from_secs(3600)
+        );
     }
 
     #[test]

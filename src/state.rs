@@ -22,6 +22,10 @@ use crate::{
     store::{JobStore, SqliteStore},
     telemetry,
     upstream::UpstreamClient,
+    webhooks::{
+        dispatcher::{WebhookDispatcher, WebhookWaker},
+        ssrf::TargetPolicy,
+    },
 };
 
 #[derive(Debug, Clone)]
@@ -40,6 +44,10 @@ pub struct Inner {
     pub engine: EngineHandle,
     /// Upstream dataset limits learned from `dataset_too_large`.
     pub learned: Arc<LearnedLimits>,
+    /// Wakes the webhook dispatcher after outbox rows commit.
+    pub webhooks: WebhookWaker,
+    /// Which webhook targets may be reached.
+    pub webhook_policy: Arc<TargetPolicy>,
     /// Fired when the shutdown grace period is over: requests still running are answered at once.
     pub hard_stop: CancellationToken,
     in_flight: Arc<Semaphore>,
@@ -52,6 +60,13 @@ impl std::fmt::Debug for Inner {
             .field("readiness", &self.readiness)
             .finish_non_exhaustive()
     }
+}
+
+/// The background workers `run` supervises beside the servers.
+#[derive(Debug)]
+pub struct Workers {
+    pub engine: JobEngine,
+    pub dispatcher: WebhookDispatcher,
 }
 
 /// One admitted API request; dropping it frees the slot.
@@ -69,24 +84,42 @@ impl Drop for InFlight {
 // === impl AppState ===
 
 impl AppState {
-    /// Builds the state and the job engine that runs beside it.
-    pub async fn build(config: Config) -> Result<(Self, JobEngine), StartupError> {
+    /// Builds the state and the workers that run beside it.
+    pub async fn build(config: Config) -> Result<(Self, Workers), StartupError> {
         let upstream = UpstreamClient::new(&config.valiqor)?;
         let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&config.store.path).await?);
         let hub = JobHub::new();
         let learned = Arc::new(LearnedLimits::load(store.as_ref()).await?);
+        let shared_config = Arc::new(config.clone());
+        let webhook_policy = Arc::new(
+            TargetPolicy::new(
+                &config.webhooks.allowed_cidrs,
+                &config.webhooks.allowed_hosts,
+            )
+            .map_err(|e| StartupError::Webhooks(e.to_string()))?,
+        );
+        let waker = WebhookWaker::default();
         let (engine, handle) = JobEngine::new(
             Arc::clone(&store),
             upstream.clone(),
             hub.clone(),
-            Arc::new(config.clone()),
+            Arc::clone(&shared_config),
             Arc::clone(&learned),
+            waker.clone(),
+        );
+        let dispatcher = WebhookDispatcher::new(
+            Arc::clone(&store),
+            shared_config,
+            Arc::clone(&webhook_policy),
+            waker.clone(),
         );
         let state = Self(Arc::new(Inner {
             upstream,
             hub,
             engine: handle,
             learned,
+            webhooks: waker,
+            webhook_policy,
             routes: RouteTable::new(),
             cache: TaxonomyCache::new(&config.taxonomy_cache),
             limiters: Limiters::new(&config.rate_limit),
@@ -97,7 +130,7 @@ impl AppState {
             in_flight: Arc::new(Semaphore::new(config.server.max_in_flight)),
             config,
         }));
-        Ok((state, engine))
+        Ok((state, Workers { engine, dispatcher }))
     }
 
     /// Admits one request or sheds it with 503 + Retry-After when `server.max_in_flight` are running.

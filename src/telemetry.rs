@@ -26,6 +26,14 @@ pub const CACHE_LOOKUPS: &str = "evalgate_taxonomy_cache_total";
 pub const IN_FLIGHT: &str = "evalgate_http_in_flight";
 /// Requests shed with 503 because `server.max_in_flight` was reached.
 pub const SHED: &str = "evalgate_http_shed_total";
+/// Webhook attempts by `outcome` (`delivered`, `retry`, `dead_lettered`, `disabled`).
+pub const WEBHOOK_DELIVERIES: &str = "evalgate_webhook_deliveries_total";
+/// Deliveries in the outbox by `state` (`pending`, `dead`).
+pub const WEBHOOK_DEPTH: &str = "evalgate_webhook_outbox";
+/// From a job's end to the first attempt of its webhook.
+pub const WEBHOOK_FIRST_ATTEMPT: &str = "evalgate_webhook_first_attempt_delay_seconds";
+/// One webhook attempt's duration.
+pub const WEBHOOK_LATENCY: &str = "evalgate_webhook_attempt_duration_seconds";
 /// Requests refused by a local rate limit, by `limit`.
 pub const RATE_LIMITED: &str = "evalgate_rate_limited_total";
 
@@ -105,4 +113,16 @@ fn describe() {
     metrics::describe_gauge!(IN_FLIGHT, "API requests being served");
     metrics::describe_counter!(SHED, "Requests shed at max_in_flight");
     metrics::describe_counter!(RATE_LIMITED, "Requests refused by a local rate limit");
+    metrics::describe_counter!(WEBHOOK_DELIVERIES, "Webhook attempts by outcome");
+    metrics::describe_gauge!(WEBHOOK_DEPTH, "Webhook outbox rows by state");
+    metrics::describe_histogram!(
+        WEBHOOK_FIRST_ATTEMPT,
+        metrics::Unit::Seconds,
+        "Job end to first webhook attempt"
+    );
+    metrics::describe_histogram!(
+        WEBHOOK_LATENCY,
+        metrics::Unit::Seconds,
+        "Webhook attempt duration"
+    );
 }

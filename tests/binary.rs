@@ -188,11 +188,16 @@ impl Running {
 }
 
 #[tokio::test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: every kind of secret through every path, then the scan"
+)]
 async fn no_secret_reaches_the_logs_even_at_trace_level() {
     const UPSTREAM: &str = "vq_canary_upstream_Q7x";
     const BYOK: &str = "sk-canary-byok-Z9w";
     const CALLER: &str = "vq_canary_caller_K3p";
     const CALLER_BYOK: &str = "sk-canary-caller-byok-M2v";
+    const WEBHOOK_SECRET: &str = "whsec_Y2FuYXJ5LXdlYmhvb2stc2VjcmV0LWJ5dGVzLTAxMjM0NQ==";
     let emulator = Emulator::spawn(EmulatorConfig {
         api_key: Some(UPSTREAM.to_owned()),
         ..EmulatorConfig::default()
@@ -214,6 +219,8 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
                 format!("file:{}", key_file.display()),
             )
             .env("EVALGATE__STORE__PATH", dir.path().join("store.db"))
+            .env("EVALGATE__WEBHOOKS__ALLOWED_CIDRS", "[\"127.0.0.0/8\"]")
+            .env("EVALGATE__WEBHOOKS__RETRY_SCHEDULE", "[\"50ms\"]")
             .env("RUST_LOG", "trace"),
     );
     let listening = running.wait_for("listening").await;
@@ -249,6 +256,34 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         .send()
         .await
         .unwrap();
+    // A managed job with a webhook secret: its delivery fails (nothing listens on port 9) and is
+    // logged, the secret never.
+    let webhook = client
+        .post(format!("{api}/v1/jobs"))
+        .json(&json!({"kind": "failure_analysis", "dataset": dataset(3), "webhook": {"url": "http://127.0.0.1:9/hook", "secret": WEBHOOK_SECRET}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(webhook.status(), 202);
+    let job: Value = webhook.json().await.unwrap();
+    let deliveries = format!(
+        "{api}/v1/webhooks/deliveries?job_id={}",
+        job["job_id"].as_str().unwrap()
+    );
+    common::eventually(Duration::from_secs(20), || async {
+        let listed: Value = client
+            .get(&deliveries)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        listed["deliveries"][0]["attempts"]
+            .as_array()
+            .is_some_and(|a| a.len() >= 2)
+    })
+    .await;
     let seen = emulator.handle().seen_bearer_keys();
     assert_eq!(
         seen,
@@ -271,7 +306,15 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     assert_eq!(code, Some(0), "clean exit after SIGTERM");
     let log = log.join("\n");
     assert!(log.len() > 1000, "trace logging produced output");
-    for secret in [UPSTREAM, BYOK, CALLER, CALLER_BYOK] {
+    assert!(log.contains("webhook"), "the webhook attempts were logged");
+    for secret in [
+        UPSTREAM,
+        BYOK,
+        CALLER,
+        CALLER_BYOK,
+        WEBHOOK_SECRET,
+        "Y2FuYXJ5LXdlYmhvb2st",
+    ] {
         assert!(!log.contains(secret), "{secret} leaked into the logs");
     }
 }

@@ -9,6 +9,8 @@
 )]
 
 mod common;
+#[path = "common/webhook_sink.rs"]
+mod webhook_sink;
 
 use std::{
     collections::BTreeMap,
@@ -508,4 +510,61 @@ async fn sigterm_mid_job_drains_then_restart_completes_without_resubmitting() {
         }
     }
     assert_complete_result(&second, &id).await;
+}
+
+/// A webhook still undelivered when the process gets `SIGKILL` (the receiver failed its first
+/// attempt) stays in the outbox and is delivered after the restart, with the same `webhook-id`.
+#[tokio::test]
+async fn a_pending_webhook_survives_sigkill_and_is_delivered_after_restart() {
+    let upstream = emulator(Duration::from_millis(300), Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store: PathBuf = dir.path().join("evalgate.db");
+    let mut sink = webhook_sink::WebhookSink::start().await;
+    sink.answer_next(&[StatusCode::INTERNAL_SERVER_ERROR]);
+    let (secret, secret_text) = evalgate::webhooks::signing::SigningSecret::generate();
+    let settings = [
+        ("EVALGATE__WEBHOOKS__ALLOWED_CIDRS", "[\"127.0.0.0/8\"]"),
+        ("EVALGATE__WEBHOOKS__RETRY_SCHEDULE", "[\"2s\"]"),
+    ];
+    let mut gate = Gate::start(&store, &upstream.handle(), &settings).await;
+    let response = gate
+        .client
+        .post(format!("{}/v1/jobs", gate.api))
+        .json(&json!({"kind": "failure_analysis", "dataset": dataset(12), "webhook": {"url": sink.url, "secret": secret_text}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let id = json(response).await["job_id"].as_str().unwrap().to_owned();
+    // The first attempt fails (500); the retry is due in about 2 s: kill before it.
+    let first = sink.next(20).await;
+    gate.signal("-KILL");
+    assert_eq!(gate.exited().await, None, "killed by the signal");
+
+    sink.answer_always(StatusCode::OK);
+    let gate = Gate::start(&store, &upstream.handle(), &settings).await;
+    let second = sink.next(20).await;
+    assert_eq!(
+        second.headers["webhook-id"], first.headers["webhook-id"],
+        "the same message, resumed from the outbox"
+    );
+    let timestamp: i64 = second.headers["webhook-timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(evalgate::webhooks::signing::verify(
+        &secret,
+        second.headers["webhook-id"].to_str().unwrap(),
+        timestamp,
+        &second.body,
+        second.headers["webhook-signature"].to_str().unwrap(),
+    ));
+    let body: Value = serde_json::from_slice(&second.body).unwrap();
+    assert_eq!(body["data"]["job_id"], id);
+    assert!(
+        sink.quiet_for(500).await,
+        "delivered once: nothing after the 2xx"
+    );
+    drop(gate);
 }

@@ -33,6 +33,45 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub batching: BatchingConfig,
     pub jobs: JobsConfig,
+    pub webhooks: WebhooksConfig,
+}
+
+/// The webhook events a target can subscribe to.
+pub const WEBHOOK_EVENTS: [&str; 3] = ["job.completed", "job.failed", "job.cancelled"];
+
+/// A configured endpoint that receives every job's events.
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhookEndpoint {
+    pub url: String,
+    /// Several = rotation: one signature per secret.
+    pub secrets: Vec<Secret<String>>,
+    pub events: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhooksConfig {
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(serialize_with = "durations")]
+    pub retry_schedule: Vec<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+    pub max_inline_result_bytes: usize,
+    pub public_base_url: String,
+    pub allowed_cidrs: Vec<String>,
+    pub allowed_hosts: Vec<String>,
+    pub max_pending: usize,
+    pub endpoints: Vec<WebhookEndpoint>,
+}
+
+fn durations<S: serde::Serializer>(values: &[Duration], serializer: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = serializer.serialize_seq(Some(values.len()))?;
+    for value in values {
+        seq.serialize_element(&humantime::format_duration(*value).to_string())?;
+    }
+    seq.end()
 }
 
 /// Batch limits of one kind.

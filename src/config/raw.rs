@@ -18,6 +18,7 @@ pub(crate) const SECTIONS: &[&str] = &[
     "telemetry",
     "batching",
     "jobs",
+    "webhooks",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -118,4 +119,30 @@ pub(crate) struct RawJobs {
     pub idempotency_window: Duration,
     #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEndpoint {
+    pub url: String,
+    pub secrets: Vec<String>,
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWebhooks {
+    pub concurrency: u64,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub retry_schedule: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+    pub max_inline_result_bytes: u64,
+    pub public_base_url: String,
+    pub allowed_cidrs: Vec<String>,
+    pub allowed_hosts: Vec<String>,
+    pub max_pending: u64,
+    pub endpoints: Vec<RawEndpoint>,
 }

@@ -11,10 +11,11 @@ use url::Url;
 use super::{
     BatchLimitsConfig, BatchingConfig, ByokMode, Config, ConfigError, EnvLookup, FailurePolicy,
     JobsConfig, LogFormat, RateLimitConfig, ServerConfig, StoreConfig, StorePath,
-    TaxonomyCacheConfig, TelemetryConfig, ValiqorConfig,
+    TaxonomyCacheConfig, TelemetryConfig, ValiqorConfig, WEBHOOK_EVENTS, WebhookEndpoint,
+    WebhooksConfig,
     raw::{
         self, RawBatchLimits, RawBatching, RawJobs, RawRateLimit, RawServer, RawStore,
-        RawTaxonomyCache, RawTelemetry, RawValiqor,
+        RawTaxonomyCache, RawTelemetry, RawValiqor, RawWebhooks,
     },
 };
 use crate::types::Secret;
@@ -107,6 +108,9 @@ pub(super) fn from_figment(figment: &Figment, env: &dyn EnvLookup) -> Result<Con
     let jobs = problems
         .section::<RawJobs>(figment, "jobs")
         .and_then(|raw| jobs(&raw, &mut problems));
+    let webhooks = problems
+        .section::<RawWebhooks>(figment, "webhooks")
+        .and_then(|raw| webhooks(&raw, env, &mut problems));
     if let (Some(server), Some(batching)) = (&server, &batching) {
         for (kind, limits) in [
             ("failure_analysis", batching.failure_analysis),
@@ -131,6 +135,7 @@ pub(super) fn from_figment(figment: &Figment, env: &dyn EnvLookup) -> Result<Con
         telemetry,
         batching,
         jobs,
+        webhooks,
     ) {
         (
             Some(server),
@@ -141,6 +146,7 @@ pub(super) fn from_figment(figment: &Figment, env: &dyn EnvLookup) -> Result<Con
             Some(telemetry),
             Some(batching),
             Some(jobs),
+            Some(webhooks),
         ) if problems.0.is_empty() => Ok(Config {
             server,
             valiqor,
@@ -150,11 +156,100 @@ pub(super) fn from_figment(figment: &Figment, env: &dyn EnvLookup) -> Result<Con
             telemetry,
             batching,
             jobs,
+            webhooks,
         }),
         _ => Err(ConfigError {
             problems: problems.0,
         }),
     }
+}
+
+fn webhooks(
+    raw: &RawWebhooks,
+    env: &dyn EnvLookup,
+    problems: &mut Problems,
+) -> Option<WebhooksConfig> {
+    let concurrency = positive_usize("webhooks.concurrency", raw.concurrency, problems);
+    let max_pending = positive_usize("webhooks.max_pending", raw.max_pending, problems);
+    let max_inline = usize::try_from(raw.max_inline_result_bytes).ok();
+    if raw.timeout.is_zero() {
+        problems.push("webhooks.timeout", "must be greater than 0");
+    }
+    let mut schedule = Vec::new();
+    for (i, step) in raw.retry_schedule.iter().enumerate() {
+        match humantime::parse_duration(step) {
+            Ok(d) => schedule.push(d),
+            Err(e) => problems.push(
+                &format!("webhooks.retry_schedule[{i}]"),
+                format!("{step:?}: {e}"),
+            ),
+        }
+    }
+    if raw.retry_schedule.is_empty() {
+        problems.push("webhooks.retry_schedule", "must list at least one delay");
+    }
+    if let Err(error) =
+        crate::webhooks::ssrf::TargetPolicy::new(&raw.allowed_cidrs, &raw.allowed_hosts)
+    {
+        problems.push("webhooks.allowed_cidrs", error);
+    }
+    if !raw.public_base_url.is_empty() && Url::parse(&raw.public_base_url).is_err() {
+        problems.push("webhooks.public_base_url", "is not a URL");
+    }
+    let mut endpoints = Vec::new();
+    for (i, endpoint) in raw.endpoints.iter().enumerate() {
+        let key = format!("webhooks.endpoints[{i}]");
+        if !matches!(
+            Url::parse(&endpoint.url)
+                .map(|u| u.scheme().to_owned())
+                .as_deref(),
+            Ok("http" | "https")
+        ) {
+            problems.push(&format!("{key}.url"), "must be an http or https URL");
+        }
+        let mut secrets = Vec::new();
+        for (j, reference) in endpoint.secrets.iter().enumerate() {
+            let secret_key = format!("{key}.secrets[{j}]");
+            if let Some(secret) = secret(&secret_key, reference, env, problems) {
+                if crate::webhooks::signing::SigningSecret::parse(secret.expose()).is_err() {
+                    problems.push(&secret_key, "is not a whsec_ base64 secret");
+                }
+                secrets.push(secret);
+            }
+        }
+        if endpoint.secrets.is_empty() {
+            problems.push(&format!("{key}.secrets"), "must list at least one secret");
+        }
+        let events = endpoint
+            .events
+            .clone()
+            .unwrap_or_else(|| WEBHOOK_EVENTS.iter().map(|e| (*e).to_owned()).collect());
+        for event in &events {
+            if !WEBHOOK_EVENTS.contains(&event.as_str()) {
+                problems.push(
+                    &format!("{key}.events"),
+                    format!("{event:?} is not one of {WEBHOOK_EVENTS:?}"),
+                );
+            }
+        }
+        endpoints.push(WebhookEndpoint {
+            url: endpoint.url.clone(),
+            secrets,
+            events,
+        });
+    }
+    Some(WebhooksConfig {
+        concurrency: concurrency?,
+        timeout: raw.timeout,
+        retry_schedule: schedule,
+        max_retry_after: raw.max_retry_after,
+        max_inline_result_bytes: max_inline?,
+        public_base_url: raw.public_base_url.trim_end_matches('/').to_owned(),
+        allowed_cidrs: raw.allowed_cidrs.clone(),
+        allowed_hosts: raw.allowed_hosts.clone(),
+        max_pending: max_pending?,
+        endpoints,
+    })
 }
 
 fn batch_limits(

@@ -46,7 +46,17 @@ pub fn router() -> Router<AppState> {
         title = "evalgate native jobs API",
         description = "Managed jobs: split, submit, poll, merge."
     ),
-    paths(submit, status, result, cancel, list, events),
+    paths(
+        submit,
+        status,
+        result,
+        cancel,
+        list,
+        events,
+        super::webhooks::list,
+        super::webhooks::replay,
+        super::webhooks::replay_job
+    ),
     components(schemas(
         SubmitJob,
         Accepted,
@@ -174,7 +184,12 @@ async fn submit_inner(
         .map_err(|e| ApiError::BadRequest(format!("invalid job request: {e}")))?;
     let submission = Submission::from_parts(body.clone(), parsed.dataset, parsed.options)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let webhook = parsed.webhook.map(|w| w.get().to_owned());
+    let webhook = parsed
+        .webhook
+        .filter(|w| w.get() != "null")
+        .map(|w| crate::webhooks::outbox::validate(w.get(), &state.webhook_policy))
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
     let request = JobRequest {
         kind: parsed.kind,
         submission,

@@ -6,6 +6,7 @@ pub mod jobs;
 pub mod routes;
 pub mod valiqor;
 pub mod valiqor_jobs;
+pub mod webhooks;
 
 use axum::{Router, middleware};
 use tower_http::{
@@ -24,6 +25,7 @@ use crate::{middleware as mw, state::AppState};
 pub fn api_router(state: AppState) -> Router {
     Router::new()
         .merge(jobs::router())
+        .merge(webhooks::router())
         .fallback(valiqor::handle)
         .with_state(state)
         .layer(middleware::from_fn(mw::metrics::layer))

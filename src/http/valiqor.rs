@@ -150,8 +150,9 @@ async fn forward_submit(
         && service::exceeds_limits(state, *kind, submission)
     {
         let (kind, submission) = managed.unwrap_or_else(|| unreachable!("checked just above"));
-        return valiqor_jobs::accept(state, kind, submission, None).await;
+        return valiqor_jobs::accept(state, kind, submission, None, &parts.headers).await;
     }
+    let parts_headers = parts.headers.clone();
     let mut headers = headers::to_upstream(&parts.headers, false);
     // The body was just validated as JSON, whatever the caller labelled it (curl -d sends a form type).
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -181,7 +182,8 @@ async fn forward_submit(
             max_allowed,
             "upstream refused the dataset as too large; batching it"
         );
-        return valiqor_jobs::accept(state, kind, submission, Some(max_allowed)).await;
+        return valiqor_jobs::accept(state, kind, submission, Some(max_allowed), &parts_headers)
+            .await;
     }
     let mut response = Response::new(Body::from(answer));
     *response.status_mut() = status;

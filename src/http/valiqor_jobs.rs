@@ -56,11 +56,13 @@ pub async fn accept(
     kind: JobKind,
     submission: Submission,
     upstream_max_items: Option<usize>,
+    headers: &http::HeaderMap,
 ) -> Result<Response, ApiError> {
+    let webhook = webhook_from_headers(state, headers)?;
     let request = JobRequest {
         kind,
         submission,
-        webhook: None,
+        webhook,
         idempotency: None,
         origin: Origin::Valiqor,
         upstream_max_items,
@@ -77,6 +79,35 @@ pub async fn accept(
         "message": format!("evalgate split {} items into {} batches", record.total_items, record.batches.len()),
     });
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// Header names that give an SDK caller's managed job a webhook.
+pub const WEBHOOK_URL: &str = "x-evalgate-webhook-url";
+pub const WEBHOOK_SECRET: &str = "x-evalgate-webhook-secret";
+
+/// The webhook target from `x-evalgate-webhook-url` / `-secret` (both or neither), validated.
+fn webhook_from_headers(
+    state: &AppState,
+    headers: &http::HeaderMap,
+) -> Result<Option<String>, ApiError> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    match (get(WEBHOOK_URL), get(WEBHOOK_SECRET)) {
+        (None, None) => Ok(None),
+        (Some(url), Some(secret)) => {
+            let raw = json!({"url": url, "secret": secret}).to_string();
+            crate::webhooks::outbox::validate(&raw, &state.webhook_policy)
+                .map(Some)
+                .map_err(ApiError::BadRequest)
+        }
+        _ => Err(ApiError::BadRequest(format!(
+            "{WEBHOOK_URL} and {WEBHOOK_SECRET} go together"
+        ))),
+    }
 }
 
 /// The `egj_…` segment of a path, if any.

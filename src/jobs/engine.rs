@@ -37,6 +37,7 @@ use crate::{
         UpstreamClient,
         jobs::{Failure, PollOutcome, SubmitOutcome},
     },
+    webhooks::dispatcher::WebhookWaker,
 };
 
 /// Commands from the API to the engine.
@@ -97,6 +98,7 @@ struct Ctx {
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     backoff: Backoff,
     learned: Arc<LearnedLimits>,
+    webhooks: WebhookWaker,
 }
 
 #[derive(Debug)]
@@ -117,6 +119,7 @@ impl JobEngine {
         hub: JobHub,
         config: Arc<Config>,
         learned: Arc<LearnedLimits>,
+        webhooks: WebhookWaker,
     ) -> (Self, EngineHandle) {
         let (tx, commands) = mpsc::channel(COMMAND_CAPACITY);
         let limiter = NonZeroU32::new(config.jobs.upstream_per_second)
@@ -134,6 +137,7 @@ impl JobEngine {
                 limiter,
                 backoff,
                 learned,
+                webhooks,
             },
             commands,
         };
@@ -818,27 +822,6 @@ impl Ctx {
         if !fail_fast && !record.batches.iter().all(|b| b.state.is_terminal()) {
             return Ok(());
         }
-        if fail_fast {
-            // Cancel what still runs upstream; the store marks the rest cancelled with the job.
-            for batch in record
-                .batches
-                .iter()
-                .filter(|b| b.state == BatchState::Running)
-            {
-                if let Some(id) = &batch.upstream_job_id
-                    && let Err(failure) = self
-                        .upstream
-                        .cancel_batch(record.kind, id, job.as_str())
-                        .await
-                {
-                    tracing::warn!(
-                        ?failure,
-                        upstream_job_id = id,
-                        "fail-fast: could not cancel a batch"
-                    );
-                }
-            }
-        }
         let completed = record
             .batches
             .iter()
@@ -895,12 +878,7 @@ impl Ctx {
                     total_items: results.iter().map(|(_, count, _)| count).sum(),
                     duration_ms,
                 };
-                merge::merge(kind, &batches, &ctx).map(|mut value| {
-                    if let Some(obj) = value.as_object_mut() {
-                        obj.insert("evalgate".to_owned(), section);
-                    }
-                    Bytes::from(value.to_string())
-                })
+                merge::merge_with_section(kind, &batches, &ctx, Some(("evalgate", &section)))
             })
             .await?;
             match merged {
@@ -911,13 +889,47 @@ impl Ctx {
                 }
             }
         };
+        let status = crate::webhooks::outbox::final_status(&record, state, error.as_deref());
+        let deliveries = crate::webhooks::outbox::deliveries(
+            &self.config.webhooks,
+            &record,
+            state,
+            &status,
+            merged.as_ref(),
+        );
+        let delivering = !deliveries.is_empty();
         let event =
             json!({"job_id": job.as_str(), "status": state.as_str(), "error": error}).to_string();
         if self
             .store
-            .finish_job(job, state, error, merged, event.clone())
+            .finish_job(job, state, error, merged, event.clone(), deliveries)
             .await?
         {
+            if fail_fast {
+                // Only the finalization that ended the job cancels what still runs upstream;
+                // the store already marked those batches cancelled with the job.
+                for batch in record
+                    .batches
+                    .iter()
+                    .filter(|b| b.state == BatchState::Running)
+                {
+                    if let Some(id) = &batch.upstream_job_id
+                        && let Err(failure) = self
+                            .upstream
+                            .cancel_batch(record.kind, id, job.as_str())
+                            .await
+                    {
+                        tracing::warn!(
+                            ?failure,
+                            upstream_job_id = id,
+                            "fail-fast: could not cancel a batch"
+                        );
+                    }
+                }
+            }
+            if delivering {
+                self.webhooks.wake();
+            }
             tracing::info!(
                 state = state.as_str(),
                 batches = record.batches.len(),

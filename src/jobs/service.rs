@@ -197,6 +197,19 @@ pub async fn submit(state: &AppState, request: JobRequest) -> Result<(JobRecord,
             retry_after: Duration::from_secs(u64::from(state.config.server.retry_after_secs)),
         });
     }
+    // Bounded outbox: a job that will produce deliveries is refused while the outbox is full.
+    if request.webhook.is_some() || !state.config.webhooks.endpoints.is_empty() {
+        let pending = state
+            .store
+            .count_pending_deliveries()
+            .await
+            .map_err(store_error)?;
+        if pending >= state.config.webhooks.max_pending {
+            return Err(ApiError::Overloaded {
+                retry_after: Duration::from_secs(u64::from(state.config.server.retry_after_secs)),
+            });
+        }
+    }
     let limits = limits(state, request.kind, request.upstream_max_items);
     let submission = &request.submission;
     let batches: Vec<NewBatch> = submission
@@ -322,18 +335,33 @@ pub async fn cancel(state: &AppState, id: &str) -> Result<JobRecord, ApiError> {
     }
     let event =
         json!({"job_id": record.id.as_str(), "status": "cancelled", "error": null}).to_string();
+    let error = Some("cancelled by request".to_owned());
+    let status =
+        crate::webhooks::outbox::final_status(&record, JobState::Cancelled, error.as_deref());
+    let deliveries = crate::webhooks::outbox::deliveries(
+        &state.config.webhooks,
+        &record,
+        JobState::Cancelled,
+        &status,
+        None,
+    );
+    let delivering = !deliveries.is_empty();
     let changed = state
         .store
         .finish_job(
             &record.id,
             JobState::Cancelled,
-            Some("cancelled by request".to_owned()),
+            error,
             None,
             event.clone(),
+            deliveries,
         )
         .await
         .map_err(store_error)?;
     if changed {
+        if delivering {
+            state.webhooks.wake();
+        }
         state.engine.send(Command::Forget(record.id.clone()));
         state.hub.publish(super::hub::JobEvent {
             job_id: record.id.clone(),

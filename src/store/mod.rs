@@ -170,6 +170,99 @@ pub struct ListQuery<'a> {
     pub after: Option<&'a str>,
 }
 
+/// A webhook delivery to write to the outbox with a job's end.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// `msg_…`: the `webhook-id`, stable across retries.
+    pub id: String,
+    pub event: String,
+    pub url: String,
+    /// Where the signing secrets come from: `job` (the job's webhook) or `endpoint:<url>`.
+    pub target: String,
+    pub payload: Bytes,
+}
+
+/// A due delivery, as the dispatcher works on it.
+#[derive(Debug, Clone)]
+pub struct DeliveryWork {
+    pub id: String,
+    pub job_id: JobId,
+    pub event: String,
+    pub url: String,
+    pub target: String,
+    pub payload: Bytes,
+    pub attempts: u32,
+    pub created_at: Millis,
+}
+
+/// What one attempt ended in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    /// Every attempt of the schedule failed; kept for inspection and replay.
+    Dead,
+    /// The receiver answered 410 Gone: the target is disabled.
+    Disabled,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+            Self::Disabled => "disabled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Self::Pending),
+            "delivered" => Some(Self::Delivered),
+            "dead" => Some(Self::Dead),
+            "disabled" => Some(Self::Disabled),
+            _ => None,
+        }
+    }
+}
+
+/// One attempt, recorded with the delivery's new state in one transaction.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub delivery_id: String,
+    pub at: Millis,
+    pub status: Option<u16>,
+    pub latency_ms: u64,
+    pub error: Option<String>,
+    pub new_state: DeliveryState,
+    /// When `new_state` is `Pending`: the next attempt.
+    pub next_at: Millis,
+}
+
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AttemptRecord {
+    pub n: u32,
+    pub at: String,
+    pub status: Option<u16>,
+    pub latency_ms: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct DeliveryRecord {
+    pub id: String,
+    pub job_id: String,
+    pub event: String,
+    /// The target URL with any query string masked (it may carry a token).
+    pub url: String,
+    pub status: String,
+    pub attempts: Vec<AttemptRecord>,
+    pub next_attempt_at: Option<String>,
+    pub created_at: String,
+    pub delivered_at: Option<String>,
+}
+
 /// Outcome of `create_job` with an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Created {
@@ -228,7 +321,8 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     /// Completed batches' results: (`item_start`, `item_count`, result JSON), in dataset order.
     fn batch_results(&self, job: &JobId) -> BoxFuture<'_, Result<Vec<CompletedBatch>, StoreError>>;
 
-    /// Ends a job (only if not already terminal) with its merged result; appends the final event.
+    /// Ends a job (only if not already terminal) with its merged result; appends the final event
+    /// and writes its webhook deliveries to the outbox, all in one transaction.
     fn finish_job(
         &self,
         job: &JobId,
@@ -236,7 +330,45 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
         error: Option<String>,
         result: Option<Bytes>,
         event: String,
+        deliveries: Vec<NewDelivery>,
     ) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Pending deliveries due at `now`, oldest first, skipping `busy` ones.
+    fn due_deliveries(
+        &self,
+        now: Millis,
+        limit: usize,
+        busy: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<DeliveryWork>, StoreError>>;
+
+    /// When the next pending delivery is due, if any.
+    fn next_delivery_at(&self) -> BoxFuture<'_, Result<Option<Millis>, StoreError>>;
+
+    /// Records an attempt and the delivery's new state (only while it is pending).
+    fn record_attempt(&self, attempt: Attempt) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    fn list_deliveries(
+        &self,
+        job: Option<String>,
+        state: Option<DeliveryState>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<DeliveryRecord>, StoreError>>;
+
+    /// Makes a delivery pending again, due now. `false` when unknown or already pending.
+    fn replay_delivery(&self, id: &str) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Replays every dead-lettered delivery of a job; returns how many.
+    fn replay_dead(&self, job: &JobId) -> BoxFuture<'_, Result<usize, StoreError>>;
+
+    fn count_pending_deliveries(&self) -> BoxFuture<'_, Result<usize, StoreError>>;
+
+    /// Counts by state (for metrics).
+    fn delivery_counts(&self) -> BoxFuture<'_, Result<Vec<(String, usize)>, StoreError>>;
+
+    /// A target that answered 410 Gone.
+    fn disable_target(&self, url: &str) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    fn is_target_disabled(&self, url: &str) -> BoxFuture<'_, Result<bool, StoreError>>;
 
     fn job_result(&self, job: &JobId) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>>;
 

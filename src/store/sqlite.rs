@@ -12,8 +12,9 @@ use futures::{FutureExt, future::BoxFuture};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    BatchRecord, BatchUpdate, BatchWork, CompletedBatch, Created, JobRecord, JobStore, ListQuery,
-    Millis, NewBatch, NewJob, Origin, StoreError, StoredEvent, UnfinishedBatch, now_millis,
+    Attempt, AttemptRecord, BatchRecord, BatchUpdate, BatchWork, CompletedBatch, Created,
+    DeliveryRecord, DeliveryState, DeliveryWork, JobRecord, JobStore, ListQuery, Millis, NewBatch,
+    NewDelivery, NewJob, Origin, StoreError, StoredEvent, UnfinishedBatch, now_millis,
 };
 use crate::{
     config::StorePath,
@@ -73,6 +74,34 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (job_id, seq)
     ) STRICT;
     ",
+    // 3: the webhook outbox, written with a job's end; every attempt is kept.
+    r"
+    CREATE TABLE webhook_deliveries (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        event TEXT NOT NULL,
+        url TEXT NOT NULL,
+        target TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        delivered_at INTEGER
+    ) STRICT;
+    CREATE INDEX deliveries_due ON webhook_deliveries(state, next_at);
+    CREATE INDEX deliveries_by_job ON webhook_deliveries(job_id);
+    CREATE TABLE webhook_attempts (
+        delivery_id TEXT NOT NULL REFERENCES webhook_deliveries(id) ON DELETE CASCADE,
+        n INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        status INTEGER,
+        latency_ms INTEGER NOT NULL,
+        error TEXT,
+        PRIMARY KEY (delivery_id, n)
+    ) STRICT;
+    ",
 ];
 
 #[derive(Debug, Clone)]
@@ -90,6 +119,57 @@ impl SqliteStore {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
+    }
+
+    /// A `SELECT COUNT(*) ...` as a number.
+    fn count(&self, sql: &'static str) -> BoxFuture<'_, Result<usize, StoreError>> {
+        self.with_conn(move |conn| {
+            let n: i64 = conn.query_row(sql, [], |row| row.get(0))?;
+            Ok(to_usize(n))
+        })
+        .boxed()
+    }
+
+    /// A value of the `evalgate_meta` table.
+    fn meta_get(&self, key: String) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        self.with_conn(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT value FROM evalgate_meta WHERE key = ?1",
+                    [&key],
+                    |row| row.get(0),
+                )
+                .optional()?)
+        })
+        .boxed()
+    }
+
+    fn meta_set(&self, key: String, value: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.with_conn(move |conn| {
+            conn.execute(
+                "INSERT INTO evalgate_meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )?;
+            Ok(())
+        })
+        .boxed()
+    }
+
+    /// Makes the deliveries matching `filter` (with `?1` = `arg`) pending again, due now.
+    fn replay(
+        &self,
+        filter: &'static str,
+        arg: String,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        self.with_conn(move |conn| {
+            let now = now_millis();
+            let sql = format!(
+                "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, next_at = ?2, updated_at = ?2 WHERE {filter}"
+            );
+            Ok(conn.execute(&sql, params![arg, now])?)
+        })
+        .boxed()
     }
 
     async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -156,6 +236,14 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     tx.commit()?;
     Ok(())
+}
+
+/// A URL with its query string masked: webhook URLs often carry a token there.
+fn mask_query(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?…"),
+        None => url.to_owned(),
+    }
 }
 
 fn to_i64(n: usize) -> i64 {
@@ -569,15 +657,7 @@ impl JobStore for SqliteStore {
     }
 
     fn count_active(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
-        self.with_conn(|conn| {
-            let n: i64 = conn.query_row(
-                "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')",
-                [],
-                |row| row.get(0),
-            )?;
-            Ok(to_usize(n))
-        })
-        .boxed()
+        self.count("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')")
     }
 
     fn split_batch(
@@ -645,6 +725,7 @@ impl JobStore for SqliteStore {
         error: Option<String>,
         result: Option<Bytes>,
         event: String,
+        deliveries: Vec<NewDelivery>,
     ) -> BoxFuture<'_, Result<bool, StoreError>> {
         let job = job.as_str().to_owned();
         self.with_conn(move |conn| {
@@ -666,6 +747,24 @@ impl JobStore for SqliteStore {
                 params![job, now],
             )?;
             append_event(&tx, &job, state.sdk_status_event(), &event)?;
+            // The outbox rows commit with the terminal state: no finished job without its
+            // pending webhook, no webhook for a job that did not finish.
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO webhook_deliveries (id, job_id, event, url, target, payload, state, next_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?7)",
+            )?;
+            for delivery in &deliveries {
+                insert.execute(params![
+                    delivery.id,
+                    job,
+                    delivery.event,
+                    delivery.url,
+                    delivery.target,
+                    &delivery.payload[..],
+                    now
+                ])?;
+            }
+            drop(insert);
             tx.commit()?;
             Ok(true)
         })
@@ -721,31 +820,197 @@ impl JobStore for SqliteStore {
     }
 
     fn learned_limit(&self, key: &str) -> BoxFuture<'_, Result<Option<usize>, StoreError>> {
-        let key = format!("learned_limit:{key}");
+        let value = self.meta_get(format!("learned_limit:{key}"));
+        async move { Ok(value.await?.and_then(|v| v.parse().ok())) }.boxed()
+    }
+
+    fn set_learned_limit(&self, key: &str, value: usize) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.meta_set(format!("learned_limit:{key}"), value.to_string())
+    }
+
+    fn due_deliveries(
+        &self,
+        now: Millis,
+        limit: usize,
+        busy: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<DeliveryWork>, StoreError>> {
         self.with_conn(move |conn| {
-            let value: Option<String> = conn
-                .query_row(
-                    "SELECT value FROM evalgate_meta WHERE key = ?1",
-                    [&key],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            Ok(value.and_then(|v| v.parse().ok()))
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, job_id, event, url, target, payload, attempts, created_at FROM webhook_deliveries
+                 WHERE state = 'pending' AND next_at <= ?1 ORDER BY next_at LIMIT ?2",
+            )?;
+            let rows = stmt
+                .query_map(params![now, to_i64(limit + busy.len())], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, Vec<u8>>(5)?,
+                        row.get::<_, i64>(6)?,
+                        row.get::<_, i64>(7)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut out = Vec::new();
+            for (id, job, event, url, target, payload, attempts, created_at) in rows {
+                if busy.contains(&id) || out.len() >= limit {
+                    continue;
+                }
+                out.push(DeliveryWork {
+                    job_id: JobId::parse(&job).ok_or_else(|| corrupt("job id", &job))?,
+                    id,
+                    event,
+                    url,
+                    target,
+                    payload: Bytes::from(payload),
+                    attempts: to_u32(attempts),
+                    created_at,
+                });
+            }
+            Ok(out)
         })
         .boxed()
     }
 
-    fn set_learned_limit(&self, key: &str, value: usize) -> BoxFuture<'_, Result<(), StoreError>> {
-        let key = format!("learned_limit:{key}");
-        self.with_conn(move |conn| {
-            conn.execute(
-                "INSERT INTO evalgate_meta (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![key, value.to_string()],
+    fn next_delivery_at(&self) -> BoxFuture<'_, Result<Option<Millis>, StoreError>> {
+        self.with_conn(|conn| {
+            let next: Option<i64> = conn.query_row(
+                "SELECT MIN(next_at) FROM webhook_deliveries WHERE state = 'pending'",
+                [],
+                |row| row.get(0),
             )?;
-            Ok(())
+            Ok(next)
         })
         .boxed()
+    }
+
+    fn record_attempt(&self, attempt: Attempt) -> BoxFuture<'_, Result<bool, StoreError>> {
+        self.with_conn(move |conn| {
+            let tx = conn.transaction()?;
+            let n: Option<i64> = tx
+                .query_row(
+                    "UPDATE webhook_deliveries SET attempts = attempts + 1, state = ?2, next_at = ?3, updated_at = ?4,
+                        delivered_at = CASE WHEN ?2 = 'delivered' THEN ?4 ELSE delivered_at END
+                     WHERE id = ?1 AND state = 'pending' RETURNING attempts",
+                    params![attempt.delivery_id, attempt.new_state.as_str(), attempt.next_at, attempt.at],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let Some(n) = n else {
+                return Ok(false);
+            };
+            tx.execute(
+                "INSERT OR REPLACE INTO webhook_attempts (delivery_id, n, at, status, latency_ms, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    attempt.delivery_id,
+                    n,
+                    attempt.at,
+                    attempt.status,
+                    i64::try_from(attempt.latency_ms).unwrap_or(i64::MAX),
+                    attempt.error
+                ],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .boxed()
+    }
+
+    fn list_deliveries(
+        &self,
+        job: Option<String>,
+        state: Option<DeliveryState>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<DeliveryRecord>, StoreError>> {
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, job_id, event, url, state, next_at, created_at, delivered_at FROM webhook_deliveries
+                 WHERE (?1 IS NULL OR job_id = ?1) AND (?2 IS NULL OR state = ?2) ORDER BY created_at, id LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(params![job, state.map(DeliveryState::as_str), to_i64(limit)], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, i64>(5)?,
+                        row.get::<_, i64>(6)?,
+                        row.get::<_, Option<i64>>(7)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut attempts_stmt = conn.prepare_cached(
+                "SELECT n, at, status, latency_ms, error FROM webhook_attempts WHERE delivery_id = ?1 ORDER BY n",
+            )?;
+            let mut out = Vec::new();
+            for (id, job_id, event, url, state, next_at, created_at, delivered_at) in rows {
+                let attempts = attempts_stmt
+                    .query_map([&id], |row| {
+                        Ok(AttemptRecord {
+                            n: to_u32(row.get(0)?),
+                            at: crate::jobs::service::rfc3339(row.get(1)?),
+                            status: row.get::<_, Option<i64>>(2)?.and_then(|s| u16::try_from(s).ok()),
+                            latency_ms: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+                            error: row.get(4)?,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                out.push(DeliveryRecord {
+                    url: mask_query(&url),
+                    next_attempt_at: (state == "pending").then(|| crate::jobs::service::rfc3339(next_at)),
+                    status: state,
+                    id,
+                    job_id,
+                    event,
+                    attempts,
+                    created_at: crate::jobs::service::rfc3339(created_at),
+                    delivered_at: delivered_at.map(crate::jobs::service::rfc3339),
+                });
+            }
+            Ok(out)
+        })
+        .boxed()
+    }
+
+    fn replay_delivery(&self, id: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
+        self.replay("id = ?1 AND state != 'pending'", id.to_owned())
+            .map(|n| n.map(|n| n > 0))
+            .boxed()
+    }
+
+    fn replay_dead(&self, job: &JobId) -> BoxFuture<'_, Result<usize, StoreError>> {
+        self.replay("job_id = ?1 AND state = 'dead'", job.as_str().to_owned())
+    }
+
+    fn count_pending_deliveries(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
+        self.count("SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'pending'")
+    }
+
+    fn delivery_counts(&self) -> BoxFuture<'_, Result<Vec<(String, usize)>, StoreError>> {
+        self.with_conn(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT state, COUNT(*) FROM webhook_deliveries GROUP BY state")?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, to_usize(row.get::<_, i64>(1)?)))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .boxed()
+    }
+
+    fn disable_target(&self, url: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.meta_set(format!("webhook_disabled:{url}"), now_millis().to_string())
+    }
+
+    fn is_target_disabled(&self, url: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let value = self.meta_get(format!("webhook_disabled:{url}"));
+        async move { Ok(value.await?.is_some()) }.boxed()
     }
 }
 
@@ -804,7 +1069,14 @@ mod tests {
         assert_eq!(store.create_job(running, 0).await.unwrap(), Created::New);
         assert!(
             store
-                .finish_job(&done_id, JobState::Cancelled, None, None, "{}".to_owned())
+                .finish_job(
+                    &done_id,
+                    JobState::Cancelled,
+                    None,
+                    None,
+                    "{}".to_owned(),
+                    Vec::new()
+                )
                 .await
                 .unwrap()
         );

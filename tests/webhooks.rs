@@ -1,0 +1,283 @@
+//! Webhooks end to end: signed delivery of a finished job, retries with a stable id, 410,
+//! dead-lettering and replay, rotation, the SSRF guard at submit and per attempt, SDK headers.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] functions fail fast by design"
+)]
+
+mod common;
+#[path = "common/webhook_sink.rs"]
+mod webhook_sink;
+
+use std::time::Duration;
+
+use common::{TestApp, dataset, emulator_config, eventually};
+use evalgate::{
+    config::Config,
+    emulator::EmulatorConfig,
+    webhooks::signing::{SigningSecret, verify},
+};
+use http::StatusCode;
+use serde_json::{Value, json};
+use webhook_sink::{Received, WebhookSink};
+
+fn fast(c: &mut Config) {
+    c.batching.failure_analysis.max_items = 10;
+    c.jobs.poll_initial_interval = Duration::from_millis(30);
+    c.jobs.poll_max_interval = Duration::from_millis(150);
+    c.webhooks.allowed_cidrs = vec!["127.0.0.0/8".to_owned()];
+    c.webhooks.retry_schedule = vec![Duration::from_millis(100), Duration::from_millis(100)];
+}
+
+fn emulator() -> EmulatorConfig {
+    EmulatorConfig {
+        inline_max_items: 4,
+        job_duration: Duration::from_millis(200),
+        ..emulator_config()
+    }
+}
+
+async fn json_of(response: reqwest::Response) -> Value {
+    let text = response.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+async fn submit(app: &TestApp, webhook: Value) -> (StatusCode, Value) {
+    let response = app
+        .post("/v1/jobs")
+        .json(&json!({"kind": "failure_analysis", "dataset": dataset(15), "webhook": webhook}))
+        .send()
+        .await
+        .unwrap();
+    (response.status(), json_of(response).await)
+}
+
+fn header<'a>(received: &'a Received, name: &str) -> &'a str {
+    received.headers[name].to_str().unwrap()
+}
+
+fn verifies(received: &Received, secret: &SigningSecret) -> bool {
+    let timestamp: i64 = header(received, "webhook-timestamp").parse().unwrap();
+    verify(
+        secret,
+        header(received, "webhook-id"),
+        timestamp,
+        &received.body,
+        header(received, "webhook-signature"),
+    )
+}
+
+async fn deliveries(app: &TestApp, job: &str) -> Vec<Value> {
+    let listed = json_of(
+        app.get(&format!("/v1/webhooks/deliveries?job_id={job}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    listed["deliveries"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_finished_job_is_pushed_signed_with_its_result_inline() {
+    let mut sink = WebhookSink::start().await;
+    let app = TestApp::spawn_with(emulator(), fast).await;
+    let (secret, secret_text) = SigningSecret::generate();
+    let (status, accepted) = submit(&app, json!({"url": sink.url, "secret": secret_text})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let received = sink.next(20).await;
+    assert!(verifies(&received, &secret), "signature verifies");
+    assert!(header(&received, "webhook-id").starts_with("msg_"));
+    let body: Value = serde_json::from_slice(&received.body).unwrap();
+    assert_eq!(body["type"], "job.completed");
+    assert_eq!(body["data"]["job_id"], accepted["job_id"]);
+    assert_eq!(body["data"]["status"], "completed");
+    assert_eq!(body["data"]["result"]["summary"]["total_items"], 15);
+    let job = accepted["job_id"].as_str().unwrap();
+    eventually(Duration::from_secs(5), || async {
+        deliveries(&app, job)
+            .await
+            .first()
+            .is_some_and(|d| d["status"] == "delivered")
+    })
+    .await;
+    let listed = deliveries(&app, job).await;
+    assert_eq!(listed[0]["attempts"][0]["status"], 200);
+    assert!(
+        !listed[0].to_string().contains(&secret_text),
+        "no secret in the listing"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_receiver_gets_retries_with_the_same_webhook_id() {
+    let mut sink = WebhookSink::start().await;
+    sink.answer_next(&[
+        StatusCode::INTERNAL_SERVER_ERROR,
+        StatusCode::SERVICE_UNAVAILABLE,
+    ]);
+    let app = TestApp::spawn_with(emulator(), fast).await;
+    let (secret, secret_text) = SigningSecret::generate();
+    let (_, accepted) = submit(&app, json!({"url": sink.url, "secret": secret_text})).await;
+    let first = sink.next(20).await;
+    let second = sink.next(10).await;
+    let third = sink.next(10).await;
+    let id = header(&first, "webhook-id");
+    assert_eq!(header(&second, "webhook-id"), id);
+    assert_eq!(header(&third, "webhook-id"), id);
+    assert_eq!(first.body, third.body, "the same message each time");
+    assert!(verifies(&third, &secret));
+    let job = accepted["job_id"].as_str().unwrap();
+    eventually(Duration::from_secs(5), || async {
+        deliveries(&app, job)
+            .await
+            .first()
+            .is_some_and(|d| d["status"] == "delivered")
+    })
+    .await;
+    let codes: Vec<Value> = deliveries(&app, job).await[0]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].clone())
+        .collect();
+    assert_eq!(codes, [json!(500), json!(503), json!(200)]);
+}
+
+#[tokio::test]
+async fn gone_disables_the_target_and_exhausted_retries_dead_letter_until_replayed() {
+    let mut sink = WebhookSink::start().await;
+    sink.answer_always(StatusCode::GONE);
+    let app = TestApp::spawn_with(emulator(), fast).await;
+    let (_, secret_text) = SigningSecret::generate();
+    let (_, accepted) = submit(&app, json!({"url": sink.url, "secret": secret_text})).await;
+    sink.next(20).await;
+    let job = accepted["job_id"].as_str().unwrap();
+    eventually(Duration::from_secs(5), || async {
+        deliveries(&app, job)
+            .await
+            .first()
+            .is_some_and(|d| d["status"] == "disabled")
+    })
+    .await;
+    assert!(sink.quiet_for(400).await, "no retry after 410");
+
+    // A second receiver that always fails: the schedule (2 retries) runs out.
+    let mut failing = WebhookSink::start().await;
+    failing.answer_always(StatusCode::INTERNAL_SERVER_ERROR);
+    let (_, accepted) = submit(&app, json!({"url": failing.url, "secret": secret_text})).await;
+    for _ in 0..3 {
+        failing.next(20).await;
+    }
+    let job = accepted["job_id"].as_str().unwrap();
+    eventually(Duration::from_secs(5), || async {
+        deliveries(&app, job)
+            .await
+            .first()
+            .is_some_and(|d| d["status"] == "dead")
+    })
+    .await;
+    assert!(
+        failing.quiet_for(400).await,
+        "nothing after the last attempt"
+    );
+    failing.answer_always(StatusCode::OK);
+    let replayed = json_of(
+        app.post(&format!("/v1/jobs/{job}/webhooks/replay"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(replayed["replayed"], 1);
+    failing.next(10).await;
+    eventually(Duration::from_secs(5), || async {
+        deliveries(&app, job)
+            .await
+            .first()
+            .is_some_and(|d| d["status"] == "delivered")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rotated_secrets_each_sign_the_message() {
+    let mut sink = WebhookSink::start().await;
+    let app = TestApp::spawn_with(emulator(), fast).await;
+    let (old, old_text) = SigningSecret::generate();
+    let (new, new_text) = SigningSecret::generate();
+    submit(
+        &app,
+        json!({"url": sink.url, "secret": [new_text, old_text]}),
+    )
+    .await;
+    let received = sink.next(20).await;
+    assert_eq!(header(&received, "webhook-signature").split(' ').count(), 2);
+    assert!(verifies(&received, &old) && verifies(&received, &new));
+}
+
+#[tokio::test]
+async fn refused_targets_are_rejected_at_submit_and_per_attempt() {
+    let app = TestApp::spawn_with(emulator(), |c| {
+        fast(c);
+        c.webhooks.allowed_cidrs = Vec::new();
+    })
+    .await;
+    let (_, secret) = SigningSecret::generate();
+    for url in [
+        "http://169.254.169.254/latest/meta-data",
+        "http://127.0.0.1:9/hook",
+        "http://10.1.2.3/hook",
+        "http://[::1]/hook",
+        "http://2130706433/hook",
+        "file:///etc/passwd",
+    ] {
+        let (status, body) = submit(&app, json!({"url": url, "secret": secret})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("webhook"),
+            "{body}"
+        );
+    }
+    // Hostnames are resolved and checked on every attempt; that path (and DNS rebinding) is
+    // covered with a stub resolver in `webhooks::ssrf`'s table tests. `localhost` is loopback by
+    // definition (RFC 6761), so it is refused at submit time already.
+    let (status, _) = submit(
+        &app,
+        json!({"url": "http://localhost:9/hook", "secret": secret}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        app.emulator().requests().is_empty(),
+        "refused jobs never start"
+    );
+}
+
+#[tokio::test]
+async fn sdk_callers_get_webhooks_through_headers() {
+    let mut sink = WebhookSink::start().await;
+    let app = TestApp::spawn_with(emulator(), fast).await;
+    let (secret, secret_text) = SigningSecret::generate();
+    let response = app
+        .post("/v2/failure-analysis/analyze")
+        .header("x-evalgate-webhook-url", &sink.url)
+        .header("x-evalgate-webhook-secret", &secret_text)
+        .json(&json!({"run_eval": true, "dataset": dataset(12)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let received = sink.next(20).await;
+    assert!(verifies(&received, &secret));
+    // The control headers never reach the upstream.
+    assert!(
+        app.emulator()
+            .requests()
+            .iter()
+            .all(|r| !r.headers.contains_key("x-evalgate-webhook-secret"))
+    );
+}
