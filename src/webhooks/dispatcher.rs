@@ -246,7 +246,7 @@ impl WebhookDispatcher {
         metrics::histogram!(telemetry::WEBHOOK_LATENCY).record(latency.as_secs_f64());
         match state {
             DeliveryState::Delivered => {
-                tracing::info!(status = status.map(|s| s.as_u16()), "webhook delivered")
+                tracing::info!(status = status.map(|s| s.as_u16()), "webhook delivered");
             }
             DeliveryState::Dead => tracing::error!(
                 error = error.as_deref().unwrap_or(""),
