@@ -642,28 +642,17 @@ impl Ctx {
                     .await
             }
             PollOutcome::Cancelled => {
-                let mut update = Self::update(
-                    &work.job,
-                    work.idx,
+                self.end_batch(
+                    work,
+                    &batch,
                     &[BatchState::Running],
                     BatchState::Cancelled,
-                );
-                update.error = Some("cancelled upstream".to_owned());
-                update.event = Some(Self::batch_event(
-                    &work.job,
-                    work.idx,
-                    BatchState::Cancelled,
-                    (batch.item_start, batch.item_end),
                     json!({}),
-                ));
-                let applied = self.store.update_batch(update.clone()).await?;
-                if applied {
-                    self.publish(&work.job, "batch", update.event.unwrap_or_default());
-                }
-                Ok(Next {
-                    schedule: Vec::new(),
-                    finalize: applied.then(|| work.job.clone()),
-                })
+                    |u| {
+                        u.error = Some("cancelled upstream".to_owned());
+                    },
+                )
+                .await
             }
             PollOutcome::Failure(failure) => {
                 self.retry_or_fail(
@@ -686,29 +675,12 @@ impl Ctx {
         result: Bytes,
     ) -> Result<Next, crate::store::StoreError> {
         let items = batch.item_end - batch.item_start;
-        let mut update = Self::update(
-            &work.job,
-            work.idx,
-            &[BatchState::Submitting, BatchState::Running],
-            BatchState::Completed,
-        );
-        update.progress = Some((100.0, items));
-        update.result = Some(result);
-        update.event = Some(Self::batch_event(
-            &work.job,
-            work.idx,
-            BatchState::Completed,
-            (batch.item_start, batch.item_end),
-            json!({}),
-        ));
-        let applied = self.store.update_batch(update.clone()).await?;
-        if applied {
-            self.publish(&work.job, "batch", update.event.unwrap_or_default());
-        }
-        Ok(Next {
-            schedule: Vec::new(),
-            finalize: applied.then(|| work.job.clone()),
+        let from = [BatchState::Submitting, BatchState::Running];
+        self.end_batch(work, batch, &from, BatchState::Completed, json!({}), |u| {
+            u.progress = Some((100.0, items));
+            u.result = Some(result);
         })
+        .await
     }
 
     async fn fail_batch(
@@ -718,27 +690,37 @@ impl Ctx {
         error: String,
     ) -> Result<Next, crate::store::StoreError> {
         tracing::warn!(error, "batch failed");
-        let mut update = Self::update(
-            &work.job,
-            work.idx,
-            &[
-                BatchState::Pending,
-                BatchState::Submitting,
-                BatchState::Running,
-            ],
-            BatchState::Failed,
-        );
-        update.event = Some(Self::batch_event(
-            &work.job,
-            work.idx,
-            BatchState::Failed,
-            (batch.item_start, batch.item_end),
-            json!({"error": error}),
-        ));
-        update.error = Some(error);
-        let applied = self.store.update_batch(update.clone()).await?;
+        let from = [
+            BatchState::Pending,
+            BatchState::Submitting,
+            BatchState::Running,
+        ];
+        let detail = json!({"error": error});
+        self.end_batch(work, batch, &from, BatchState::Failed, detail, |u| {
+            u.error = Some(error);
+        })
+        .await
+    }
+
+    /// Moves a batch (while in `from`) to the terminal state `to`, committing its `batch` event
+    /// with it, publishes the event, and asks for the job to be finalized.
+    async fn end_batch(
+        &self,
+        work: &Work,
+        batch: &crate::store::BatchWork,
+        from: &[BatchState],
+        to: BatchState,
+        detail: serde_json::Value,
+        edit: impl FnOnce(&mut BatchUpdate),
+    ) -> Result<Next, crate::store::StoreError> {
+        let mut update = Self::update(&work.job, work.idx, from, to);
+        let items = (batch.item_start, batch.item_end);
+        update.event = Some(Self::batch_event(&work.job, work.idx, to, items, detail));
+        edit(&mut update);
+        let event = update.event.clone().unwrap_or_default();
+        let applied = self.store.update_batch(update).await?;
         if applied {
-            self.publish(&work.job, "batch", update.event.unwrap_or_default());
+            self.publish(&work.job, "batch", event);
         }
         Ok(Next {
             schedule: Vec::new(),
