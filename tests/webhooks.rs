@@ -281,3 +281,53 @@ async fn sdk_callers_get_webhooks_through_headers() {
             .all(|r| !r.headers.contains_key("x-evalgate-webhook-secret"))
     );
 }
+
+#[tokio::test]
+async fn configured_endpoints_get_every_job_and_large_results_come_as_a_link() {
+    let mut sink = WebhookSink::start().await;
+    let (secret, secret_text) = SigningSecret::generate();
+    let url = sink.url.clone();
+    let app = TestApp::spawn_with(emulator(), move |c| {
+        fast(c);
+        c.webhooks.max_inline_result_bytes = 64;
+        c.webhooks.public_base_url = "http://evalgate.example:8080".to_owned();
+        c.webhooks.endpoints = vec![evalgate::config::WebhookEndpoint {
+            url,
+            secrets: vec![evalgate::types::Secret::new(secret_text)],
+            events: vec!["job.completed".to_owned()],
+        }];
+    })
+    .await;
+    // No webhook on the job itself: the configured endpoint still hears about it.
+    let response = app
+        .post("/v1/jobs")
+        .json(&json!({"kind": "failure_analysis", "dataset": dataset(6)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let job = json_of(response).await["job_id"].as_str().unwrap().to_owned();
+    let received = sink.next(20).await;
+    assert!(verifies(&received, &secret));
+    let body: Value = serde_json::from_slice(&received.body).unwrap();
+    assert!(body["data"].get("result").is_none(), "over the inline limit");
+    assert_eq!(
+        body["data"]["result_url"],
+        format!("http://evalgate.example:8080/v1/jobs/{job}/result")
+    );
+}
+
+#[tokio::test]
+async fn a_receivers_retry_after_is_honoured() {
+    let mut sink = WebhookSink::start().await;
+    // 429 with Retry-After: 1 (the sink sends it for 429s), then success.
+    sink.answer_next(&[StatusCode::TOO_MANY_REQUESTS]);
+    let app = TestApp::spawn_with(emulator(), fast).await;
+    let (_, secret_text) = SigningSecret::generate();
+    submit(&app, json!({"url": sink.url, "secret": secret_text})).await;
+    sink.next(20).await;
+    let first = std::time::Instant::now();
+    sink.next(20).await;
+    // The schedule alone would retry after ~100 ms; Retry-After asked for a second.
+    assert!(first.elapsed() >= Duration::from_millis(900), "{:?}", first.elapsed());
+}

@@ -12,7 +12,14 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use axum::{Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post};
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::IntoResponse,
+    routing::post,
+};
 use tokio::{sync::mpsc, task::JoinSet};
 
 #[derive(Debug, Clone)]
@@ -36,10 +43,16 @@ pub struct WebhookSink {
     _task: JoinSet<()>,
 }
 
-async fn receive(State(sink): State<Sink>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let _ = sink.tx.send(Received { headers, body });
+async fn receive(State(sink): State<Sink>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
     let next = sink.script.lock().unwrap().pop_front();
-    next.unwrap_or_else(|| *sink.default.lock().unwrap())
+    let status = next.unwrap_or_else(|| *sink.default.lock().unwrap());
+    let _ = sink.tx.send(Received { headers, body });
+    // A 429 asks the sender to wait a second before the next attempt.
+    let mut headers = HeaderMap::new();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        headers.insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    }
+    (status, headers)
 }
 
 impl WebhookSink {
