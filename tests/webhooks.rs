@@ -306,11 +306,17 @@ async fn configured_endpoints_get_every_job_and_large_results_come_as_a_link() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let job = json_of(response).await["job_id"].as_str().unwrap().to_owned();
+    let job = json_of(response).await["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let received = sink.next(20).await;
     assert!(verifies(&received, &secret));
     let body: Value = serde_json::from_slice(&received.body).unwrap();
-    assert!(body["data"].get("result").is_none(), "over the inline limit");
+    assert!(
+        body["data"].get("result").is_none(),
+        "over the inline limit"
+    );
     assert_eq!(
         body["data"]["result_url"],
         format!("http://evalgate.example:8080/v1/jobs/{job}/result")
@@ -329,5 +335,9 @@ async fn a_receivers_retry_after_is_honoured() {
     let first = std::time::Instant::now();
     sink.next(20).await;
     // The schedule alone would retry after ~100 ms; Retry-After asked for a second.
-    assert!(first.elapsed() >= Duration::from_millis(900), "{:?}", first.elapsed());
+    assert!(
+        first.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        first.elapsed()
+    );
 }
