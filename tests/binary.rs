@@ -303,8 +303,8 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     );
 
     let (code, log) = running.terminate().await;
-    assert_eq!(code, Some(0), "clean exit after SIGTERM");
     let log = log.join("\n");
+    assert_eq!(code, Some(0), "clean exit after SIGTERM; log:\n{log}");
     assert!(log.len() > 1000, "trace logging produced output");
     assert!(log.contains("webhook"), "the webhook attempts were logged");
     for secret in [
@@ -350,6 +350,6 @@ async fn demo_mode_serves_over_the_built_in_emulator() {
         .await
         .unwrap();
     assert_eq!(run["status"], "completed", "{run}");
-    let (code, _) = running.terminate().await;
-    assert_eq!(code, Some(0));
+    let (code, log) = running.terminate().await;
+    assert_eq!(code, Some(0), "exit after SIGTERM; log:\n{}", log.join("\n"));
 }
