@@ -351,5 +351,10 @@ async fn demo_mode_serves_over_the_built_in_emulator() {
         .unwrap();
     assert_eq!(run["status"], "completed", "{run}");
     let (code, log) = running.terminate().await;
-    assert_eq!(code, Some(0), "exit after SIGTERM; log:\n{}", log.join("\n"));
+    assert_eq!(
+        code,
+        Some(0),
+        "exit after SIGTERM; log:\n{}",
+        log.join("\n")
+    );
 }
