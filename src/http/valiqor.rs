@@ -146,12 +146,12 @@ async fn forward_submit(
     // the splitter cannot read (a trace-only run, say) is the upstream's to judge.
     let managed = valiqor_jobs::managed_kind(template, &parts.method)
         .and_then(|kind| Submission::parse(original).ok().map(|s| (kind, s)));
-    if let Some((kind, submission)) = &managed
-        && service::exceeds_limits(state, *kind, submission)
-    {
-        let (kind, submission) = managed.unwrap_or_else(|| unreachable!("checked just above"));
-        return valiqor_jobs::accept(state, kind, submission, None, &parts.headers).await;
-    }
+    let managed = match managed {
+        Some((kind, submission)) if service::exceeds_limits(state, kind, &submission) => {
+            return valiqor_jobs::accept(state, kind, submission, None, &parts.headers).await;
+        }
+        other => other,
+    };
     let parts_headers = parts.headers.clone();
     let mut headers = headers::to_upstream(&parts.headers, false);
     // The body was just validated as JSON, whatever the caller labelled it (curl -d sends a form type).
