@@ -134,16 +134,18 @@ pub async fn run(
 
     // Until shutdown is requested, any task ending is a failure that stops the process.
     let early = tokio::select! {
+        biased;
         () = shutdown.cancelled() => None,
         ended = api_tasks.next() => ended,
         ended = admin_tasks.next() => ended,
         ended = engine_tasks.next() => ended,
     };
-    let mut failure = early.map(|(task, result)| {
-        let reason = result
-            .err()
-            .unwrap_or_else(|| "ended before shutdown was requested".to_owned());
-        (task, reason)
+    // The API server also watches `shutdown` and can finish its (empty) drain in the same
+    // instant: a clean end once shutdown was requested is not a failure.
+    let mut failure = early.and_then(|(task, result)| match result {
+        Err(reason) => Some((task, reason)),
+        Ok(()) if shutdown.is_cancelled() => None,
+        Ok(()) => Some((task, "ended before shutdown was requested".to_owned())),
     });
     state.readiness.start_draining();
     shutdown.cancel();
