@@ -138,7 +138,8 @@ fn body_hash(body: &[u8]) -> String {
         })
 }
 
-fn labelled(mut response: Response, route: &'static str) -> Response {
+/// Tags a response with its route template for the metrics layer.
+pub(super) fn labelled(mut response: Response, route: &'static str) -> Response {
     response.extensions_mut().insert(RouteLabel(route));
     response
 }

@@ -138,20 +138,21 @@ async fn forward_submit(
 ) -> Result<Response, ApiError> {
     let limit = state.config.server.max_body_bytes;
     let original = read_body(body, limit).await?;
-    let valiqor = &state.config.valiqor;
-    let key = valiqor.openai_api_key.as_ref().map(|k| k.expose().as_str());
-    let bytes = byok::apply(original.clone(), valiqor.byok, key)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    // Datasets over the batch limits become managed jobs; others go straight through. A body
-    // the splitter cannot read (a trace-only run, say) is the upstream's to judge.
+    // Datasets over the batch limits become managed jobs (the engine applies BYOK to each batch);
+    // others go straight through. A body the splitter cannot read (a trace-only run, say) is the
+    // upstream's to judge. Deciding first keeps a managed dataset to one validating pass.
     let managed = valiqor_jobs::managed_kind(template, &parts.method)
-        .and_then(|kind| Submission::parse(original).ok().map(|s| (kind, s)));
+        .and_then(|kind| Submission::parse(original.clone()).ok().map(|s| (kind, s)));
     let managed = match managed {
         Some((kind, submission)) if service::exceeds_limits(state, kind, &submission) => {
             return valiqor_jobs::accept(state, kind, submission, None, &parts.headers).await;
         }
         other => other,
     };
+    let valiqor = &state.config.valiqor;
+    let key = valiqor.openai_api_key.as_ref().map(|k| k.expose().as_str());
+    let bytes = byok::apply(original, valiqor.byok, key)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let parts_headers = parts.headers.clone();
     let mut headers = headers::to_upstream(&parts.headers, false);
     // The body was just validated as JSON, whatever the caller labelled it (curl -d sends a form type).

@@ -13,7 +13,6 @@ use serde_json::json;
 use crate::{
     error::{ApiError, V1Error},
     jobs::service,
-    middleware::metrics::RouteLabel,
     state::AppState,
     store::DeliveryState,
 };
@@ -26,9 +25,7 @@ pub fn router() -> Router<AppState> {
 }
 
 fn labelled(result: Result<Response, ApiError>, route: &'static str) -> Response {
-    let mut response = result.unwrap_or_else(|e| V1Error(e).into_response());
-    response.extensions_mut().insert(RouteLabel(route));
-    response
+    super::jobs::labelled(result.unwrap_or_else(|e| V1Error(e).into_response()), route)
 }
 
 #[derive(Debug, Deserialize)]
