@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
-use crate::jobs::JobKind;
+use crate::types::JobKind;
 
 /// sysexits `EX_USAGE`: the command line (or the input it names) is wrong.
 pub const EX_USAGE: u8 = 64;

@@ -6,16 +6,19 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use axum::extract::FromRef;
+
 use crate::{
     StartupError,
     cache::TaxonomyCache,
     config::Config,
-    error::ApiError,
-    http::routes::RouteTable,
+    http::{error::ApiError, routes::RouteTable},
     jobs::{
-        engine::{EngineHandle, JobEngine},
+        engine::JobEngine,
+        finish::Finisher,
         hub::JobHub,
         limits::LearnedLimits,
+        service::{self, JobService},
     },
     middleware::rate_limit::Limiters,
     shutdown::Readiness,
@@ -40,14 +43,10 @@ pub struct Inner {
     pub readiness: Readiness,
     pub store: Arc<dyn JobStore>,
     pub metrics: PrometheusHandle,
-    pub hub: JobHub,
-    pub engine: EngineHandle,
-    /// Upstream dataset limits learned from `dataset_too_large`.
-    pub learned: Arc<LearnedLimits>,
+    /// Managed jobs: what the `/v1/jobs` handlers and the SDK's follow-up paths call.
+    pub jobs: JobService,
     /// Wakes the webhook dispatcher after outbox rows commit.
     pub webhooks: WebhookWaker,
-    /// Which webhook targets may be reached.
-    pub webhook_policy: Arc<TargetPolicy>,
     /// Fired when the shutdown grace period is over: requests still running are answered at once.
     pub hard_stop: CancellationToken,
     in_flight: Arc<Semaphore>,
@@ -99,27 +98,40 @@ impl AppState {
             .map_err(|e| StartupError::Webhooks(e.to_string()))?,
         );
         let waker = WebhookWaker::default();
+        let finisher = Finisher {
+            store: Arc::clone(&store),
+            hub: hub.clone(),
+            webhooks: Arc::new(config.webhooks.clone()),
+            waker: waker.clone(),
+        };
         let (engine, handle) = JobEngine::new(
             Arc::clone(&store),
             upstream.clone(),
             hub.clone(),
             Arc::clone(&shared_config),
             Arc::clone(&learned),
-            waker.clone(),
+            finisher.clone(),
         );
         let dispatcher = WebhookDispatcher::new(
             Arc::clone(&store),
-            shared_config,
+            Arc::clone(&shared_config),
             Arc::clone(&webhook_policy),
             waker.clone(),
         );
+        let jobs = JobService::new(service::Parts {
+            config: shared_config,
+            store: Arc::clone(&store),
+            engine: handle,
+            hub,
+            learned,
+            upstream: upstream.clone(),
+            finisher,
+            webhook_policy,
+        });
         let state = Self(Arc::new(Inner {
             upstream,
-            hub,
-            engine: handle,
-            learned,
+            jobs,
             webhooks: waker,
-            webhook_policy,
             routes: RouteTable::new(),
             cache: TaxonomyCache::new(&config.taxonomy_cache),
             limiters: Limiters::new(&config.rate_limit),
@@ -152,5 +164,11 @@ impl Deref for AppState {
 
     fn deref(&self) -> &Inner {
         &self.0
+    }
+}
+
+impl FromRef<AppState> for JobService {
+    fn from_ref(state: &AppState) -> Self {
+        state.jobs.clone()
     }
 }

@@ -51,6 +51,11 @@ fn async_emulator() -> EmulatorConfig {
 
 /// `evalgate submit ARGS` with a clean environment; `stdin` is piped in when given.
 async fn submit(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    submit_within(args, stdin, Duration::from_mins(1)).await
+}
+
+/// `submit`, failing the test when it takes longer than `limit`.
+async fn submit_within(args: &[&str], stdin: Option<&[u8]>, limit: Duration) -> Output {
     let mut command = Command::new(BIN);
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy().into_owned();
@@ -75,9 +80,9 @@ async fn submit(args: &[&str], stdin: Option<&[u8]>) -> Output {
         pipe.write_all(input).await.unwrap();
         drop(pipe);
     }
-    tokio::time::timeout(Duration::from_mins(1), child.wait_with_output())
+    tokio::time::timeout(limit, child.wait_with_output())
         .await
-        .expect("evalgate submit finishes within 60 s")
+        .unwrap_or_else(|_| panic!("evalgate submit finishes within {limit:?}"))
         .expect("evalgate submit ran")
 }
 
@@ -632,5 +637,61 @@ async fn a_dropped_event_stream_is_resumed_with_last_event_id() {
         "batch 2 items 20..25",
     ] {
         assert!(log.contains(&format!("{batch} completed")), "{log}");
+    }
+}
+
+#[tokio::test]
+async fn a_fifty_megabyte_jsonl_file_goes_through_end_to_end() {
+    let app = TestApp::spawn_with(async_emulator(), |c| {
+        c.jobs.poll_initial_interval = Duration::from_millis(50);
+        c.jobs.poll_max_interval = Duration::from_millis(200);
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let pad = "x".repeat(100 * 1024);
+    let items: Vec<String> = (0..500)
+        .map(|i| {
+            json!({"input": format!("question {i} {pad}"), "output": format!("answer {i}"), "context": ["c"]})
+                .to_string()
+        })
+        .collect();
+    let text = items.join("\n") + "\n";
+    assert!(text.len() > 50_000_000, "{}", text.len());
+    let file = write(dir.path(), "big.jsonl", text);
+    let result_file = dir.path().join("result.json");
+    let out = submit_within(
+        &[
+            file.to_str().unwrap(),
+            "--kind",
+            "failure_analysis",
+            "--wait",
+            "--url",
+            &app.api,
+            "--output",
+            result_file.to_str().unwrap(),
+        ],
+        None,
+        Duration::from_mins(3),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let result: Value = serde_json::from_slice(&std::fs::read(&result_file).unwrap()).unwrap();
+    assert_eq!(
+        result["summary"]["total_items"], 500,
+        "{}",
+        result["summary"]
+    );
+    assert_eq!(item_indexes(&result), (0..500).collect::<Vec<u64>>());
+    // Split by the byte limit: no upstream batch is over it.
+    let limit = Config::for_tests("http://127.0.0.1:1", "k", |_| {})
+        .batching
+        .failure_analysis
+        .max_bytes;
+    let submits = app
+        .emulator()
+        .requests_to(&Method::POST, "/v2/failure-analysis/analyze");
+    assert!(submits.len() >= 50_000_000 / limit, "{}", submits.len());
+    for request in &submits {
+        assert!(request.body.len() <= limit + 4096, "{}", request.body.len());
     }
 }

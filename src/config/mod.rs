@@ -89,11 +89,11 @@ pub struct BatchingConfig {
 }
 
 impl BatchingConfig {
-    pub fn for_kind(&self, kind: crate::jobs::JobKind) -> BatchLimitsConfig {
+    pub fn for_kind(&self, kind: crate::types::JobKind) -> BatchLimitsConfig {
         match kind {
-            crate::jobs::JobKind::FailureAnalysis => self.failure_analysis,
-            crate::jobs::JobKind::Evaluation => self.evaluation,
-            crate::jobs::JobKind::SecurityAudit => self.security_audit,
+            crate::types::JobKind::FailureAnalysis => self.failure_analysis,
+            crate::types::JobKind::Evaluation => self.evaluation,
+            crate::types::JobKind::SecurityAudit => self.security_audit,
         }
     }
 }

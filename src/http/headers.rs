@@ -9,7 +9,7 @@ use http::{
 };
 
 /// Request-id header, generated or propagated, forwarded upstream and echoed to the caller.
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub use crate::types::REQUEST_ID;
 /// Cache outcome on cached routes: `hit`, `miss` or `stale`.
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("x-evalgate-cache");
 

@@ -1,31 +1,50 @@
-//! HTTP surfaces: the API port (Valiqor-compatible routes) and the admin port.
+//! HTTP surfaces: the API port (Valiqor-compatible routes, the native `/v1` API) and the admin port.
+//! Handlers extract, call one service function and map the result; `error` is the one mapping
+//! from errors to statuses and bodies.
 pub mod admin;
-pub mod byok;
+pub mod error;
 pub mod headers;
-pub mod jobs;
+mod jobs;
+pub mod openapi;
 pub mod routes;
 pub mod valiqor;
 pub mod valiqor_jobs;
-pub mod webhooks;
+mod webhooks;
 
-use axum::{Router, middleware};
+use axum::{
+    Router,
+    body::Body,
+    extract::{MatchedPath, Request},
+    middleware::{self, Next},
+    response::Response,
+    routing::get,
+};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower_http::{
     catch_panic::CatchPanicLayer, sensitive_headers::SetSensitiveRequestHeadersLayer,
 };
 
-use crate::{middleware as mw, state::AppState};
+use self::error::ApiError;
+use crate::{
+    middleware::{self as mw, metrics::RouteLabel},
+    state::AppState,
+};
 
 /// The API-port router. Middleware, outermost first:
 /// 1. `CatchPanicLayer`: a bug answers 500 instead of dropping the connection;
 /// 2. `SetSensitiveRequestHeadersLayer`: caller credentials are marked sensitive for any logging;
 /// 3. request id: keep or generate `x-request-id`, echo it on the response;
 /// 4. metrics: count by route template and status, duration and evalgate overhead;
-/// 5. the Valiqor handler, which applies, in order: route table, admission (max in flight),
-///    rate limits, body limit, BYOK, cache, forward (all under `server.request_timeout`).
+/// 5. the native routes (labelled by their matched template), else the Valiqor handler, which
+///    applies, in order: route table, admission (max in flight), rate limits, body limit, BYOK,
+///    cache, forward (all under `server.request_timeout`).
 pub fn api_router(state: AppState) -> Router {
     Router::new()
         .merge(jobs::router())
         .merge(webhooks::router())
+        .route("/openapi.json", get(openapi::serve))
+        .route_layer(middleware::from_fn(label_route))
         .fallback(valiqor::handle)
         .with_state(state)
         .layer(middleware::from_fn(mw::metrics::layer))
@@ -36,4 +55,28 @@ pub fn api_router(state: AppState) -> Router {
             http::header::COOKIE,
         ]))
         .layer(CatchPanicLayer::new())
+}
+
+/// Labels a native route's response with its matched template, for the metrics layer.
+async fn label_route(request: Request, next: Next) -> Response {
+    let label = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| RouteLabel(path.as_str().to_owned().into()));
+    let mut response = next.run(request).await;
+    if let Some(label) = label {
+        response.extensions_mut().insert(label);
+    }
+    response
+}
+
+/// Reads a whole request body, held to `limit` bytes as it streams in (413 beyond it).
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge { limit }),
+        Err(_) => Err(ApiError::BadRequest(
+            "the request body could not be read".to_owned(),
+        )),
+    }
 }

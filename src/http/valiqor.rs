@@ -10,30 +10,28 @@ use axum::{
     extract::{Request, State},
     response::{IntoResponse, Response},
 };
-use bytes::Bytes;
 use futures::StreamExt;
 use http::{
     HeaderValue, Method, StatusCode,
     header::{AGE, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING},
     request::Parts,
 };
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Limited};
 
 use super::{
-    byok,
+    error::ApiError,
     headers::{self, CACHE_STATUS},
+    read_body,
     routes::{Handling, Resolved},
     valiqor_jobs,
 };
 use crate::{
     batching::Submission,
     cache::{CacheKey, StoredResponse},
-    error::ApiError,
-    jobs::service,
     middleware::metrics::{RouteLabel, UpstreamElapsed},
     state::{AppState, InFlight},
     telemetry,
-    upstream::{UpstreamError, UpstreamRequest},
+    upstream::{RequestBody, UpstreamError, UpstreamRequest},
 };
 
 /// Entry point for every API-port request.
@@ -64,7 +62,9 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
     tracing::Span::current().record("status", response.status().as_u16());
     tracing::debug!("request served");
     let mut response = response;
-    response.extensions_mut().insert(RouteLabel(template));
+    response
+        .extensions_mut()
+        .insert(RouteLabel(metrics::SharedString::const_str(template)));
     response
 }
 
@@ -78,7 +78,7 @@ async fn serve(
     // evalgate's own job ids are answered here; every other id passes through.
     if let Some(id) = valiqor_jobs::evalgate_id(request.uri().path()) {
         let id = id.to_owned();
-        return valiqor_jobs::serve(state, template, &id, request.uri().query()).await;
+        return valiqor_jobs::serve(&state.jobs, template, &id, request.uri().query()).await;
     }
     let (parts, body) = request.into_parts();
     let limit = state.config.server.max_body_bytes;
@@ -115,8 +115,13 @@ async fn forward_streaming(
 ) -> Result<Response, ApiError> {
     let limit = state.config.server.max_body_bytes;
     let has_body = !http_body::Body::is_end_stream(&body);
-    let body =
-        has_body.then(|| reqwest::Body::wrap_stream(Limited::new(body, limit).into_data_stream()));
+    let body = if has_body {
+        RequestBody::Stream(reqwest::Body::wrap_stream(
+            Limited::new(body, limit).into_data_stream(),
+        ))
+    } else {
+        RequestBody::Empty
+    };
     let request = UpstreamRequest {
         headers: headers::to_upstream(&parts.headers, true),
         method: parts.method,
@@ -144,15 +149,11 @@ async fn forward_submit(
     let managed = valiqor_jobs::managed_kind(template, &parts.method)
         .and_then(|kind| Submission::parse(original.clone()).ok().map(|s| (kind, s)));
     let managed = match managed {
-        Some((kind, submission)) if service::exceeds_limits(state, kind, &submission) => {
-            return valiqor_jobs::accept(state, kind, submission, None, &parts.headers).await;
+        Some((kind, submission)) if state.jobs.exceeds_limits(kind, &submission) => {
+            return valiqor_jobs::accept(&state.jobs, kind, submission, None, &parts.headers).await;
         }
         other => other,
     };
-    let valiqor = &state.config.valiqor;
-    let key = valiqor.openai_api_key.as_ref().map(|k| k.expose().as_str());
-    let bytes = byok::apply(original, valiqor.byok, key)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let parts_headers = parts.headers.clone();
     let mut headers = headers::to_upstream(&parts.headers, false);
     // The body was just validated as JSON, whatever the caller labelled it (curl -d sends a form type).
@@ -162,7 +163,8 @@ async fn forward_submit(
         method: parts.method,
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
-        body: Some(reqwest::Body::from(bytes)),
+        // The client applies the BYOK judge key (and refuses a body that is not a JSON object).
+        body: RequestBody::Submit(original),
         body_limit: limit,
     };
     let (upstream, elapsed) = send_upstream(state, request).await?;
@@ -183,8 +185,14 @@ async fn forward_submit(
             max_allowed,
             "upstream refused the dataset as too large; batching it"
         );
-        return valiqor_jobs::accept(state, kind, submission, Some(max_allowed), &parts_headers)
-            .await;
+        return valiqor_jobs::accept(
+            &state.jobs,
+            kind,
+            submission,
+            Some(max_allowed),
+            &parts_headers,
+        )
+        .await;
     }
     let mut response = Response::new(Body::from(answer));
     *response.status_mut() = status;
@@ -211,16 +219,6 @@ fn dataset_too_large(body: &[u8]) -> Option<usize> {
             .unwrap_or(1)
             .max(1)
     })
-}
-
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge { limit }),
-        Err(_) => Err(ApiError::BadRequest(
-            "the request body could not be read".to_owned(),
-        )),
-    }
 }
 
 /// Sends upstream and streams the answer back; the admission slot is held until the body ends.
@@ -319,7 +317,7 @@ async fn fetch_for_cache(state: &AppState, parts: &Parts) -> Result<StoredRespon
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
         headers: headers::to_upstream_for_cache(&parts.headers),
-        body: None,
+        body: RequestBody::Empty,
         body_limit: 0,
     };
     let started = Instant::now();

@@ -8,15 +8,16 @@ use axum::{
 use http::{Method, StatusCode, header};
 use serde_json::{Value, json};
 
+use super::error::ApiError;
 use crate::{
     batching::Submission,
-    error::ApiError,
     jobs::{
-        JobKind,
-        service::{self, JobRequest},
+        error::JobsError,
+        service::{JobRequest, JobService},
+        view,
     },
-    state::AppState,
-    store::{JobRecord, Origin},
+    store::JobRecord,
+    types::{JobId, JobKind, Origin},
 };
 
 /// The submit templates that batch transparently, and their kind.
@@ -52,13 +53,13 @@ fn status_path(kind: JobKind, id: &str) -> String {
 /// Creates the managed job and answers the SDK's 202 (reference §5.2: `job_id`, `run_id` equal to
 /// it for `evaluate()`, `total_items`).
 pub async fn accept(
-    state: &AppState,
+    jobs: &JobService,
     kind: JobKind,
     submission: Submission,
     upstream_max_items: Option<usize>,
     headers: &http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    let webhook = webhook_from_headers(state, headers)?;
+    let webhook = webhook_from_headers(jobs, headers)?;
     let request = JobRequest {
         kind,
         submission,
@@ -67,7 +68,7 @@ pub async fn accept(
         origin: Origin::Valiqor,
         upstream_max_items,
     };
-    let (record, _) = service::submit(state, request).await?;
+    let (record, _) = jobs.submit(request).await?;
     let id = record.id.as_str();
     let body = json!({
         "job_id": id,
@@ -87,7 +88,7 @@ pub const WEBHOOK_SECRET: &str = "x-evalgate-webhook-secret";
 
 /// The webhook target from `x-evalgate-webhook-url` / `-secret` (both or neither), validated.
 fn webhook_from_headers(
-    state: &AppState,
+    jobs: &JobService,
     headers: &http::HeaderMap,
 ) -> Result<Option<String>, ApiError> {
     let get = |name: &str| {
@@ -100,9 +101,7 @@ fn webhook_from_headers(
         (None, None) => Ok(None),
         (Some(url), Some(secret)) => {
             let raw = json!({"url": url, "secret": secret}).to_string();
-            crate::webhooks::outbox::validate(&raw, &state.webhook_policy)
-                .map(Some)
-                .map_err(ApiError::BadRequest)
+            Ok(Some(jobs.validate_webhook(&raw)?))
         }
         _ => Err(ApiError::BadRequest(format!(
             "{WEBHOOK_URL} and {WEBHOOK_SECRET} go together"
@@ -113,7 +112,7 @@ fn webhook_from_headers(
 /// The `egj_…` segment of a path, if any.
 pub fn evalgate_id(path: &str) -> Option<&str> {
     path.split('/')
-        .find(|segment| crate::jobs::JobId::is_evalgate_id(segment))
+        .find(|segment| JobId::is_evalgate_id(segment))
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -122,12 +121,16 @@ fn not_found(id: &str) -> ApiError {
 
 /// Serves a follow-up path for an evalgate job id.
 pub async fn serve(
-    state: &AppState,
+    jobs: &JobService,
     template: &'static str,
     id: &str,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let record = service::get(state, id).await.map_err(|_| not_found(id))?;
+    // Only a job that does not exist is "not found": a store that fails is a 503 or a 500.
+    let record = jobs.get(id).await.map_err(|error| match error {
+        JobsError::NotFound(_) => not_found(id),
+        other => ApiError::from(other),
+    })?;
     match template {
         "/v2/failure-analysis/runs/{id}/status"
         | "/v2/evaluate/jobs/{id}/status"
@@ -135,7 +138,7 @@ pub async fn serve(
         "/v2/failure-analysis/runs/{id}/cancel"
         | "/v2/evaluate/jobs/{id}/cancel"
         | "/v2/security/jobs/{id}/cancel" => {
-            let record = service::cancel(state, id).await?;
+            let record = jobs.cancel(id).await?;
             let status = record.state.sdk_status();
             Ok(Json(
                 json!({"status": status, "message": format!("job {id} is {status}"), "job_id": id}),
@@ -144,14 +147,14 @@ pub async fn serve(
         }
         "/v2/failure-analysis/runs/{id}"
         | "/v2/evaluate/runs/{id}"
-        | "/v2/security/audit/batches/{id}" => result_or_placeholder(state, &record).await,
+        | "/v2/security/audit/batches/{id}" => result_or_placeholder(jobs, record).await,
         "/v2/failure-analysis/runs/{id}/inputs" => {
-            let result = merged(state, &record).await?;
+            let result = merged(jobs, record).await?;
             let inputs = result.get("inputs").cloned().unwrap_or_else(|| json!([]));
             Ok(Json(json!({"inputs": inputs})).into_response())
         }
         "/v2/failure-analysis/runs/{id}/tags" => {
-            let result = merged(state, &record).await?;
+            let result = merged(jobs, record).await?;
             let tags = filter_tags(result.get("failure_tags"), query);
             Ok(Json(json!({"tags": tags})).into_response())
         }
@@ -163,7 +166,7 @@ pub async fn serve(
 
 /// The status object of reference §5.3.
 fn status_body(record: &JobRecord) -> Value {
-    let (progress, current) = service::progress(record);
+    let (progress, current) = view::progress(record);
     let remaining = record
         .started_at
         .filter(|_| progress > 0.0 && progress < 100.0)
@@ -172,7 +175,7 @@ fn status_body(record: &JobRecord) -> Value {
                 clippy::cast_precision_loss,
                 reason = "milliseconds since start fit easily"
             )]
-            let elapsed = (crate::store::now_millis() - started).max(0) as f64 / 1000.0;
+            let elapsed = (crate::types::now_millis() - started).max(0) as f64 / 1000.0;
             (elapsed * (100.0 - progress) / progress).round()
         });
     json!({
@@ -182,24 +185,29 @@ fn status_body(record: &JobRecord) -> Value {
         "progress_percent": (progress * 10.0).round() / 10.0,
         "current_item": current,
         "total_items": record.total_items,
-        "started_at": record.started_at.map(service::rfc3339),
-        "finished_at": record.finished_at.map(service::rfc3339),
+        "started_at": record.started_at.map(crate::types::rfc3339),
+        "finished_at": record.finished_at.map(crate::types::rfc3339),
         "error": record.error,
         "estimated_remaining_seconds": remaining,
     })
 }
 
-async fn merged(state: &AppState, record: &JobRecord) -> Result<Value, ApiError> {
+async fn merged(jobs: &JobService, record: JobRecord) -> Result<Value, ApiError> {
     if !record.state.is_terminal() {
         return Ok(json!({}));
     }
-    let (_, bytes) = service::result(state, record.id.as_str()).await?;
-    serde_json::from_slice(&bytes).map_err(|_| ApiError::Internal)
+    let (record, bytes) = jobs.result_of(record).await?;
+    serde_json::from_slice(&bytes).map_err(|source| {
+        ApiError::from(JobsError::CorruptResult {
+            id: record.id,
+            source,
+        })
+    })
 }
 
-async fn result_or_placeholder(state: &AppState, record: &JobRecord) -> Result<Response, ApiError> {
+async fn result_or_placeholder(jobs: &JobService, record: JobRecord) -> Result<Response, ApiError> {
     if record.state.is_terminal() {
-        let (_, bytes) = service::result(state, record.id.as_str()).await?;
+        let (_, bytes) = jobs.result_of(record).await?;
         return Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response());
     }
     // Still running: the run as it stands, in the shape every result model reads.

@@ -2,7 +2,7 @@
 //! target URLs are shown with their query string masked.
 use axum::{
     Json, Router,
-    extract::{Path, Query, State, rejection::QueryRejection},
+    extract::{FromRef, Path, Query, State, rejection::QueryRejection},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -10,22 +10,29 @@ use axum::{
 use serde::Deserialize;
 use serde_json::json;
 
+use super::error::{ApiError, V1Error};
 use crate::{
-    error::{ApiError, V1Error},
-    jobs::service,
+    jobs::{error::JobsError, service::JobService},
     state::AppState,
-    store::DeliveryState,
+    store::{DeliveryState, StoreError},
 };
 
-pub fn router() -> Router<AppState> {
+pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/webhooks/deliveries", get(list))
         .route("/v1/webhooks/deliveries/{id}/replay", post(replay))
         .route("/v1/jobs/{id}/webhooks/replay", post(replay_job))
 }
 
-fn labelled(result: Result<Response, ApiError>, route: &'static str) -> Response {
-    super::jobs::labelled(result.unwrap_or_else(|e| V1Error(e).into_response()), route)
+fn labelled(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(|e| V1Error(e).into_response())
+}
+
+/// A store error as the caller sees it: transient ones are a 503 with `Retry-After`.
+fn store_error(state: &AppState) -> impl Fn(StoreError) -> ApiError {
+    let retry_after =
+        std::time::Duration::from_secs(u64::from(state.config.server.retry_after_secs));
+    move |error| ApiError::from(JobsError::store(error, retry_after))
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,10 +69,10 @@ pub(super) async fn list(
             .store
             .list_deliveries(params.job_id, status, limit)
             .await
-            .map_err(service::store_error)?;
+            .map_err(store_error(&state))?;
         Ok(Json(json!({"deliveries": deliveries})).into_response())
     };
-    labelled(run.await, "/v1/webhooks/deliveries")
+    labelled(run.await)
 }
 
 /// Sends a delivery again (same `webhook-id`), whatever its state; its schedule restarts.
@@ -77,7 +84,7 @@ pub(super) async fn replay(State(state): State<AppState>, Path(id): Path<String>
             .store
             .list_deliveries(None, None, usize::MAX >> 1)
             .await
-            .map_err(service::store_error)?;
+            .map_err(store_error(&state))?;
         let Some(current) = known.iter().find(|d| d.id == id) else {
             return Err(ApiError::NotFound(format!("delivery {id} not found")));
         };
@@ -90,7 +97,7 @@ pub(super) async fn replay(State(state): State<AppState>, Path(id): Path<String>
             .store
             .replay_delivery(&id)
             .await
-            .map_err(service::store_error)?;
+            .map_err(store_error(&state))?;
         state.webhooks.wake();
         Ok((
             StatusCode::ACCEPTED,
@@ -98,7 +105,7 @@ pub(super) async fn replay(State(state): State<AppState>, Path(id): Path<String>
         )
             .into_response())
     };
-    labelled(run.await, "/v1/webhooks/deliveries/{id}/replay")
+    labelled(run.await)
 }
 
 /// Replays every dead-lettered delivery of a job.
@@ -106,12 +113,12 @@ pub(super) async fn replay(State(state): State<AppState>, Path(id): Path<String>
     responses((status = 202), (status = 404)))]
 pub(super) async fn replay_job(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     let run = async {
-        let record = service::get(&state, &id).await?;
+        let record = JobService::from_ref(&state).get(&id).await?;
         let replayed = state
             .store
             .replay_dead(&record.id)
             .await
-            .map_err(service::store_error)?;
+            .map_err(store_error(&state))?;
         if replayed > 0 {
             state.webhooks.wake();
         }
@@ -121,5 +128,5 @@ pub(super) async fn replay_job(State(state): State<AppState>, Path(id): Path<Str
         )
             .into_response())
     };
-    labelled(run.await, "/v1/jobs/{id}/webhooks/replay")
+    labelled(run.await)
 }

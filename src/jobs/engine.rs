@@ -21,23 +21,23 @@ use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::{sync::CancellationToken, time::DelayQueue};
 
 use super::{
-    BatchState, JobId, JobKind, JobState,
+    finish::{Ending, Finisher},
     hub::{JobEvent, JobHub},
     limits::LearnedLimits,
-    merge,
+    merge, transition,
+    view::evalgate_section,
 };
 use crate::{
     batching::{BatchLimits, Submission},
-    config::{ByokMode, Config, FailurePolicy},
+    config::Config,
     error::ErrorChain,
-    http::byok,
     retry::{Backoff, eta_from_progress},
-    store::{BatchUpdate, JobStore, NewBatch, now_millis},
+    store::{BatchUpdate, JobStore, NewBatch},
+    types::{BatchState, JobId, JobKind, now_millis},
     upstream::{
         UpstreamClient,
         jobs::{Failure, PollOutcome, SubmitOutcome},
     },
-    webhooks::dispatcher::WebhookWaker,
 };
 
 /// Commands from the API to the engine.
@@ -98,7 +98,7 @@ struct Ctx {
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     backoff: Backoff,
     learned: Arc<LearnedLimits>,
-    webhooks: WebhookWaker,
+    finisher: Finisher,
 }
 
 #[derive(Debug)]
@@ -113,13 +113,13 @@ const COMMAND_CAPACITY: usize = 1024;
 const REAP_EVERY: Duration = Duration::from_secs(600);
 
 impl JobEngine {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn JobStore>,
         upstream: UpstreamClient,
         hub: JobHub,
         config: Arc<Config>,
         learned: Arc<LearnedLimits>,
-        webhooks: WebhookWaker,
+        finisher: Finisher,
     ) -> (Self, EngineHandle) {
         let (tx, commands) = mpsc::channel(COMMAND_CAPACITY);
         let limiter = NonZeroU32::new(config.jobs.upstream_per_second)
@@ -137,7 +137,7 @@ impl JobEngine {
                 limiter,
                 backoff,
                 learned,
-                webhooks,
+                finisher,
             },
             commands,
         };
@@ -303,17 +303,6 @@ impl Ctx {
         }
     }
 
-    fn byok(&self, body: Bytes) -> Result<Bytes, byok::ByokError> {
-        let valiqor = &self.config.valiqor;
-        let key = valiqor.openai_api_key.as_ref().map(|k| k.expose().as_str());
-        let mode = if key.is_some() {
-            valiqor.byok
-        } else {
-            ByokMode::Off
-        };
-        byok::apply(body, mode, key)
-    }
-
     #[tracing::instrument(skip_all, fields(job_id = %work.job, batch = work.idx, action = ?work.action))]
     async fn process(&self, work: Work) -> Next {
         let result = match work.action {
@@ -367,7 +356,6 @@ impl Ctx {
         self.hub.publish(JobEvent {
             job_id: job.clone(),
             name,
-            seq: 0,
             data,
         });
     }
@@ -398,18 +386,7 @@ impl Ctx {
         if !self.store.update_batch(mark).await? {
             return Ok(Next::default());
         }
-        let body = match self.byok(Submission::batch_body(&batch.members, &batch.payload)) {
-            Ok(body) => body,
-            Err(error) => {
-                return self
-                    .fail_batch(
-                        work,
-                        &batch,
-                        format!("batch body is not valid JSON: {error}"),
-                    )
-                    .await;
-            }
-        };
+        let body = Submission::batch_body(&batch.members, &batch.payload);
         let outcome = self
             .upstream
             .submit_batch(batch.kind, body, work.job.as_str())
@@ -783,10 +760,6 @@ impl Ctx {
         }
     }
 
-    #[expect(
-        clippy::too_many_lines,
-        reason = "decide, merge and commit in one readable sequence"
-    )]
     async fn try_finalize(&self, job: &JobId) -> Result<(), crate::store::StoreError> {
         let Some(record) = self.store.job(job).await? else {
             return Ok(());
@@ -794,152 +767,104 @@ impl Ctx {
         if record.state.is_terminal() {
             return Ok(());
         }
-        let failed: Vec<_> = record
+        let batches: Vec<_> = record
             .batches
             .iter()
-            .filter(|b| b.state == BatchState::Failed)
+            .map(|b| (b.state, b.error.as_deref()))
             .collect();
-        let fail_fast =
-            self.config.jobs.failure_policy == FailurePolicy::FailFast && !failed.is_empty();
-        if !fail_fast && !record.batches.iter().all(|b| b.state.is_terminal()) {
+        let Some(end) = transition::end_of(&batches, self.config.jobs.failure_policy) else {
+            return Ok(());
+        };
+        let results = self.store.batch_results(job).await?;
+        let (end, merged) = if results.is_empty() {
+            (end, None)
+        } else {
+            match self.merge(&record, results).await? {
+                Ok(bytes) => (end, Some(bytes)),
+                Err(reason) => {
+                    tracing::error!(reason, "merging the batch results failed; the job fails");
+                    (transition::merge_failed(end, &reason), None)
+                }
+            }
+        };
+        let cancel_running = end.cancel_running;
+        let state = end.state;
+        let ending = Ending {
+            state,
+            error: end.error,
+            result: merged,
+        };
+        if !self.finisher.finish(&record, ending).await? {
             return Ok(());
         }
-        let completed = record
-            .batches
-            .iter()
-            .filter(|b| b.state == BatchState::Completed)
-            .count();
-        let cancelled = record
-            .batches
-            .iter()
-            .filter(|b| b.state == BatchState::Cancelled)
-            .count();
-        let state = if fail_fast {
-            JobState::Failed
-        } else if completed == record.batches.len() {
-            JobState::Completed
-        } else if completed > 0 {
-            JobState::CompletedWithErrors
-        } else if cancelled > 0 && failed.is_empty() {
-            JobState::Cancelled
-        } else {
-            JobState::Failed
-        };
-        let error = (!failed.is_empty()).then(|| {
-            let first = failed[0].error.clone().unwrap_or_default();
-            format!(
-                "{} of {} batches failed; first error: {first}",
-                failed.len(),
-                record.batches.len()
-            )
-        });
-        let results = self.store.batch_results(job).await?;
-        let merged = if results.is_empty() {
-            None
-        } else {
-            let duration_ms = u64::try_from(
-                now_millis().saturating_sub(record.started_at.unwrap_or(record.created_at)),
-            )
-            .unwrap_or(0);
-            let section = evalgate_section(&record);
-            let kind = record.kind;
-            let id = job.as_str().to_owned();
-            // Merging parses every batch result: CPU work that stays off the async workers.
-            let merged = tokio::task::spawn_blocking(move || {
-                let batches: Vec<merge::BatchResult<'_>> = results
-                    .iter()
-                    .map(|(start, count, result)| merge::BatchResult {
-                        item_start: *start,
-                        item_count: *count,
-                        result,
-                    })
-                    .collect();
-                let ctx = merge::MergeContext {
-                    job_id: &id,
-                    // What was merged: failed batches are listed in the `evalgate` section instead.
-                    total_items: results.iter().map(|(_, count, _)| count).sum(),
-                    duration_ms,
-                };
-                merge::merge_with_section(kind, &batches, &ctx, Some(("evalgate", &section)))
-            })
-            .await?;
-            match merged {
-                Ok(bytes) => Some(bytes),
-                Err(error) => {
-                    tracing::error!(error = %error, "merging batch results failed");
-                    None
-                }
-            }
-        };
-        let status = crate::webhooks::outbox::final_status(&record, state, error.as_deref());
-        let deliveries = crate::webhooks::outbox::deliveries(
-            &self.config.webhooks,
-            &record,
-            state,
-            &status,
-            merged.as_ref(),
-        );
-        let delivering = !deliveries.is_empty();
-        let event =
-            json!({"job_id": job.as_str(), "status": state.as_str(), "error": error}).to_string();
-        if self
-            .store
-            .finish_job(job, state, error, merged, event.clone(), deliveries)
-            .await?
-        {
-            if fail_fast {
-                // Only the finalization that ended the job cancels what still runs upstream;
-                // the store already marked those batches cancelled with the job.
-                for batch in record
-                    .batches
-                    .iter()
-                    .filter(|b| b.state == BatchState::Running)
+        if cancel_running {
+            // Only the finalization that ended the job cancels what still runs upstream; the
+            // store already marked those batches cancelled with the job.
+            for batch in record
+                .batches
+                .iter()
+                .filter(|b| b.state == BatchState::Running)
+            {
+                if let Some(id) = &batch.upstream_job_id
+                    && let Err(failure) = self
+                        .upstream
+                        .cancel_batch(record.kind, id, job.as_str())
+                        .await
                 {
-                    if let Some(id) = &batch.upstream_job_id
-                        && let Err(failure) = self
-                            .upstream
-                            .cancel_batch(record.kind, id, job.as_str())
-                            .await
-                    {
-                        tracing::warn!(
-                            ?failure,
-                            upstream_job_id = id,
-                            "fail-fast: could not cancel a batch"
-                        );
-                    }
+                    tracing::warn!(
+                        ?failure,
+                        upstream_job_id = id,
+                        "fail-fast: could not cancel a batch"
+                    );
                 }
             }
-            if delivering {
-                self.webhooks.wake();
-            }
-            tracing::info!(
-                state = state.as_str(),
-                batches = record.batches.len(),
-                "job finished"
-            );
-            self.hub.publish(JobEvent {
-                job_id: job.clone(),
-                name: state.sdk_status_event(),
-                seq: 0,
-                data: event,
-            });
         }
+        tracing::info!(
+            state = state.as_str(),
+            batches = record.batches.len(),
+            "job finished"
+        );
         Ok(())
     }
-}
 
-/// The `evalgate` object added to every merged result: the batches and any failed ones.
-pub fn evalgate_section(record: &crate::store::JobRecord) -> serde_json::Value {
-    let batches: Vec<_> = record
-        .batches
-        .iter()
-        .map(|b| json!({"index": b.idx, "items": [b.item_start, b.item_end], "status": b.state.as_str(), "upstream_job_id": b.upstream_job_id, "error": b.error}))
-        .collect();
-    let failed: Vec<_> = record
-        .batches
-        .iter()
-        .filter(|b| matches!(b.state, BatchState::Failed | BatchState::Cancelled))
-        .map(|b| json!({"index": b.idx, "items": [b.item_start, b.item_end], "status": b.state.as_str(), "error": b.error}))
-        .collect();
-    json!({"job_id": record.id.as_str(), "total_items": record.total_items, "batches": batches, "failed_batches": failed})
+    /// Merges the completed batches' results off the async workers. `Ok(Err(reason))`: the merge
+    /// failed (unreadable results, or a bug that panicked): the job cannot have a result.
+    async fn merge(
+        &self,
+        record: &crate::store::JobRecord,
+        results: Vec<crate::store::CompletedBatch>,
+    ) -> Result<Result<Bytes, String>, crate::store::StoreError> {
+        let duration_ms = u64::try_from(
+            now_millis().saturating_sub(record.started_at.unwrap_or(record.created_at)),
+        )
+        .unwrap_or(0);
+        let section = evalgate_section(record);
+        let kind = record.kind;
+        let id = record.id.as_str().to_owned();
+        let merged = tokio::task::spawn_blocking(move || {
+            let batches: Vec<merge::BatchResult<'_>> = results
+                .iter()
+                .map(|(start, count, result)| merge::BatchResult {
+                    item_start: *start,
+                    item_count: *count,
+                    result,
+                })
+                .collect();
+            let ctx = merge::MergeContext {
+                job_id: &id,
+                // What was merged: failed batches are listed in the `evalgate` section instead.
+                total_items: results.iter().map(|(_, count, _)| count).sum(),
+                duration_ms,
+            };
+            merge::merge_with_section(kind, &batches, &ctx, Some(("evalgate", &section)))
+        })
+        .await;
+        match merged {
+            Ok(Ok(bytes)) => Ok(Ok(bytes)),
+            Ok(Err(error)) => Ok(Err(ErrorChain(&error).to_string())),
+            Err(join) if join.is_panic() => Ok(Err("the merge panicked".to_owned())),
+            // Cancelled at shutdown: finalized again on the next start.
+            Err(join) => Err(join.into()),
+        }
+    }
 }

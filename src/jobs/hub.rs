@@ -3,15 +3,15 @@
 //! number of watchers.
 use tokio::sync::broadcast;
 
-use super::JobId;
+use crate::types::JobId;
 
-/// One event about one job. `seq` is the job's durable event sequence (SSE id) at the time.
+/// One event about one job, as it happened. Watchers read durable events (with their sequence
+/// numbers, the SSE ids) from the store; this only tells them when to look.
 #[derive(Debug, Clone)]
 pub struct JobEvent {
     pub job_id: JobId,
     /// `progress`, `batch`, `completed`, `failed` or `cancelled`.
     pub name: &'static str,
-    pub seq: i64,
     pub data: String,
 }
 

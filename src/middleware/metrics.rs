@@ -4,11 +4,12 @@ use std::time::{Duration, Instant};
 
 use axum::{extract::Request, middleware::Next, response::Response};
 
-use crate::{error::ErrorCode, telemetry};
+use crate::{http::error::ErrorCode, telemetry};
 
-/// The route template a response was produced for (set by the handler; a metric label).
-#[derive(Debug, Clone, Copy)]
-pub struct RouteLabel(pub &'static str);
+/// The route template a response was produced for (a metric label): set by the Valiqor handler
+/// from its route table, and from the matched path on the native routes.
+#[derive(Debug, Clone)]
+pub struct RouteLabel(pub metrics::SharedString);
 
 /// Time spent waiting for the upstream's response headers (set by the handler when it called upstream).
 #[derive(Debug, Clone, Copy)]
@@ -22,13 +23,16 @@ pub async fn layer(request: Request, next: Next) -> Response {
     let route = response
         .extensions()
         .get::<RouteLabel>()
-        .map_or("unmatched", |r| r.0);
+        .map_or(metrics::SharedString::const_str("unmatched"), |r| {
+            r.0.clone()
+        });
     let status = status_label(response.status());
-    metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route, "method" => method, "status" => status)
+    metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status)
         .increment(1);
-    metrics::histogram!(telemetry::HTTP_DURATION, "route" => route).record(total.as_secs_f64());
+    metrics::histogram!(telemetry::HTTP_DURATION, "route" => route.clone())
+        .record(total.as_secs_f64());
     if let Some(UpstreamElapsed(upstream)) = response.extensions().get::<UpstreamElapsed>() {
-        metrics::histogram!(telemetry::UPSTREAM_DURATION, "route" => route)
+        metrics::histogram!(telemetry::UPSTREAM_DURATION, "route" => route.clone())
             .record(upstream.as_secs_f64());
         metrics::histogram!(telemetry::OVERHEAD, "route" => route)
             .record(total.saturating_sub(*upstream).as_secs_f64());

@@ -7,7 +7,7 @@ use governor::{
     clock::{Clock, DefaultClock},
 };
 
-use crate::{config::RateLimitConfig, error::ApiError};
+use crate::{config::RateLimitConfig, http::error::ApiError};
 
 const DAY: Duration = Duration::from_hours(24);
 

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 pub use self::sqlite::SqliteStore;
-use crate::jobs::{BatchState, JobId, JobKind, JobState};
+use crate::types::{BatchState, JobId, JobKind, JobState};
+pub use crate::types::{Millis, Origin, now_millis};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -29,37 +30,31 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether the condition can pass by itself (a busy or full database, an I/O error, a
+    /// worker thread cancelled): callers retry or answer 503, never treat it as permanent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Sqlite(rusqlite::Error::SqliteFailure(error, _)) => matches!(
+                error.code,
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::CannotOpen
+                    | rusqlite::ErrorCode::OutOfMemory
+            ),
+            Self::Join(error) => error.is_cancelled(),
+            Self::CreateDir { .. } => true,
+            Self::Sqlite(_) | Self::TooNew { .. } | Self::Corrupt(_) => false,
+        }
+    }
+}
+
 /// (job, batch index, state) of a batch that still needs work.
 pub type UnfinishedBatch = (JobId, u32, BatchState);
 /// (`item_start`, `item_count`, result JSON) of a completed batch.
 pub type CompletedBatch = (usize, usize, Bytes);
-
-/// Milliseconds since the Unix epoch (wall clock: persisted, compared across restarts).
-pub type Millis = i64;
-
-pub fn now_millis() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// Which surface created a job (decides the id's follow-up paths and response shapes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// `POST /v1/jobs`.
-    Native,
-    /// A Valiqor submit endpoint, batched transparently behind the SDK.
-    Valiqor,
-}
-
-impl Origin {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Native => "native",
-            Self::Valiqor => "valiqor",
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct NewBatch {

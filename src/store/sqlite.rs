@@ -952,7 +952,7 @@ impl JobStore for SqliteStore {
                     .query_map([&id], |row| {
                         Ok(AttemptRecord {
                             n: to_u32(row.get(0)?),
-                            at: crate::jobs::service::rfc3339(row.get(1)?),
+                            at: crate::types::rfc3339(row.get(1)?),
                             status: row.get::<_, Option<i64>>(2)?.and_then(|s| u16::try_from(s).ok()),
                             latency_ms: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
                             error: row.get(4)?,
@@ -961,14 +961,14 @@ impl JobStore for SqliteStore {
                     .collect::<Result<Vec<_>, _>>()?;
                 out.push(DeliveryRecord {
                     url: mask_query(&url),
-                    next_attempt_at: (state == "pending").then(|| crate::jobs::service::rfc3339(next_at)),
+                    next_attempt_at: (state == "pending").then(|| crate::types::rfc3339(next_at)),
                     status: state,
                     id,
                     job_id,
                     event,
                     attempts,
-                    created_at: crate::jobs::service::rfc3339(created_at),
-                    delivered_at: delivered_at.map(crate::jobs::service::rfc3339),
+                    created_at: crate::types::rfc3339(created_at),
+                    delivered_at: delivered_at.map(crate::types::rfc3339),
                 });
             }
             Ok(out)

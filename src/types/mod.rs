@@ -1,4 +1,18 @@
-//! Small domain newtypes shared across modules.
-pub mod secret;
+//! The ground floor: small domain types every layer shares. Imports nothing of the crate.
+//!
+//! Ids, the job and batch vocabularies, wall-clock timestamps, header names and the redacting
+//! `Secret`. Anything here is plain data with no I/O.
+mod ids;
+mod secret;
+mod states;
+mod time;
 
-pub use secret::Secret;
+pub use self::{
+    ids::{JOB_ID_PREFIX, JobId},
+    secret::{REDACTED, Secret},
+    states::{BatchState, JobKind, JobState, Origin},
+    time::{Millis, now_millis, rfc3339},
+};
+
+/// The request id header: kept from the caller or generated, echoed on the response, sent upstream.
+pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");

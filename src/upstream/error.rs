@@ -17,6 +17,9 @@ pub enum UpstreamError {
     /// The upstream's answer broke off or was larger than evalgate buffers.
     #[error("the upstream's answer could not be read completely")]
     Incomplete,
+    /// A submit body that is not a JSON object: refused before anything was sent.
+    #[error("{0}")]
+    NotAJsonObject(#[source] super::byok::ByokError),
     /// The caller's streamed body went over `server.max_body_bytes`.
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
@@ -47,7 +50,7 @@ impl UpstreamError {
     /// Whether the failed request certainly did not reach the upstream, so a replay cannot
     /// repeat a side effect (the SDK replays a 503 once).
     pub fn never_reached_upstream(&self) -> bool {
-        matches!(self, Self::Connect(_))
+        matches!(self, Self::Connect(_) | Self::NotAJsonObject(_))
     }
 
     /// Low-cardinality label for metrics.
@@ -58,6 +61,7 @@ impl UpstreamError {
             Self::Transport(_) => "transport_error",
             Self::Incomplete => "incomplete",
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::NotAJsonObject(_) => "invalid_body",
         }
     }
 }

@@ -6,8 +6,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header::CONTENT_TYPE};
 use serde::Deserialize;
 
-use super::{UpstreamClient, UpstreamError, UpstreamRequest};
-use crate::jobs::JobKind;
+use super::{RequestBody, UpstreamClient, UpstreamError, UpstreamRequest};
+use crate::types::JobKind;
 
 /// The upstream's answer to a batch submit.
 #[derive(Debug)]
@@ -57,9 +57,15 @@ pub enum Failure {
 
 impl Failure {
     fn from_error(error: &UpstreamError) -> Self {
-        Self::Transient {
-            reason: error.to_string(),
-            retry_after: None,
+        match error {
+            // The batch body itself is unusable: sending it again cannot help.
+            UpstreamError::NotAJsonObject(_) => {
+                Self::Permanent(format!("batch body is not valid JSON: {error}"))
+            }
+            _ => Self::Transient {
+                reason: error.to_string(),
+                retry_after: None,
+            },
         }
     }
 
@@ -225,14 +231,14 @@ impl UpstreamClient {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
         if let Ok(id) = HeaderValue::try_from(request_id) {
-            headers.insert(crate::http::headers::REQUEST_ID, id);
+            headers.insert(crate::types::REQUEST_ID, id);
         }
         let request = UpstreamRequest {
             method,
             path,
             query: query.map(str::to_owned),
             headers,
-            body: body.map(reqwest::Body::from),
+            body: body.map_or(RequestBody::Empty, RequestBody::Submit),
             body_limit: usize::MAX,
         };
         let response = self
@@ -252,7 +258,7 @@ impl UpstreamClient {
         })
     }
 
-    /// Submits one batch body (already carrying the BYOK key).
+    /// Submits one batch body; the client applies the BYOK judge key to it.
     pub async fn submit_batch(
         &self,
         kind: JobKind,

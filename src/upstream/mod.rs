@@ -1,6 +1,7 @@
 //! `UpstreamClient`: the one HTTP client toward the evaluation platform, with the platform key injected.
 //!
 //! It knows the base URL, timeouts, pooling and the credential; it does not know which caller asked.
+pub mod byok;
 pub mod error;
 pub mod jobs;
 
@@ -9,11 +10,15 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, header::AUTHORIZATION};
 use url::Url;
 
 pub use self::error::UpstreamError;
-use crate::config::ValiqorConfig;
+use crate::{
+    config::{ByokMode, ValiqorConfig},
+    types::Secret,
+};
 
 /// Opaque identity of the credential evalgate uses upstream (a hash, never the key), so that
 /// caches keep answers of different credentials apart once several keys exist.
@@ -30,15 +35,34 @@ pub struct UpstreamRequest {
     pub query: Option<String>,
     /// Headers already cleaned of hop-by-hop and credential headers.
     pub headers: HeaderMap,
-    /// `None` sends no body at all (GETs, body-less POSTs).
-    pub body: Option<reqwest::Body>,
+    pub body: RequestBody,
     /// The limit the body is held to, to classify a body-limit failure.
     pub body_limit: usize,
+}
+
+/// What a request carries.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// No body at all (GETs, body-less POSTs).
+    Empty,
+    /// Streamed as it arrives, byte for byte.
+    Stream(reqwest::Body),
+    /// A submit body (a JSON object): the client applies the BYOK judge key before sending, so
+    /// no submit path can forget it. A body that is not a JSON object is refused unsent.
+    Submit(Bytes),
+}
+
+/// The BYOK judge key and how it applies (`Off` when no key is configured).
+#[derive(Debug, Clone)]
+struct Judge {
+    mode: ByokMode,
+    key: Option<Secret<String>>,
 }
 
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
     http: reqwest::Client,
+    judge: Judge,
     /// Base URL as a string without a trailing slash; paths are appended as-is.
     base: String,
     authorization: HeaderValue,
@@ -76,12 +100,28 @@ impl UpstreamClient {
         authorization.set_sensitive(true);
         let mut hasher = DefaultHasher::new();
         config.api_key.expose().hash(&mut hasher);
+        let key = config.openai_api_key.clone();
+        let judge = Judge {
+            mode: if key.is_some() {
+                config.byok
+            } else {
+                ByokMode::Off
+            },
+            key,
+        };
         Ok(Self {
             http,
+            judge,
             base: base_string(&config.base_url),
             authorization,
             credential: CredentialId(hasher.finish()),
         })
+    }
+
+    /// Applies the BYOK judge key to a submit body (validating it as a JSON object).
+    fn with_judge_key(&self, body: Bytes) -> Result<Bytes, byok::ByokError> {
+        let key = self.judge.key.as_ref().map(|k| k.expose().as_str());
+        byok::apply(body, self.judge.mode, key)
     }
 
     pub fn credential(&self) -> CredentialId {
@@ -107,8 +147,15 @@ impl UpstreamClient {
         let mut headers = request.headers;
         headers.insert(AUTHORIZATION, self.authorization.clone());
         let mut builder = self.http.request(request.method, url).headers(headers);
-        if let Some(body) = request.body {
-            builder = builder.body(body);
+        match request.body {
+            RequestBody::Empty => {}
+            RequestBody::Stream(body) => builder = builder.body(body),
+            RequestBody::Submit(body) => {
+                builder = builder.body(
+                    self.with_judge_key(body)
+                        .map_err(UpstreamError::NotAJsonObject)?,
+                );
+            }
         }
         builder
             .send()
@@ -140,6 +187,10 @@ mod tests {
         assert_eq!(base, "https://api.example.com/prefix");
         let client = UpstreamClient {
             http: reqwest::Client::builder().build().unwrap(),
+            judge: Judge {
+                mode: ByokMode::Off,
+                key: None,
+            },
             base,
             authorization: HeaderValue::from_static("Bearer x"),
             credential: CredentialId(0),

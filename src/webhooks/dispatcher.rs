@@ -139,19 +139,28 @@ impl WebhookDispatcher {
         }
     }
 
-    /// The signing secrets of a delivery's target.
-    async fn secrets(&self, work: &DeliveryWork) -> Result<Vec<SigningSecret>, String> {
+    /// The signing secrets of a delivery's target. A store that fails for a moment makes this
+    /// attempt fail (retried on the schedule); a target that is gone or unreadable ends the delivery.
+    async fn secrets(&self, work: &DeliveryWork) -> Result<Vec<SigningSecret>, Failure> {
         if work.target == "job" {
-            let record = self
-                .store
-                .job(&work.job_id)
-                .await
-                .map_err(|e| e.to_string())?;
+            let record = self.store.job(&work.job_id).await.map_err(|error| {
+                let reason = format!(
+                    "the job's webhook could not be read: {}",
+                    ErrorChain(&error)
+                );
+                if error.is_transient() {
+                    Failure::Attempt(reason)
+                } else {
+                    Failure::Permanent(reason)
+                }
+            })?;
             let webhook = record
                 .and_then(|r| r.webhook)
-                .ok_or_else(|| "the job's webhook is gone".to_owned())?;
-            let webhook: JobWebhook = serde_json::from_str(&webhook).map_err(|e| e.to_string())?;
-            return webhook.secrets();
+                .ok_or_else(|| Failure::Permanent("the job's webhook is gone".to_owned()))?;
+            let webhook = JobWebhook::from_stored(&webhook).map_err(|e| {
+                Failure::Permanent(format!("the job's stored webhook is unreadable: {e}"))
+            })?;
+            return webhook.secrets().map_err(Failure::Permanent);
         }
         let url = work.target.strip_prefix("endpoint:").unwrap_or(&work.url);
         let endpoint = self
@@ -160,11 +169,13 @@ impl WebhookDispatcher {
             .endpoints
             .iter()
             .find(|e| e.url == url)
-            .ok_or_else(|| "the endpoint is no longer configured".to_owned())?;
+            .ok_or_else(|| Failure::Permanent("the endpoint is no longer configured".to_owned()))?;
         endpoint
             .secrets
             .iter()
-            .map(|s| SigningSecret::parse(s.expose()).map_err(|e| e.to_string()))
+            .map(|s| {
+                SigningSecret::parse(s.expose()).map_err(|e| Failure::Permanent(e.to_string()))
+            })
             .collect()
     }
 
@@ -275,17 +286,22 @@ impl WebhookDispatcher {
 
     /// One HTTP attempt. `Err(Permanent)` ends the delivery; `Err(Attempt)` is one failed try.
     async fn send(&self, work: &DeliveryWork) -> Result<(StatusCode, Option<Duration>), Failure> {
-        if self
+        let disabled = self
             .store
             .is_target_disabled(&work.url)
             .await
-            .unwrap_or(false)
-        {
+            .map_err(|error| {
+                Failure::Attempt(format!(
+                    "could not read whether the target is disabled: {}",
+                    ErrorChain(&error)
+                ))
+            })?;
+        if disabled {
             return Err(Failure::Permanent(
                 "the target answered 410 Gone earlier and is disabled".to_owned(),
             ));
         }
-        let secrets = self.secrets(work).await.map_err(Failure::Permanent)?;
+        let secrets = self.secrets(work).await?;
         if secrets.is_empty() {
             return Err(Failure::Permanent("no signing secret".to_owned()));
         }

@@ -7,8 +7,8 @@ use serde_json::{Value, value::RawValue};
 use super::{signing, ssrf::TargetPolicy};
 use crate::{
     config::{WEBHOOK_EVENTS, WebhooksConfig},
-    jobs::JobState,
-    store::{JobRecord, NewDelivery},
+    store::NewDelivery,
+    types::{JobId, JobState},
 };
 
 /// A job's own webhook target, as given on submit and stored with the job.
@@ -39,6 +39,11 @@ impl OneOrMany {
 }
 
 impl JobWebhook {
+    /// Reads a target as `validate` stored it.
+    pub fn from_stored(raw: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(raw)
+    }
+
     pub fn secrets(&self) -> Result<Vec<signing::SigningSecret>, String> {
         self.secret
             .as_slice()
@@ -105,23 +110,21 @@ struct Data<'a> {
     result_url: Option<String>,
 }
 
-/// The outbox rows for a job ending in `state`: one per subscribed target (the job's own, then
-/// every configured endpoint). `status` is the job's final status view; the result travels
-/// inline up to `max_inline_result_bytes`, else as a `result_url`.
+/// The outbox rows for job `job` ending in `state`: one per subscribed target (the job's own
+/// target, then every configured endpoint). `status` is the job's final status view; the result
+/// travels inline up to `max_inline_result_bytes`, else as a `result_url`.
 pub fn deliveries(
     config: &WebhooksConfig,
-    record: &JobRecord,
+    job: &JobId,
+    job_target: Option<&JobWebhook>,
     state: JobState,
     status: &Value,
     result: Option<&Bytes>,
-) -> Vec<NewDelivery> {
+) -> Result<Vec<NewDelivery>, serde_json::Error> {
     let event = event_for(state);
-    let job_target = record
-        .webhook
-        .as_deref()
-        .and_then(|raw| serde_json::from_str::<JobWebhook>(raw).ok())
+    let job_target = job_target
         .filter(|w| w.wants(event))
-        .map(|w| (w.url, "job".to_owned()));
+        .map(|w| (w.url.clone(), "job".to_owned()));
     let endpoint_targets = config
         .endpoints
         .iter()
@@ -129,13 +132,13 @@ pub fn deliveries(
         .map(|e| (e.url.clone(), format!("endpoint:{}", e.url)));
     let targets: Vec<(String, String)> = job_target.into_iter().chain(endpoint_targets).collect();
     if targets.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let inline = result
         .filter(|r| r.len() <= config.max_inline_result_bytes)
         .and_then(|r| serde_json::from_slice::<&RawValue>(r).ok());
     let result_url = (result.is_some() && inline.is_none())
-        .then(|| format!("{}/v1/jobs/{}/result", config.public_base_url, record.id));
+        .then(|| format!("{}/v1/jobs/{job}/result", config.public_base_url));
     let timestamp = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     let payload = Payload {
         kind: event,
@@ -146,11 +149,8 @@ pub fn deliveries(
             result_url,
         },
     };
-    let Ok(body) = serde_json::to_vec(&payload) else {
-        return Vec::new();
-    };
-    let body = Bytes::from(body);
-    targets
+    let body = Bytes::from(serde_json::to_vec(&payload)?);
+    Ok(targets
         .into_iter()
         .map(|(url, target)| NewDelivery {
             id: signing::new_message_id(),
@@ -159,26 +159,5 @@ pub fn deliveries(
             target,
             payload: body.clone(),
         })
-        .collect()
-}
-
-/// The job's status view as it stands once it ends in `state` (what a webhook carries).
-pub fn final_status(record: &JobRecord, state: JobState, error: Option<&str>) -> Value {
-    let mut view = serde_json::to_value(crate::jobs::service::view(record)).unwrap_or(Value::Null);
-    if let Some(obj) = view.as_object_mut() {
-        obj.insert(
-            "status".to_owned(),
-            Value::String(state.as_str().to_owned()),
-        );
-        obj.insert("progress_percent".to_owned(), Value::from(100.0));
-        obj.insert(
-            "finished_at".to_owned(),
-            Value::String(crate::jobs::service::rfc3339(crate::store::now_millis())),
-        );
-        obj.insert(
-            "error".to_owned(),
-            error.map_or(Value::Null, |e| Value::String(e.to_owned())),
-        );
-    }
-    view
+        .collect())
 }

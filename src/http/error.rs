@@ -1,0 +1,320 @@
+//! `ApiError`: evalgate's own errors on the API port, rendered in the Valiqor error shape.
+//!
+//! The Valiqor SDK maps errors by status and by the top-level `detail` field (reference §6), so every
+//! body is `{"detail": "<message>", "code": "<stable code>"}`; the SDK ignores `code`, operators and
+//! other clients use it. Upstream answers, errors included, are never rewritten: they pass through.
+use std::time::Duration;
+
+use axum::{
+    Json,
+    response::{IntoResponse, Response},
+};
+use http::{HeaderValue, StatusCode, header::RETRY_AFTER};
+use serde::Serialize;
+
+use crate::{error::ErrorChain, jobs::error::JobsError, upstream::UpstreamError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request cannot be served as sent (not JSON where JSON is required, and so on).
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("no such route: evalgate serves the Valiqor v2 API paths")]
+    UnknownRoute,
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
+    /// A local rate limit (upstream-wide or playground) said no.
+    #[error("rate limit exceeded: {limit}; retry after {} s", retry_after_secs(*.retry_after))]
+    RateLimited {
+        limit: &'static str,
+        retry_after: Duration,
+    },
+    /// Too many requests in flight: shed before anything was forwarded.
+    #[error("evalgate is at capacity; retry shortly")]
+    Overloaded { retry_after: Duration },
+    /// The request took longer than `server.request_timeout`.
+    #[error("request timed out in evalgate")]
+    RequestTimeout,
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    /// A job (or other resource) that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the resource's state (result not ready, idempotency key reuse).
+    #[error("{0}")]
+    Conflict(String),
+    /// The shutdown grace period ended while this request was still running.
+    #[error("evalgate is shutting down; the request was cut off and may have reached the upstream")]
+    ShuttingDown,
+    /// What the jobs service answered instead of a result.
+    #[error(transparent)]
+    Jobs(#[from] JobsError),
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorBody<'a> {
+    detail: &'a str,
+    code: &'static str,
+}
+
+/// The stable error code, attached to responses so the metrics layer can count it.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+/// `Retry-After` seconds: whole, at least 1, at most 30 (the SDK sleeps at most 30 s).
+fn retry_after_secs(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.clamp(1, 30)
+}
+
+// === impl ApiError ===
+
+impl ApiError {
+    /// Exhaustive on purpose: a new variant must choose its status. This and `code` are the one
+    /// mapping of every error (evalgate's own, the upstream's, the jobs service's) to HTTP.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_)
+            | Self::Upstream(UpstreamError::NotAJsonObject(_))
+            | Self::Jobs(JobsError::Invalid(_)) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } | Self::Upstream(UpstreamError::BodyTooLarge { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Self::UnknownRoute | Self::NotFound(_) | Self::Jobs(JobsError::NotFound(_)) => {
+                StatusCode::NOT_FOUND
+            }
+            Self::Conflict(_)
+            | Self::Jobs(JobsError::NotReady { .. } | JobsError::IdempotencyConflict(_)) => {
+                StatusCode::CONFLICT
+            }
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded { .. }
+            | Self::Upstream(UpstreamError::Connect(_))
+            | Self::Jobs(JobsError::AtCapacity(..) | JobsError::StoreUnavailable(..)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::RequestTimeout | Self::Upstream(UpstreamError::Timeout(_)) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            Self::Upstream(UpstreamError::Transport(_) | UpstreamError::Incomplete)
+            | Self::ShuttingDown => StatusCode::BAD_GATEWAY,
+            Self::Jobs(JobsError::Store(_) | JobsError::CorruptResult { .. }) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    /// Stable, documented, low-cardinality: used in bodies and as a metric label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_)
+            | Self::Upstream(UpstreamError::NotAJsonObject(_))
+            | Self::Jobs(JobsError::Invalid(_)) => "bad_request",
+            Self::PayloadTooLarge { .. } | Self::Upstream(UpstreamError::BodyTooLarge { .. }) => {
+                "payload_too_large"
+            }
+            Self::UnknownRoute => "unknown_route",
+            Self::NotFound(_) | Self::Jobs(JobsError::NotFound(_)) => "not_found",
+            Self::Conflict(_)
+            | Self::Jobs(JobsError::NotReady { .. } | JobsError::IdempotencyConflict(_)) => {
+                "conflict"
+            }
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Overloaded { .. } | Self::Jobs(JobsError::AtCapacity(..)) => "overloaded",
+            Self::RequestTimeout => "request_timeout",
+            Self::Upstream(UpstreamError::Connect(_)) => "upstream_unavailable",
+            Self::Upstream(UpstreamError::Timeout(_)) => "upstream_timeout",
+            Self::Upstream(UpstreamError::Transport(_) | UpstreamError::Incomplete) => {
+                "upstream_failed"
+            }
+            Self::ShuttingDown => "shutting_down",
+            Self::Jobs(JobsError::StoreUnavailable(..)) => "store_unavailable",
+            Self::Jobs(JobsError::Store(_) | JobsError::CorruptResult { .. }) => "internal",
+        }
+    }
+
+    /// Seconds for `Retry-After`, only where a replay is safe or a wait is the answer.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after, .. }
+            | Self::Overloaded { retry_after }
+            | Self::Jobs(
+                JobsError::AtCapacity(_, retry_after) | JobsError::StoreUnavailable(_, retry_after),
+            ) => Some(retry_after_secs(*retry_after)),
+            // Nothing reached the upstream, so the SDK's single 503 replay is safe.
+            Self::Upstream(UpstreamError::Connect(_)) => Some(2),
+            _ => None,
+        }
+    }
+
+    /// The public message: 5xx bodies carry a fixed text, never internals.
+    fn public_message(&self) -> String {
+        match self {
+            Self::Upstream(UpstreamError::Connect(_)) => {
+                "upstream unavailable: evalgate could not connect to the evaluation platform".to_owned()
+            }
+            Self::Upstream(UpstreamError::Timeout(_)) => {
+                "upstream timeout: the evaluation platform did not answer in time".to_owned()
+            }
+            Self::Upstream(UpstreamError::Transport(_) | UpstreamError::Incomplete) => {
+                "upstream failed: the connection to the evaluation platform broke; the request may have been processed".to_owned()
+            }
+            Self::Jobs(JobsError::StoreUnavailable(..)) => {
+                "the job store is unavailable; retry shortly".to_owned()
+            }
+            Self::Jobs(JobsError::Store(_) | JobsError::CorruptResult { .. }) => {
+                "internal error in evalgate".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+impl ApiError {
+    /// The one place an error answered to a caller is logged: server errors with their whole
+    /// source chain, caller errors at debug.
+    fn log(&self) {
+        let code = self.code();
+        if self.status().is_server_error() {
+            tracing::warn!(error = %ErrorChain(self), code, "request failed");
+        } else {
+            tracing::debug!(error = %self, code, "request rejected");
+        }
+    }
+
+    fn finish(&self, mut response: Response) -> Response {
+        if let Some(secs) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response.extensions_mut().insert(ErrorCode(self.code()));
+        response
+    }
+}
+
+/// The native `/v1` API's error shape: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug)]
+pub struct V1Error(pub ApiError);
+
+impl From<ApiError> for V1Error {
+    fn from(error: ApiError) -> Self {
+        Self(error)
+    }
+}
+
+impl IntoResponse for V1Error {
+    fn into_response(self) -> Response {
+        self.0.log();
+        let body = serde_json::json!({"error": {"code": self.0.code(), "message": self.0.public_message()}});
+        let response = (self.0.status(), Json(body)).into_response();
+        self.0.finish(response)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
+        let status = self.status();
+        let code = self.code();
+        let message = self.public_message();
+        let response = (
+            status,
+            Json(ErrorBody {
+                detail: &message,
+                code,
+            }),
+        )
+            .into_response();
+        self.finish(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_whole_seconds_within_the_sdk_cap() {
+        assert_eq!(retry_after_secs(Duration::from_millis(10)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(retry_after_secs(Duration::from_hours(1)), 30);
+    }
+
+    #[test]
+    fn rate_limited_answers_429_with_retry_after_and_detail() {
+        let response = ApiError::RateLimited {
+            limit: "playground_per_minute",
+            retry_after: Duration::from_millis(2500),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[RETRY_AFTER], "3");
+    }
+
+    fn busy() -> crate::store::StoreError {
+        crate::store::StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        ))
+    }
+
+    fn corrupt() -> crate::store::StoreError {
+        crate::store::StoreError::Corrupt("state 'x'".to_owned())
+    }
+
+    #[test]
+    fn a_store_that_fails_for_a_moment_is_503_with_retry_after_never_404() {
+        let error = ApiError::from(JobsError::store(busy(), Duration::from_secs(2)));
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error.code(), "store_unavailable");
+        let response = error.into_response();
+        assert_eq!(response.headers()[RETRY_AFTER], "2");
+    }
+
+    #[test]
+    fn a_store_that_fails_for_good_is_500_and_keeps_its_source() {
+        let error = ApiError::from(JobsError::store(corrupt(), Duration::from_secs(2)));
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(error.code(), "internal");
+        // The log line shows the cause; the public message does not.
+        let chain = ErrorChain(&error).to_string();
+        assert!(chain.contains("state 'x'"), "{chain}");
+        assert!(!error.public_message().contains("state 'x'"));
+        assert!(error.retry_after().is_none());
+    }
+
+    #[test]
+    fn jobs_errors_map_to_their_statuses() {
+        let id = crate::types::JobId::generate();
+        let cases = [
+            (
+                JobsError::Invalid("bad".to_owned()),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                JobsError::NotFound("egj_x".to_owned()),
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                JobsError::NotReady {
+                    id: id.clone(),
+                    state: "running",
+                },
+                StatusCode::CONFLICT,
+            ),
+            (JobsError::IdempotencyConflict(id), StatusCode::CONFLICT),
+            (
+                JobsError::AtCapacity("jobs.max_active_jobs", Duration::from_secs(1)),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+        ];
+        for (error, status) in cases {
+            assert_eq!(ApiError::from(error).status(), status);
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Ending a job: the one place where a job becomes terminal. The final state, the merged result,
+//! the final event and the job's webhook deliveries are committed in one store transaction, then
+//! watchers and the webhook dispatcher are told. The engine (a finished job) and the service (a
+//! cancel) both end jobs through here.
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::json;
+
+use super::{
+    hub::{JobEvent, JobHub},
+    view,
+};
+use crate::{
+    config::WebhooksConfig,
+    error::ErrorChain,
+    store::{JobRecord, JobStore, StoreError},
+    telemetry,
+    types::JobState,
+    webhooks::{
+        dispatcher::WebhookWaker,
+        outbox::{self, JobWebhook},
+    },
+};
+
+/// What a job ends with.
+#[derive(Debug)]
+pub(crate) struct Ending {
+    pub state: JobState,
+    pub error: Option<String>,
+    pub result: Option<Bytes>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Finisher {
+    pub store: Arc<dyn JobStore>,
+    pub hub: JobHub,
+    pub webhooks: Arc<WebhooksConfig>,
+    pub waker: WebhookWaker,
+}
+
+impl Finisher {
+    /// Ends `record`'s job (if nobody ended it first). `Ok(false)`: it was already terminal.
+    pub(crate) async fn finish(
+        &self,
+        record: &JobRecord,
+        ending: Ending,
+    ) -> Result<bool, StoreError> {
+        let Ending {
+            state,
+            error,
+            result,
+        } = ending;
+        let status = view::final_status(record, state, error.as_deref());
+        let job_target = record.webhook.as_deref().and_then(|raw| {
+            JobWebhook::from_stored(raw)
+                .inspect_err(|e| {
+                    // Validated before it was stored: only a damaged store gets here.
+                    tracing::error!(job_id = %record.id, error = %ErrorChain(e), "the job's stored webhook target is unreadable; nothing is delivered to it");
+                    metrics::counter!(telemetry::WEBHOOK_DELIVERIES, "outcome" => "unreadable_target").increment(1);
+                })
+                .ok()
+        });
+        let deliveries = outbox::deliveries(
+            &self.webhooks,
+            &record.id,
+            job_target.as_ref(),
+            state,
+            &status,
+            result.as_ref(),
+        )
+        .map_err(|e| StoreError::Corrupt(format!("webhook payload: {e}")))?;
+        let delivering = !deliveries.is_empty();
+        let event = json!({"job_id": record.id.as_str(), "status": state.as_str(), "error": error})
+            .to_string();
+        let ended = self
+            .store
+            .finish_job(&record.id, state, error, result, event.clone(), deliveries)
+            .await?;
+        if ended {
+            if delivering {
+                self.waker.wake();
+            }
+            self.hub.publish(JobEvent {
+                job_id: record.id.clone(),
+                name: state.sdk_status_event(),
+                data: event,
+            });
+        }
+        Ok(ended)
+    }
+}
