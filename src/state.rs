@@ -86,7 +86,7 @@ impl AppState {
     /// Builds the state and the workers that run beside it.
     pub async fn build(config: Config) -> Result<(Self, Workers), StartupError> {
         let upstream = UpstreamClient::new(&config.valiqor)?;
-        let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&config.store.path).await?);
+        let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&config.store).await?);
         let hub = JobHub::new();
         let learned = Arc::new(LearnedLimits::load(store.as_ref()).await?);
         let shared_config = Arc::new(config.clone());

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{TestApp, dataset, emulator_config, eventually};
 use evalgate::{
-    config::Config,
+    config::{Config, StorePath},
     emulator::EmulatorConfig,
     webhooks::signing::{SigningSecret, verify},
 };
@@ -340,4 +340,146 @@ async fn a_receivers_retry_after_is_honoured() {
         "{:?}",
         first.elapsed()
     );
+}
+
+/// `POST` to `path`: (status, JSON body).
+async fn post(app: &TestApp, path: &str) -> (StatusCode, Value) {
+    let response = app.post(path).send().await.unwrap();
+    (response.status(), json_of(response).await)
+}
+
+fn sorted_keys(value: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = value
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+fn is_rfc3339(value: &Value) -> bool {
+    value
+        .as_str()
+        .is_some_and(|s| humantime::parse_rfc3339(s).is_ok())
+}
+
+#[tokio::test]
+async fn replaying_a_delivery_answers_404_409_or_202_and_listings_keep_their_shape() {
+    let mut ok = WebhookSink::start().await;
+    let mut failing = WebhookSink::start().await;
+    failing.answer_always(StatusCode::INTERNAL_SERVER_ERROR);
+    // A file store: listings and readiness go through its read connections.
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("evalgate.db");
+    let app = TestApp::spawn_with(emulator(), move |c| {
+        fast(c);
+        c.store.path = StorePath::File(store);
+        c.store.read_connections = 2;
+        // One retry, far away: a failed first attempt leaves its delivery pending.
+        c.webhooks.retry_schedule = vec![Duration::from_secs(600)];
+    })
+    .await;
+    let (_, secret_text) = SigningSecret::generate();
+
+    // No such delivery, no such job: 404 in the /v1 error shape.
+    let (status, body) = post(&app, "/v1/webhooks/deliveries/msg_unknown/replay").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"]["code"], "not_found");
+    let unknown_job = format!("/v1/jobs/egj_{}/webhooks/replay", "0".repeat(32));
+    for path in [unknown_job.as_str(), "/v1/jobs/not-a-job/webhooks/replay"] {
+        let (status, body) = post(&app, path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+    }
+
+    // Pending (its retry is ten minutes away): 409, and nothing is sent.
+    let (_, accepted) = submit(&app, json!({"url": failing.url, "secret": secret_text})).await;
+    failing.next(20).await;
+    let pending_job = accepted["job_id"].as_str().unwrap();
+    eventually(Duration::from_secs(5), || async {
+        deliveries(&app, pending_job)
+            .await
+            .first()
+            .is_some_and(|d| d["attempts"].as_array().is_some_and(|a| a.len() == 1))
+    })
+    .await;
+    let pending = deliveries(&app, pending_job).await;
+    assert_eq!(pending[0]["status"], "pending");
+    assert!(is_rfc3339(&pending[0]["next_attempt_at"]), "{pending:?}");
+    let id = pending[0]["id"].as_str().unwrap();
+    let (status, body) = post(&app, &format!("/v1/webhooks/deliveries/{id}/replay")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "conflict");
+    let (status, body) = post(&app, &format!("/v1/jobs/{pending_job}/webhooks/replay")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body["replayed"], 0, "nothing dead-lettered");
+    assert!(failing.quiet_for(300).await, "no replay was sent");
+
+    // Delivered: 202, sent again under the same webhook-id.
+    let url = format!("{}?token=t0k3n", ok.url);
+    let (_, accepted) = submit(&app, json!({"url": url, "secret": secret_text})).await;
+    let first = ok.next(20).await;
+    let job = accepted["job_id"].as_str().unwrap();
+    eventually(Duration::from_secs(5), || async {
+        deliveries(&app, job)
+            .await
+            .first()
+            .is_some_and(|d| d["status"] == "delivered")
+    })
+    .await;
+    let listed = deliveries(&app, job).await;
+    let delivery = &listed[0];
+    assert_eq!(
+        sorted_keys(delivery),
+        [
+            "attempts",
+            "created_at",
+            "delivered_at",
+            "event",
+            "id",
+            "job_id",
+            "next_attempt_at",
+            "status",
+            "url"
+        ]
+    );
+    assert_eq!(delivery["job_id"], job);
+    assert_eq!(delivery["event"], "job.completed");
+    assert_eq!(delivery["id"], header(&first, "webhook-id"));
+    assert_eq!(delivery["url"], format!("{}?…", ok.url), "query masked");
+    assert!(!delivery.to_string().contains("t0k3n"));
+    assert_eq!(delivery["next_attempt_at"], Value::Null, "not pending");
+    assert!(is_rfc3339(&delivery["created_at"]));
+    assert!(is_rfc3339(&delivery["delivered_at"]));
+    let attempt = &delivery["attempts"][0];
+    assert_eq!(
+        sorted_keys(attempt),
+        ["at", "error", "latency_ms", "n", "status"]
+    );
+    assert_eq!(attempt["n"], 1);
+    assert_eq!(attempt["status"], 200);
+    assert_eq!(attempt["error"], Value::Null);
+    assert!(attempt["latency_ms"].is_u64());
+    assert!(is_rfc3339(&attempt["at"]));
+
+    let id = delivery["id"].as_str().unwrap();
+    let (status, body) = post(&app, &format!("/v1/webhooks/deliveries/{id}/replay")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body, json!({"id": id, "status": "pending"}));
+    let again = ok.next(10).await;
+    assert_eq!(header(&again, "webhook-id"), id, "the same message id");
+    assert_eq!(again.body, first.body, "the same message");
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_the_deliveries_listing() {
+    let app = TestApp::spawn_with(emulator(), fast).await;
+    let doc = json_of(app.get("/openapi.json").send().await.unwrap()).await;
+    let schemas = &doc["components"]["schemas"];
+    for name in ["DeliveryList", "DeliveryView", "AttemptView"] {
+        assert!(schemas.get(name).is_some(), "{name} missing");
+    }
+    let properties = sorted_keys(&schemas["DeliveryView"]["properties"]);
+    assert_eq!(properties.len(), 9, "{properties:?}");
 }

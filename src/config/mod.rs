@@ -171,6 +171,8 @@ pub enum ByokMode {
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreConfig {
     pub path: StorePath,
+    /// Read-only connections beside the one writer (1-64); unused by a `:memory:` store.
+    pub read_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -56,6 +56,7 @@ pub(crate) struct RawValiqor {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawStore {
     pub path: String,
+    pub read_connections: u64,
 }
 
 #[derive(Debug, Deserialize)]

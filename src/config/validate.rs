@@ -536,12 +536,21 @@ fn store(raw: &RawStore, problems: &mut Problems) -> Option<StoreConfig> {
     let path = match raw.path.as_str() {
         "" => {
             problems.push("store.path", "must not be empty");
-            return None;
+            None
         }
-        ":memory:" => StorePath::Memory,
-        path => StorePath::File(PathBuf::from(path)),
+        ":memory:" => Some(StorePath::Memory),
+        path => Some(StorePath::File(PathBuf::from(path))),
     };
-    Some(StoreConfig { path })
+    let read_connections = if let n @ 1..=64 = raw.read_connections {
+        usize::try_from(n).ok()
+    } else {
+        problems.push("store.read_connections", "must be between 1 and 64");
+        None
+    };
+    Some(StoreConfig {
+        path: path?,
+        read_connections: read_connections?,
+    })
 }
 
 fn taxonomy_cache(raw: &RawTaxonomyCache, problems: &mut Problems) -> Option<TaxonomyCacheConfig> {
@@ -650,6 +659,23 @@ mod tests {
             config.store.path,
             StorePath::File("./data/evalgate.db".into())
         );
+        assert_eq!(config.store.read_connections, 4);
+    }
+
+    #[test]
+    fn store_read_connections_are_bounded() {
+        let key = [("VALIQOR_API_KEY", "vq_live")];
+        for bad in [0, 65] {
+            let err = load(&format!("[store]\nread_connections = {bad}\n"), &key).unwrap_err();
+            assert!(
+                err.to_string().contains("store.read_connections"),
+                "{bad}: {err}"
+            );
+        }
+        for good in [1, 64] {
+            let config = load(&format!("[store]\nread_connections = {good}\n"), &key).unwrap();
+            assert_eq!(config.store.read_connections, good);
+        }
     }
 
     #[test]

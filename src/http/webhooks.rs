@@ -2,19 +2,20 @@
 //! target URLs are shown with their query string masked.
 use axum::{
     Json, Router,
-    extract::{FromRef, Path, Query, State, rejection::QueryRejection},
+    extract::{Path, Query, State, rejection::QueryRejection},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::error::{ApiError, V1Error};
 use crate::{
-    jobs::{error::JobsError, service::JobService},
+    jobs::error::JobsError,
     state::AppState,
-    store::{DeliveryState, StoreError},
+    store::{AttemptRecord, DeliveryRecord, DeliveryState, ReplayOutcome, StoreError},
+    types::{JobId, rfc3339},
 };
 
 pub(super) fn router() -> Router<AppState> {
@@ -35,6 +36,77 @@ fn store_error(state: &AppState) -> impl Fn(StoreError) -> ApiError {
     move |error| ApiError::from(JobsError::store(error, retry_after))
 }
 
+/// `GET /v1/webhooks/deliveries` body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct DeliveryList {
+    deliveries: Vec<DeliveryView>,
+}
+
+/// A delivery as the API shows it: times in RFC 3339, the URL's query string masked.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct DeliveryView {
+    /// `msg_…`: the `webhook-id`, stable across retries.
+    id: String,
+    job_id: String,
+    event: String,
+    /// The target URL with any query string masked (it may carry a token).
+    url: String,
+    /// pending | delivered | dead | disabled
+    status: &'static str,
+    attempts: Vec<AttemptView>,
+    /// Only while pending.
+    next_attempt_at: Option<String>,
+    created_at: String,
+    delivered_at: Option<String>,
+}
+
+/// One attempt of a delivery.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct AttemptView {
+    n: u32,
+    at: String,
+    /// The receiver's status code; null when no response came.
+    status: Option<u16>,
+    latency_ms: u64,
+    error: Option<String>,
+}
+
+impl From<&DeliveryRecord> for DeliveryView {
+    fn from(record: &DeliveryRecord) -> Self {
+        Self {
+            id: record.id.clone(),
+            job_id: record.job_id.as_str().to_owned(),
+            event: record.event.clone(),
+            url: mask_query(&record.url),
+            status: record.state.as_str(),
+            attempts: record.attempts.iter().map(AttemptView::from).collect(),
+            next_attempt_at: record.next_attempt_at.map(rfc3339),
+            created_at: rfc3339(record.created_at),
+            delivered_at: record.delivered_at.map(rfc3339),
+        }
+    }
+}
+
+impl From<&AttemptRecord> for AttemptView {
+    fn from(record: &AttemptRecord) -> Self {
+        Self {
+            n: record.n,
+            at: rfc3339(record.at),
+            status: record.status,
+            latency_ms: record.latency_ms,
+            error: record.error.clone(),
+        }
+    }
+}
+
+/// A URL with its query string masked: webhook URLs often carry a token there.
+fn mask_query(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?…"),
+        None => url.to_owned(),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub(super) struct ListParams {
     job_id: Option<String>,
@@ -44,7 +116,7 @@ pub(super) struct ListParams {
 
 /// Deliveries with every attempt (status code, latency, error), oldest first.
 #[utoipa::path(get, path = "/v1/webhooks/deliveries", params(("job_id" = Option<String>, Query), ("status" = Option<String>, Query, description = "pending | delivered | dead | disabled"), ("limit" = Option<usize>, Query, description = "1-1000, default 100")),
-    responses((status = 200, description = "{\"deliveries\": [DeliveryRecord]}"), (status = 400)))]
+    responses((status = 200, body = DeliveryList), (status = 400)))]
 pub(super) async fn list(
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
@@ -65,12 +137,19 @@ pub(super) async fn list(
                 "limit must be between 1 and 1000".to_owned(),
             ));
         }
-        let deliveries = state
-            .store
-            .list_deliveries(params.job_id, status, limit)
-            .await
-            .map_err(store_error(&state))?;
-        Ok(Json(json!({"deliveries": deliveries})).into_response())
+        // An id that is not a job id matches no delivery.
+        let deliveries = match params.job_id.as_deref().map(JobId::parse) {
+            Some(None) => Vec::new(),
+            job => state
+                .store
+                .list_deliveries(job.flatten(), status, limit)
+                .await
+                .map_err(store_error(&state))?,
+        };
+        Ok(Json(DeliveryList {
+            deliveries: deliveries.iter().map(DeliveryView::from).collect(),
+        })
+        .into_response())
     };
     labelled(run.await)
 }
@@ -80,24 +159,22 @@ pub(super) async fn list(
     responses((status = 202), (status = 404), (status = 409, description = "already pending")))]
 pub(super) async fn replay(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     let run = async {
-        let known = state
-            .store
-            .list_deliveries(None, None, usize::MAX >> 1)
-            .await
-            .map_err(store_error(&state))?;
-        let Some(current) = known.iter().find(|d| d.id == id) else {
-            return Err(ApiError::NotFound(format!("delivery {id} not found")));
-        };
-        if current.status == "pending" {
-            return Err(ApiError::Conflict(format!(
-                "delivery {id} is already pending"
-            )));
-        }
-        state
+        match state
             .store
             .replay_delivery(&id)
             .await
-            .map_err(store_error(&state))?;
+            .map_err(store_error(&state))?
+        {
+            ReplayOutcome::Replayed => {}
+            ReplayOutcome::AlreadyPending => {
+                return Err(ApiError::Conflict(format!(
+                    "delivery {id} is already pending"
+                )));
+            }
+            ReplayOutcome::NotFound => {
+                return Err(ApiError::NotFound(format!("delivery {id} not found")));
+            }
+        }
         state.webhooks.wake();
         Ok((
             StatusCode::ACCEPTED,
@@ -113,12 +190,14 @@ pub(super) async fn replay(State(state): State<AppState>, Path(id): Path<String>
     responses((status = 202), (status = 404)))]
 pub(super) async fn replay_job(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     let run = async {
-        let record = JobService::from_ref(&state).get(&id).await?;
+        let not_found = || ApiError::NotFound(format!("job {id} not found"));
+        let job = JobId::parse(&id).ok_or_else(not_found)?;
         let replayed = state
             .store
-            .replay_dead(&record.id)
+            .replay_dead(&job)
             .await
-            .map_err(store_error(&state))?;
+            .map_err(store_error(&state))?
+            .ok_or_else(not_found)?;
         if replayed > 0 {
             state.webhooks.wake();
         }

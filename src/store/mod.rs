@@ -3,6 +3,7 @@
 //!
 //! Every state change is committed before it is acknowledged (to a caller or to the engine's next
 //! step). A `PostgreSQL` store can implement the same trait; nothing outside `store/` changes.
+mod pool;
 pub mod sqlite;
 
 use bytes::Bytes;
@@ -24,6 +25,10 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the store's worker thread failed")]
     Join(#[from] tokio::task::JoinError),
+    #[error("no read connection became free within {0:?}")]
+    PoolTimeout(std::time::Duration),
+    #[error("the store's read pool is closed")]
+    PoolClosed(#[source] tokio::sync::AcquireError),
     #[error("the store is newer (schema {found}) than this evalgate (schema {supported})")]
     TooNew { found: i64, supported: i64 },
     #[error("the store holds a value this evalgate cannot read: {0}")]
@@ -31,8 +36,11 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether the condition can pass by itself (a busy or full database, an I/O error, a
-    /// worker thread cancelled): callers retry or answer 503, never treat it as permanent.
+    /// Whether the condition can pass by itself, so that the same call may succeed later (a
+    /// caller answers 503 with `Retry-After`, or retries): the database busy or locked by another
+    /// connection, the disk full, an I/O error, a file that cannot be opened right now, no read
+    /// connection free in time, a call cancelled before it ran. Corruption, a schema too new,
+    /// constraint violations and values that cannot be read do not pass by themselves.
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Sqlite(rusqlite::Error::SqliteFailure(error, _)) => matches!(
@@ -42,11 +50,14 @@ impl StoreError {
                     | rusqlite::ErrorCode::DiskFull
                     | rusqlite::ErrorCode::SystemIoFailure
                     | rusqlite::ErrorCode::CannotOpen
-                    | rusqlite::ErrorCode::OutOfMemory
             ),
             Self::Join(error) => error.is_cancelled(),
-            Self::CreateDir { .. } => true,
-            Self::Sqlite(_) | Self::TooNew { .. } | Self::Corrupt(_) => false,
+            Self::PoolTimeout(_) => true,
+            Self::Sqlite(_)
+            | Self::CreateDir { .. }
+            | Self::PoolClosed(_)
+            | Self::TooNew { .. }
+            | Self::Corrupt(_) => false,
         }
     }
 }
@@ -235,27 +246,43 @@ pub struct Attempt {
     pub next_at: Millis,
 }
 
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+/// One recorded attempt of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptRecord {
+    /// 1 for the first attempt (restarts at 1 after a replay).
     pub n: u32,
-    pub at: String,
+    pub at: Millis,
+    /// The receiver's status code; `None` when no response came.
     pub status: Option<u16>,
     pub latency_ms: u64,
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+/// A delivery of the outbox with every attempt, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryRecord {
     pub id: String,
-    pub job_id: String,
+    pub job_id: JobId,
     pub event: String,
-    /// The target URL with any query string masked (it may carry a token).
+    /// The target URL as stored (it may carry a token in its query string).
     pub url: String,
-    pub status: String,
+    pub state: DeliveryState,
     pub attempts: Vec<AttemptRecord>,
-    pub next_attempt_at: Option<String>,
-    pub created_at: String,
-    pub delivered_at: Option<String>,
+    /// When the next attempt is due; only while `Pending`.
+    pub next_attempt_at: Option<Millis>,
+    pub created_at: Millis,
+    pub delivered_at: Option<Millis>,
+}
+
+/// What `replay_delivery` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayOutcome {
+    /// Pending again, due now.
+    Replayed,
+    /// Unchanged: it is pending already.
+    AlreadyPending,
+    /// No delivery has that id.
+    NotFound,
 }
 
 /// Outcome of `create_job` with an idempotency key.
@@ -342,23 +369,25 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     /// Records an attempt and the delivery's new state (only while it is pending).
     fn record_attempt(&self, attempt: Attempt) -> BoxFuture<'_, Result<bool, StoreError>>;
 
+    /// Deliveries (of one job, in one state) with their attempts, oldest first.
     fn list_deliveries(
         &self,
-        job: Option<String>,
+        job: Option<JobId>,
         state: Option<DeliveryState>,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<DeliveryRecord>, StoreError>>;
 
-    /// Makes a delivery pending again, due now. `false` when unknown or already pending.
-    fn replay_delivery(&self, id: &str) -> BoxFuture<'_, Result<bool, StoreError>>;
+    /// Makes a delivery that is not pending pending again, due now, with its attempt count reset.
+    fn replay_delivery(&self, id: &str) -> BoxFuture<'_, Result<ReplayOutcome, StoreError>>;
 
-    /// Replays every dead-lettered delivery of a job; returns how many.
-    fn replay_dead(&self, job: &JobId) -> BoxFuture<'_, Result<usize, StoreError>>;
+    /// Replays every dead-lettered delivery of a job; returns how many, or `None` when no job has
+    /// that id.
+    fn replay_dead(&self, job: &JobId) -> BoxFuture<'_, Result<Option<usize>, StoreError>>;
 
     fn count_pending_deliveries(&self) -> BoxFuture<'_, Result<usize, StoreError>>;
 
-    /// Counts by state (for metrics).
-    fn delivery_counts(&self) -> BoxFuture<'_, Result<Vec<(String, usize)>, StoreError>>;
+    /// Counts by state (for metrics); states without deliveries are absent.
+    fn delivery_counts(&self) -> BoxFuture<'_, Result<Vec<(DeliveryState, usize)>, StoreError>>;
 
     /// A target that answered 410 Gone.
     fn disable_target(&self, url: &str) -> BoxFuture<'_, Result<(), StoreError>>;

@@ -1,10 +1,13 @@
 //! `SqliteStore`: embedded `SQLite` (bundled), WAL mode, schema migrated at open.
 //!
-//! rusqlite is blocking, so every call runs on tokio's blocking pool; one connection behind a
-//! mutex serialises writers, which is what `SQLite` does anyway.
+//! rusqlite is blocking, so every call runs on tokio's blocking pool. One writer connection behind
+//! a mutex takes every write (`SQLite` serialises writers anyway); pure reads run on a small pool
+//! of read-only connections, which in WAL mode never wait for the writer.
 use std::{
+    collections::HashMap,
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -14,10 +17,12 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::{
     Attempt, AttemptRecord, BatchRecord, BatchUpdate, BatchWork, CompletedBatch, Created,
     DeliveryRecord, DeliveryState, DeliveryWork, JobRecord, JobStore, ListQuery, Millis, NewBatch,
-    NewDelivery, NewJob, Origin, StoreError, StoredEvent, UnfinishedBatch, now_millis,
+    NewDelivery, NewJob, Origin, ReplayOutcome, StoreError, StoredEvent, UnfinishedBatch,
+    now_millis,
+    pool::{self, ReadPool},
 };
 use crate::{
-    config::StorePath,
+    config::{StoreConfig, StorePath},
     jobs::{BatchState, JobId, JobKind, JobState},
 };
 
@@ -104,26 +109,53 @@ const MIGRATIONS: &[&str] = &[
     ",
 ];
 
+/// How long a read waits for a free read connection before failing (transient).
+const READ_WAIT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    /// Every write, and every read that must see the same state as a write of the same call.
+    writer: Arc<Mutex<Connection>>,
+    /// Pure reads; `None` for a `:memory:` store, whose data no second connection can see
+    /// (reads then run on the writer).
+    readers: Option<Arc<ReadPool>>,
 }
 
 // === impl SqliteStore ===
 
 impl SqliteStore {
-    /// Opens (creating if needed) and migrates the store. Fails startup on any problem.
-    pub async fn open(path: &StorePath) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) and migrates the store, then opens its read connections. Fails
+    /// startup on any problem.
+    pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        Self::open_with(&config.path, config.read_connections, READ_WAIT).await
+    }
+
+    async fn open_with(
+        path: &StorePath,
+        read_connections: usize,
+        read_wait: Duration,
+    ) -> Result<Self, StoreError> {
         let path = path.clone();
-        let conn = tokio::task::spawn_blocking(move || open_blocking(&path)).await??;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+        tokio::task::spawn_blocking(move || {
+            let writer = open_blocking(&path)?;
+            // Readers open after the writer has created, migrated and switched the file to WAL.
+            let readers = match &path {
+                StorePath::Memory => None,
+                StorePath::File(file) => {
+                    Some(Arc::new(ReadPool::open(file, read_connections, read_wait)?))
+                }
+            };
+            Ok(Self {
+                writer: Arc::new(Mutex::new(writer)),
+                readers,
+            })
         })
+        .await?
     }
 
     /// A `SELECT COUNT(*) ...` as a number.
     fn count(&self, sql: &'static str) -> BoxFuture<'_, Result<usize, StoreError>> {
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             let n: i64 = conn.query_row(sql, [], |row| row.get(0))?;
             Ok(to_usize(n))
         })
@@ -132,7 +164,7 @@ impl SqliteStore {
 
     /// A value of the `evalgate_meta` table.
     fn meta_get(&self, key: String) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             Ok(conn
                 .query_row(
                     "SELECT value FROM evalgate_meta WHERE key = ?1",
@@ -145,7 +177,7 @@ impl SqliteStore {
     }
 
     fn meta_set(&self, key: String, value: String) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.with_conn(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "INSERT INTO evalgate_meta (key, value) VALUES (?1, ?2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -156,36 +188,38 @@ impl SqliteStore {
         .boxed()
     }
 
-    /// Makes the deliveries matching `filter` (with `?1` = `arg`) pending again, due now.
-    fn replay(
-        &self,
-        filter: &'static str,
-        arg: String,
-    ) -> BoxFuture<'_, Result<usize, StoreError>> {
-        self.with_conn(move |conn| {
-            let now = now_millis();
-            let sql = format!(
-                "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, next_at = ?2, updated_at = ?2 WHERE {filter}"
-            );
-            Ok(conn.execute(&sql, params![arg, now])?)
-        })
-        .boxed()
-    }
-
-    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Runs `f` on the writer connection, on the blocking pool.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
+        let conn = Arc::clone(&self.writer);
         tokio::task::spawn_blocking(move || {
             // A poisoned lock means a panic mid-call; the connection itself is still usable.
-            let mut guard = conn
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut guard = conn.lock().unwrap_or_else(PoisonError::into_inner);
             f(&mut guard)
         })
         .await?
+    }
+
+    /// Runs `f` inside one read transaction (every statement of `f` sees the same snapshot) on
+    /// a read connection, or on the writer for a `:memory:` store.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let snapshot = move |conn: &mut Connection| {
+            let tx = conn.transaction()?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        };
+        match &self.readers {
+            Some(pool) => pool.run(snapshot).await,
+            None => self.write(snapshot).await,
+        }
     }
 }
 
@@ -203,7 +237,7 @@ fn open_blocking(path: &StorePath) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(pool::BUSY_TIMEOUT)?;
     migrate(&mut conn)?;
     Ok(conn)
 }
@@ -238,14 +272,6 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A URL with its query string masked: webhook URLs often carry a token there.
-fn mask_query(url: &str) -> String {
-    match url.split_once('?') {
-        Some((base, _)) => format!("{base}?…"),
-        None => url.to_owned(),
-    }
-}
-
 fn to_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -260,6 +286,11 @@ fn to_u32(n: i64) -> u32 {
 
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} {value:?}"))
+}
+
+/// Whether `sql` (one `?1` parameter) finds a row.
+fn exists(conn: &Connection, sql: &str, arg: &str) -> Result<bool, StoreError> {
+    Ok(conn.query_row(sql, [arg], |_| Ok(())).optional()?.is_some())
 }
 
 fn parse_job_state(s: &str) -> Result<JobState, StoreError> {
@@ -428,8 +459,9 @@ fn insert_batches(
 
 impl JobStore for SqliteStore {
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.with_conn(|conn| {
-            conn.query_row("SELECT 1", [], |_| Ok(()))?;
+        // Reads the schema, so the file itself must answer, not only the connection.
+        self.read(|conn| {
+            conn.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |_| Ok(()))?;
             Ok(())
         })
         .boxed()
@@ -440,7 +472,7 @@ impl JobStore for SqliteStore {
         job: NewJob,
         idempotency_since: Millis,
     ) -> BoxFuture<'_, Result<Created, StoreError>> {
-        self.with_conn(move |conn| {
+        self.write(move |conn| {
             let tx = conn.transaction()?;
             if let Some((key, hash)) = &job.idempotency {
                 let existing: Option<(String, String)> = tx
@@ -485,7 +517,7 @@ impl JobStore for SqliteStore {
 
     fn job(&self, id: &JobId) -> BoxFuture<'_, Result<Option<JobRecord>, StoreError>> {
         let id = id.as_str().to_owned();
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             let row = conn
                 .query_row(
                     &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
@@ -502,7 +534,7 @@ impl JobStore for SqliteStore {
         let state = query.state.map(JobState::as_str);
         let after = query.after.unwrap_or("").to_owned();
         let limit = to_i64(query.limit);
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) AND id > ?2 ORDER BY id LIMIT ?3"
             ))?;
@@ -515,7 +547,7 @@ impl JobStore for SqliteStore {
     }
 
     fn unfinished_batches(&self) -> BoxFuture<'_, Result<Vec<UnfinishedBatch>, StoreError>> {
-        self.with_conn(|conn| {
+        self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT b.job_id, b.idx, b.state FROM batches b JOIN jobs j ON j.id = b.job_id
                  WHERE b.state IN ('pending', 'submitting', 'running') AND j.state IN ('queued', 'running')
@@ -538,7 +570,7 @@ impl JobStore for SqliteStore {
     }
 
     fn jobs_to_finalize(&self) -> BoxFuture<'_, Result<Vec<JobId>, StoreError>> {
-        self.with_conn(|conn| {
+        self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT j.id FROM jobs j WHERE j.state IN ('queued', 'running')
                  AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.job_id = j.id AND b.state IN ('pending', 'submitting', 'running'))",
@@ -559,7 +591,7 @@ impl JobStore for SqliteStore {
         idx: u32,
     ) -> BoxFuture<'_, Result<Option<BatchWork>, StoreError>> {
         let job = job.clone();
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             let row = conn
                 .query_row(
                     "SELECT j.kind, b.item_start, b.item_end, b.state, b.upstream_job_id, b.attempts, j.members, b.payload
@@ -599,7 +631,7 @@ impl JobStore for SqliteStore {
     }
 
     fn update_batch(&self, update: BatchUpdate) -> BoxFuture<'_, Result<bool, StoreError>> {
-        self.with_conn(move |conn| {
+        self.write(move |conn| {
             let tx = conn.transaction()?;
             let now = now_millis();
             let current: Option<String> = tx
@@ -667,7 +699,7 @@ impl JobStore for SqliteStore {
         parts: Vec<NewBatch>,
     ) -> BoxFuture<'_, Result<Vec<u32>, StoreError>> {
         let job = job.clone();
-        self.with_conn(move |conn| {
+        self.write(move |conn| {
             let tx = conn.transaction()?;
             let now = now_millis();
             let changed = tx.execute(
@@ -700,7 +732,7 @@ impl JobStore for SqliteStore {
 
     fn batch_results(&self, job: &JobId) -> BoxFuture<'_, Result<Vec<CompletedBatch>, StoreError>> {
         let job = job.as_str().to_owned();
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT item_start, item_end, result FROM batches
                  WHERE job_id = ?1 AND state = 'completed' AND result IS NOT NULL ORDER BY item_start",
@@ -728,7 +760,7 @@ impl JobStore for SqliteStore {
         deliveries: Vec<NewDelivery>,
     ) -> BoxFuture<'_, Result<bool, StoreError>> {
         let job = job.as_str().to_owned();
-        self.with_conn(move |conn| {
+        self.write(move |conn| {
             let tx = conn.transaction()?;
             let now = now_millis();
             let changed = tx.execute(
@@ -773,7 +805,7 @@ impl JobStore for SqliteStore {
 
     fn job_result(&self, job: &JobId) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>> {
         let job = job.as_str().to_owned();
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             let result: Option<Option<Vec<u8>>> = conn
                 .query_row("SELECT result FROM jobs WHERE id = ?1", [&job], |row| {
                     row.get(0)
@@ -790,7 +822,7 @@ impl JobStore for SqliteStore {
         after: i64,
     ) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
         let job = job.as_str().to_owned();
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT seq, name, data FROM job_events WHERE job_id = ?1 AND seq > ?2 ORDER BY seq",
             )?;
@@ -809,7 +841,7 @@ impl JobStore for SqliteStore {
     }
 
     fn reap(&self, before: Millis) -> BoxFuture<'_, Result<usize, StoreError>> {
-        self.with_conn(move |conn| {
+        self.write(move |conn| {
             let deleted = conn.execute(
                 "DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?1",
                 [before],
@@ -834,7 +866,7 @@ impl JobStore for SqliteStore {
         limit: usize,
         busy: Vec<String>,
     ) -> BoxFuture<'_, Result<Vec<DeliveryWork>, StoreError>> {
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, job_id, event, url, target, payload, attempts, created_at FROM webhook_deliveries
                  WHERE state = 'pending' AND next_at <= ?1 ORDER BY next_at LIMIT ?2",
@@ -875,7 +907,7 @@ impl JobStore for SqliteStore {
     }
 
     fn next_delivery_at(&self) -> BoxFuture<'_, Result<Option<Millis>, StoreError>> {
-        self.with_conn(|conn| {
+        self.read(|conn| {
             let next: Option<i64> = conn.query_row(
                 "SELECT MIN(next_at) FROM webhook_deliveries WHERE state = 'pending'",
                 [],
@@ -887,7 +919,7 @@ impl JobStore for SqliteStore {
     }
 
     fn record_attempt(&self, attempt: Attempt) -> BoxFuture<'_, Result<bool, StoreError>> {
-        self.with_conn(move |conn| {
+        self.write(move |conn| {
             let tx = conn.transaction()?;
             let n: Option<i64> = tx
                 .query_row(
@@ -920,17 +952,20 @@ impl JobStore for SqliteStore {
 
     fn list_deliveries(
         &self,
-        job: Option<String>,
+        job: Option<JobId>,
         state: Option<DeliveryState>,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<DeliveryRecord>, StoreError>> {
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
+            let job = job.as_ref().map(JobId::as_str);
+            let state = state.map(DeliveryState::as_str);
+            let limit = to_i64(limit);
             let mut stmt = conn.prepare_cached(
                 "SELECT id, job_id, event, url, state, next_at, created_at, delivered_at FROM webhook_deliveries
                  WHERE (?1 IS NULL OR job_id = ?1) AND (?2 IS NULL OR state = ?2) ORDER BY created_at, id LIMIT ?3",
             )?;
             let rows = stmt
-                .query_map(params![job, state.map(DeliveryState::as_str), to_i64(limit)], |row| {
+                .query_map(params![job, state, limit], |row| {
                     Ok((
                         row.get::<_, String>(0)?,
                         row.get::<_, String>(1)?,
@@ -943,55 +978,96 @@ impl JobStore for SqliteStore {
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
+            // Every attempt of the same page in one query (same snapshot, same filter).
             let mut attempts_stmt = conn.prepare_cached(
-                "SELECT n, at, status, latency_ms, error FROM webhook_attempts WHERE delivery_id = ?1 ORDER BY n",
+                "SELECT delivery_id, n, at, status, latency_ms, error FROM webhook_attempts
+                 WHERE delivery_id IN (SELECT id FROM webhook_deliveries
+                    WHERE (?1 IS NULL OR job_id = ?1) AND (?2 IS NULL OR state = ?2) ORDER BY created_at, id LIMIT ?3)
+                 ORDER BY delivery_id, n",
             )?;
-            let mut out = Vec::new();
-            for (id, job_id, event, url, state, next_at, created_at, delivered_at) in rows {
-                let attempts = attempts_stmt
-                    .query_map([&id], |row| {
-                        Ok(AttemptRecord {
-                            n: to_u32(row.get(0)?),
-                            at: crate::types::rfc3339(row.get(1)?),
-                            status: row.get::<_, Option<i64>>(2)?.and_then(|s| u16::try_from(s).ok()),
-                            latency_ms: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
-                            error: row.get(4)?,
-                        })
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
-                out.push(DeliveryRecord {
-                    url: mask_query(&url),
-                    next_attempt_at: (state == "pending").then(|| crate::types::rfc3339(next_at)),
-                    status: state,
-                    id,
-                    job_id,
-                    event,
-                    attempts,
-                    created_at: crate::types::rfc3339(created_at),
-                    delivered_at: delivered_at.map(crate::types::rfc3339),
-                });
+            let mut attempts: HashMap<String, Vec<AttemptRecord>> = HashMap::new();
+            let attempt_rows = attempts_stmt.query_map(params![job, state, limit], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    AttemptRecord {
+                        n: to_u32(row.get(1)?),
+                        at: row.get(2)?,
+                        status: row.get::<_, Option<i64>>(3)?.and_then(|s| u16::try_from(s).ok()),
+                        latency_ms: u64::try_from(row.get::<_, i64>(4)?).unwrap_or(0),
+                        error: row.get(5)?,
+                    },
+                ))
+            })?;
+            for row in attempt_rows {
+                let (delivery, attempt) = row?;
+                attempts.entry(delivery).or_default().push(attempt);
             }
-            Ok(out)
+            rows.into_iter()
+                .map(|(id, job_id, event, url, state, next_at, created_at, delivered_at)| {
+                    let state = DeliveryState::parse(&state)
+                        .ok_or_else(|| corrupt("delivery state", &state))?;
+                    Ok(DeliveryRecord {
+                        job_id: JobId::parse(&job_id).ok_or_else(|| corrupt("job id", &job_id))?,
+                        attempts: attempts.remove(&id).unwrap_or_default(),
+                        id,
+                        event,
+                        url,
+                        next_attempt_at: (state == DeliveryState::Pending).then_some(next_at),
+                        state,
+                        created_at,
+                        delivered_at,
+                    })
+                })
+                .collect()
         })
         .boxed()
     }
 
-    fn replay_delivery(&self, id: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
-        self.replay("id = ?1 AND state != 'pending'", id.to_owned())
-            .map(|n| n.map(|n| n > 0))
-            .boxed()
+    fn replay_delivery(&self, id: &str) -> BoxFuture<'_, Result<ReplayOutcome, StoreError>> {
+        let id = id.to_owned();
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            let replayed = tx.execute(
+                "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, next_at = ?2, updated_at = ?2
+                 WHERE id = ?1 AND state != 'pending'",
+                params![id, now_millis()],
+            )?;
+            // Nothing changed: either it is pending already or there is no such delivery.
+            let outcome = if replayed > 0 {
+                ReplayOutcome::Replayed
+            } else if exists(&tx, "SELECT 1 FROM webhook_deliveries WHERE id = ?1", &id)? {
+                ReplayOutcome::AlreadyPending
+            } else {
+                ReplayOutcome::NotFound
+            };
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .boxed()
     }
 
-    fn replay_dead(&self, job: &JobId) -> BoxFuture<'_, Result<usize, StoreError>> {
-        self.replay("job_id = ?1 AND state = 'dead'", job.as_str().to_owned())
+    fn replay_dead(&self, job: &JobId) -> BoxFuture<'_, Result<Option<usize>, StoreError>> {
+        let job = job.as_str().to_owned();
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            let replayed = tx.execute(
+                "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, next_at = ?2, updated_at = ?2
+                 WHERE job_id = ?1 AND state = 'dead'",
+                params![job, now_millis()],
+            )?;
+            let known = replayed > 0 || exists(&tx, "SELECT 1 FROM jobs WHERE id = ?1", &job)?;
+            tx.commit()?;
+            Ok(known.then_some(replayed))
+        })
+        .boxed()
     }
 
     fn count_pending_deliveries(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
         self.count("SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'pending'")
     }
 
-    fn delivery_counts(&self) -> BoxFuture<'_, Result<Vec<(String, usize)>, StoreError>> {
-        self.with_conn(|conn| {
+    fn delivery_counts(&self) -> BoxFuture<'_, Result<Vec<(DeliveryState, usize)>, StoreError>> {
+        self.read(|conn| {
             let mut stmt = conn
                 .prepare_cached("SELECT state, COUNT(*) FROM webhook_deliveries GROUP BY state")?;
             let rows = stmt
@@ -999,7 +1075,13 @@ impl JobStore for SqliteStore {
                     Ok((row.get::<_, String>(0)?, to_usize(row.get::<_, i64>(1)?)))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            rows.into_iter()
+                .map(|(state, n)| {
+                    let state = DeliveryState::parse(&state)
+                        .ok_or_else(|| corrupt("delivery state", &state))?;
+                    Ok((state, n))
+                })
+                .collect()
         })
         .boxed()
     }
@@ -1015,130 +1097,4 @@ impl JobStore for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn opens_migrates_and_reopens_a_file_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = StorePath::File(dir.path().join("nested/evalgate.db"));
-        let store = SqliteStore::open(&path).await.unwrap();
-        store.ping().await.unwrap();
-        drop(store);
-        let again = SqliteStore::open(&path).await.unwrap();
-        let (mode, version) = again
-            .with_conn(|c| {
-                let mode: String = c.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
-                let version: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
-                Ok((mode, version))
-            })
-            .await
-            .unwrap();
-        assert_eq!(mode, "wal");
-        assert_eq!(version, i64::try_from(MIGRATIONS.len()).unwrap());
-    }
-
-    fn new_job(batches: usize) -> NewJob {
-        NewJob {
-            id: JobId::generate(),
-            kind: JobKind::FailureAnalysis,
-            origin: Origin::Native,
-            total_items: batches,
-            members: Bytes::from_static(b"\"run_eval\": true"),
-            webhook: None,
-            idempotency: None,
-            batches: (0..batches)
-                .map(|i| NewBatch {
-                    idx: u32::try_from(i).unwrap(),
-                    item_start: i,
-                    item_end: i + 1,
-                    payload: Bytes::from_static(b"{\"input\": \"q\"}"),
-                })
-                .collect(),
-            created_at: now_millis(),
-        }
-    }
-
-    #[tokio::test]
-    async fn finished_jobs_are_reaped_after_retention_and_unfinished_ones_never() {
-        let store = SqliteStore::open(&StorePath::Memory).await.unwrap();
-        let done = new_job(2);
-        let running = new_job(1);
-        let (done_id, running_id) = (done.id.clone(), running.id.clone());
-        assert_eq!(store.create_job(done, 0).await.unwrap(), Created::New);
-        assert_eq!(store.create_job(running, 0).await.unwrap(), Created::New);
-        assert!(
-            store
-                .finish_job(
-                    &done_id,
-                    JobState::Cancelled,
-                    None,
-                    None,
-                    "{}".to_owned(),
-                    Vec::new()
-                )
-                .await
-                .unwrap()
-        );
-        let record = store.job(&done_id).await.unwrap().unwrap();
-        assert!(
-            record
-                .batches
-                .iter()
-                .all(|b| b.state == BatchState::Cancelled)
-        );
-        // Not yet past retention: kept.
-        assert_eq!(
-            store.reap(record.finished_at.unwrap() - 1).await.unwrap(),
-            0
-        );
-        assert_eq!(store.reap(now_millis() + 1_000).await.unwrap(), 1);
-        assert!(store.job(&done_id).await.unwrap().is_none());
-        assert!(store.job(&running_id).await.unwrap().is_some());
-        assert_eq!(store.count_active().await.unwrap(), 1);
-    }
-
-    #[tokio::test]
-    async fn batch_updates_are_conditional_on_the_current_state() {
-        let store = SqliteStore::open(&StorePath::Memory).await.unwrap();
-        let job = new_job(1);
-        let id = job.id.clone();
-        store.create_job(job, 0).await.unwrap();
-        let update = |from: Vec<BatchState>, to| BatchUpdate {
-            job_id: id.clone(),
-            idx: 0,
-            from,
-            to,
-            upstream_job_id: Some("up_1".to_owned()),
-            attempts: None,
-            count_submit: true,
-            progress: None,
-            error: None,
-            result: None,
-            event: Some("{}".to_owned()),
-        };
-        assert!(
-            store
-                .update_batch(update(vec![BatchState::Pending], BatchState::Running))
-                .await
-                .unwrap()
-        );
-        // A late writer that expected `pending` no longer applies.
-        assert!(
-            !store
-                .update_batch(update(vec![BatchState::Pending], BatchState::Failed))
-                .await
-                .unwrap()
-        );
-        let record = store.job(&id).await.unwrap().unwrap();
-        assert_eq!(
-            record.state,
-            JobState::Running,
-            "first batch activity starts the job"
-        );
-        assert_eq!(record.batches[0].submits, 1);
-        assert_eq!(record.batches[0].upstream_job_id.as_deref(), Some("up_1"));
-        assert_eq!(store.events_after(&id, 0).await.unwrap().len(), 1);
-        assert_eq!(store.unfinished_batches().await.unwrap().len(), 1);
-    }
-}
+mod tests;

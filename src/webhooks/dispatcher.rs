@@ -128,13 +128,13 @@ impl WebhookDispatcher {
 
     async fn record_depths(&self) {
         if let Ok(counts) = self.store.delivery_counts().await {
-            for state in ["pending", "dead"] {
+            for state in [DeliveryState::Pending, DeliveryState::Dead] {
                 let n = counts
                     .iter()
-                    .find(|(s, _)| s == state)
+                    .find(|(s, _)| *s == state)
                     .map_or(0, |(_, n)| *n);
                 #[expect(clippy::cast_precision_loss, reason = "a gauge of a row count")]
-                metrics::gauge!(telemetry::WEBHOOK_DEPTH, "state" => state).set(n as f64);
+                metrics::gauge!(telemetry::WEBHOOK_DEPTH, "state" => state.as_str()).set(n as f64);
             }
         }
     }
