@@ -53,6 +53,8 @@ pub enum StartupError {
     Store(#[from] store::StoreError),
     #[error("cannot build the upstream client")]
     Upstream(#[from] upstream::BuildError),
+    #[error("cannot build the webhook client")]
+    WebhookClient(#[source] reqwest::Error),
     #[error("invalid webhook target policy: {0}")]
     Webhooks(String),
 }

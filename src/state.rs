@@ -117,7 +117,8 @@ impl AppState {
             Arc::clone(&shared_config),
             Arc::clone(&webhook_policy),
             waker.clone(),
-        );
+        )
+        .map_err(StartupError::WebhookClient)?;
         let jobs = JobService::new(service::Parts {
             config: shared_config,
             store: Arc::clone(&store),

@@ -14,9 +14,10 @@ use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    client::WebhookClient,
     outbox::JobWebhook,
     signing::{self, SigningSecret},
-    ssrf::{SystemResolver, TargetPolicy},
+    ssrf::TargetPolicy,
 };
 use crate::{
     config::Config,
@@ -41,6 +42,7 @@ pub struct WebhookDispatcher {
     store: Arc<dyn JobStore>,
     config: Arc<Config>,
     policy: Arc<TargetPolicy>,
+    client: WebhookClient,
     waker: WebhookWaker,
 }
 
@@ -48,18 +50,21 @@ pub struct WebhookDispatcher {
 const IDLE_CHECK: Duration = Duration::from_secs(5);
 
 impl WebhookDispatcher {
+    /// Fails only when the HTTP client cannot be built (no TLS roots, say).
     pub fn new(
         store: Arc<dyn JobStore>,
         config: Arc<Config>,
         policy: Arc<TargetPolicy>,
         waker: WebhookWaker,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, reqwest::Error> {
+        let client = WebhookClient::new(Arc::clone(&policy), config.webhooks.timeout)?;
+        Ok(Self {
             store,
             config,
             policy,
+            client,
             waker,
-        }
+        })
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StoreError> {
@@ -309,11 +314,6 @@ impl WebhookDispatcher {
             .policy
             .check_url(&work.url)
             .map_err(|refusal| Failure::Permanent(format!("target refused: {refusal}")))?;
-        let addrs = self
-            .policy
-            .resolve_checked(&SystemResolver, &checked)
-            .await
-            .map_err(|refusal| Failure::Attempt(format!("target refused: {refusal}")))?;
         let timestamp = now_millis() / 1000;
         let signature = signing::sign(&secrets, &work.id, timestamp, &work.payload);
         let mut headers = HeaderMap::new();
@@ -328,24 +328,13 @@ impl WebhookDispatcher {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        // A client per attempt, pinned to the addresses just checked: the connection cannot
-        // reach an address the check did not see (DNS rebinding), and redirects are refused.
-        let host = checked.host();
-        let client = reqwest::Client::builder()
-            .timeout(self.config.webhooks.timeout)
-            .connect_timeout(self.config.webhooks.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .resolve_to_addrs(host, &addrs)
-            .user_agent(concat!("evalgate-webhooks/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Failure::Permanent(format!("cannot build the webhook client: {e}")))?;
-        let response = client
-            .post(checked.url().clone())
-            .headers(headers)
-            .body(work.payload.clone())
-            .send()
+        // The client's resolver checks every address the name resolves to and connects only
+        // to those (see `client`); a literal address was checked by `check_url`.
+        let response = self
+            .client
+            .post(&checked, headers, work.payload.clone())
             .await
-            .map_err(|e| Failure::Attempt(describe(&e)))?;
+            .map_err(|e| Failure::Attempt(e.to_string()))?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -360,15 +349,4 @@ impl WebhookDispatcher {
 enum Failure {
     Permanent(String),
     Attempt(String),
-}
-
-/// A transport error without the URL (which may carry a token in its query).
-fn describe(error: &reqwest::Error) -> String {
-    if error.is_timeout() {
-        "timed out".to_owned()
-    } else if error.is_connect() {
-        "could not connect".to_owned()
-    } else {
-        "the connection failed".to_owned()
-    }
 }
