@@ -21,7 +21,7 @@
 //! # Example
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use evalgate::emulator::{Emulator, EmulatorConfig};
+//! use valiqor_emulator::{Emulator, EmulatorConfig};
 //! let emu = Emulator::spawn(EmulatorConfig::default()).await?;
 //! let base = emu.base_url(); // point the client here
 //! # let _ = base;
