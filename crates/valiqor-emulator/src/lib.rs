@@ -140,10 +140,6 @@ impl fmt::Debug for EmulatorHandle {
 }
 
 impl EmulatorHandle {
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// `http://IP:PORT`, without a trailing slash.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
