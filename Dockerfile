@@ -27,6 +27,8 @@ RUN cargo install --locked --version "${CARGO_CHEF_VERSION}" cargo-chef \
 WORKDIR /app
 
 # --- planner: reduce the workspace to a dependency recipe ------------------------------
+# The workspace is the root package (evalgate) plus crates/valiqor-emulator, which evalgate's
+# default `demo` feature links for `--demo`; the recipe covers both manifests.
 FROM chef AS planner
 COPY . .
 RUN cargo chef prepare --recipe-path recipe.json
@@ -36,6 +38,7 @@ FROM chef AS builder
 COPY --from=planner /app/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json
 COPY . .
+# Default features: the image keeps `--demo` (scripts/podman-smoke.sh runs it).
 RUN cargo build --release --locked --bin evalgate \
     && install -D -m 0755 target/release/evalgate /out/evalgate \
     && install -d -m 0755 /out/var/lib/evalgate

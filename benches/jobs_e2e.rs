@@ -18,15 +18,12 @@
 
 use std::time::{Duration, Instant};
 
-use evalgate::{
-    Listeners,
-    config::Config,
-    emulator::{Emulator, EmulatorConfig},
-};
+use evalgate::{Listeners, config::Config};
 use http::Method;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use valiqor_emulator::{Emulator, EmulatorConfig};
 
 const KEY: &str = "vq_bench_upstream";
 /// Time compression of the poll-economy run.

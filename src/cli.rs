@@ -21,7 +21,9 @@ pub struct Args {
     pub config: Option<PathBuf>,
 
     /// Serve over the built-in Valiqor emulator on a loopback port, with a demo key: no account needed.
+    // A build without the `demo` feature hides the flag; main refuses it with exit code 64.
     #[arg(long)]
+    #[cfg_attr(not(feature = "demo"), arg(hide = true))]
     pub demo: bool,
 
     /// Log format, overriding `telemetry.format`.

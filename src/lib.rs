@@ -18,7 +18,6 @@ pub mod batching;
 pub mod cache;
 pub mod cli;
 pub mod config;
-pub mod emulator;
 pub mod error;
 pub mod http;
 pub mod jobs;

@@ -5,18 +5,20 @@ use evalgate::{
     Listeners, RunError,
     cli::{Args, Command, LogFormatArg},
     config::{Config, LogFormat, Sources},
-    emulator::{Emulator, EmulatorConfig},
     telemetry,
 };
 use tokio_util::sync::CancellationToken;
+
+use crate::demo::Demo;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// sysexits `EX_CONFIG`: the configuration is wrong.
 const EX_CONFIG: u8 = 78;
-/// The key the demo emulator accepts and evalgate injects.
-const DEMO_UPSTREAM_KEY: &str = "vq_demo_upstream_key";
+
+/// Configuration overrides, `(dotted key, value)`, layered over the file and the environment.
+type Overrides = Vec<(String, String)>;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -32,7 +34,7 @@ async fn main() -> ExitCode {
     }
 }
 
-fn sources(args: &Args, overrides: Vec<(String, String)>) -> Sources {
+fn sources(args: &Args, overrides: Overrides) -> Sources {
     Sources {
         file: args.config.clone(),
         env: true,
@@ -78,29 +80,13 @@ async fn healthcheck(url: &str) -> ExitCode {
 async fn serve(args: &Args) -> ExitCode {
     let shutdown = CancellationToken::new();
     // --demo: bind the emulator first so its address can be layered into the configuration.
-    let mut overrides = Vec::new();
-    let emulator = if args.demo {
-        let emulator = match Emulator::bind(
-            EmulatorConfig {
-                api_key: Some(DEMO_UPSTREAM_KEY.to_owned()),
-                ..EmulatorConfig::default()
-            },
-            ([127, 0, 0, 1], 0).into(),
-        )
-        .await
-        {
-            Ok(emulator) => emulator,
-            Err(error) => {
-                eprintln!("cannot start the demo emulator: {error}");
-                return ExitCode::FAILURE;
-            }
-        };
-        overrides.push(("valiqor.base_url".to_owned(), emulator.handle().base_url()));
-        overrides.push(("valiqor.api_key".to_owned(), DEMO_UPSTREAM_KEY.to_owned()));
-        overrides.push(("store.path".to_owned(), ":memory:".to_owned()));
-        Some(emulator)
+    let (demo, overrides) = if args.demo {
+        match Demo::bind().await {
+            Ok((demo, overrides)) => (Some(demo), overrides),
+            Err(code) => return code,
+        }
     } else {
-        None
+        (None, Vec::new())
     };
 
     let config = match Config::load(&sources(args, overrides)) {
@@ -123,10 +109,10 @@ async fn serve(args: &Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(emulator) = &emulator {
+    if let Some(demo) = &demo {
         tracing::info!(
             api = %format!("http://{}", display_addr(listeners.api_addr())),
-            emulator = %emulator.handle().base_url(),
+            emulator = %demo.base_url(),
             "demo mode: forwarding to the built-in Valiqor emulator; any vq_ key works"
         );
     }
@@ -145,8 +131,8 @@ async fn serve(args: &Args) -> ExitCode {
     };
     let emulator_token = shutdown.child_token();
     let emulator_task = async move {
-        match emulator {
-            Some(emulator) => emulator.run(emulator_token).await,
+        match demo {
+            Some(demo) => demo.run(emulator_token).await,
             None => Ok(()),
         }
     };
@@ -182,4 +168,95 @@ fn display_addr(addr: std::io::Result<std::net::SocketAddr>) -> String {
 )]
 fn rust_log() -> Option<String> {
     std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty())
+}
+
+/// `--demo`: the Valiqor emulator as the upstream, on a loopback port.
+#[cfg(feature = "demo")]
+mod demo {
+    use std::{io, net::Ipv4Addr, process::ExitCode};
+
+    use tokio_util::sync::CancellationToken;
+    use valiqor_emulator::{Emulator, EmulatorConfig};
+
+    use crate::Overrides;
+
+    /// The key the demo emulator accepts and evalgate injects.
+    const DEMO_UPSTREAM_KEY: &str = "vq_demo_upstream_key";
+
+    /// The demo upstream: bound, not yet serving.
+    #[derive(Debug)]
+    pub(crate) struct Demo(Emulator);
+
+    impl Demo {
+        /// Binds the emulator and returns it with the configuration overrides that point evalgate at it.
+        #[expect(
+            clippy::print_stderr,
+            reason = "startup errors are reported before logging exists"
+        )]
+        pub(crate) async fn bind() -> Result<(Self, Overrides), ExitCode> {
+            let config = EmulatorConfig {
+                api_key: Some(DEMO_UPSTREAM_KEY.to_owned()),
+                ..EmulatorConfig::default()
+            };
+            let emulator = match Emulator::bind(config, (Ipv4Addr::LOCALHOST, 0).into()).await {
+                Ok(emulator) => emulator,
+                Err(error) => {
+                    eprintln!("cannot start the demo emulator: {error}");
+                    return Err(ExitCode::FAILURE);
+                }
+            };
+            let overrides = vec![
+                ("valiqor.base_url".to_owned(), emulator.handle().base_url()),
+                ("valiqor.api_key".to_owned(), DEMO_UPSTREAM_KEY.to_owned()),
+                ("store.path".to_owned(), ":memory:".to_owned()),
+            ];
+            Ok((Self(emulator), overrides))
+        }
+
+        pub(crate) fn base_url(&self) -> String {
+            self.0.handle().base_url()
+        }
+
+        /// Serves until `shutdown` is cancelled.
+        pub(crate) async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
+            self.0.run(shutdown).await
+        }
+    }
+}
+
+/// A build without the `demo` feature holds no emulator: `--demo` is a usage error (exit code 64).
+#[cfg(not(feature = "demo"))]
+mod demo {
+    use std::{future::Ready, io, process::ExitCode};
+
+    use evalgate::cli::EX_USAGE;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::Overrides;
+
+    /// Never constructed: there is no demo upstream in this build.
+    #[derive(Debug)]
+    pub(crate) enum Demo {}
+
+    impl Demo {
+        #[expect(
+            clippy::print_stderr,
+            reason = "a usage error is reported before logging exists"
+        )]
+        pub(crate) fn bind() -> Ready<Result<(Self, Overrides), ExitCode>> {
+            eprintln!(
+                "error: --demo is not available: this evalgate was built without the `demo` feature \
+                 (rebuild with default features, or point valiqor.base_url at a Valiqor backend)"
+            );
+            std::future::ready(Err(ExitCode::from(EX_USAGE)))
+        }
+
+        pub(crate) fn base_url(&self) -> String {
+            match *self {}
+        }
+
+        pub(crate) fn run(self, _shutdown: CancellationToken) -> Ready<io::Result<()>> {
+            match self {}
+        }
+    }
 }

@@ -15,13 +15,13 @@ use std::{
 };
 
 use common::dataset;
-use evalgate::emulator::{Emulator, EmulatorConfig};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
     sync::mpsc,
 };
+use valiqor_emulator::{Emulator, EmulatorConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_evalgate");
 
@@ -319,6 +319,7 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     }
 }
 
+#[cfg(feature = "demo")]
 #[tokio::test]
 async fn demo_mode_serves_over_the_built_in_emulator() {
     let mut running = Running::start(
@@ -357,4 +358,24 @@ async fn demo_mode_serves_over_the_built_in_emulator() {
         "exit after SIGTERM; log:\n{}",
         log.join("\n")
     );
+}
+
+/// A service built with `--no-default-features` holds no emulator: `--demo` is a usage error that says why.
+#[cfg(not(feature = "demo"))]
+#[tokio::test]
+async fn demo_without_the_demo_feature_exits_64_and_says_why() {
+    let out = output(
+        evalgate()
+            .arg("--demo")
+            .env("EVALGATE__SERVER__LISTEN", "127.0.0.1:0")
+            .env("EVALGATE__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("built without the `demo` feature"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing served");
 }

@@ -53,8 +53,8 @@ async fn catalogs_are_served_from_cache_after_the_first_call() {
 #[tokio::test]
 async fn fifty_concurrent_misses_make_one_upstream_call() {
     let app = TestApp::spawn_with(
-        evalgate::emulator::EmulatorConfig {
-            faults: evalgate::emulator::Faults {
+        valiqor_emulator::EmulatorConfig {
+            faults: valiqor_emulator::Faults {
                 latency: Duration::from_millis(200),
                 ..Default::default()
             },
@@ -143,15 +143,15 @@ async fn entries_expire_after_ttl_and_stale_is_served_when_upstream_fails() {
     .await;
     // With the upstream healthy again, the expired entry is refreshed.
     app.emulator()
-        .set_faults(evalgate::emulator::Faults::default());
+        .set_faults(valiqor_emulator::Faults::default());
     let refreshed = app.get(TAXONOMY).send().await.unwrap();
     assert_eq!(cache_header(&refreshed), "miss");
     assert_eq!(refreshed.status(), StatusCode::OK);
     assert!(app.emulator().requests_to(&Method::GET, TAXONOMY).len() >= 3);
 }
 
-fn always_failing() -> evalgate::emulator::Faults {
-    evalgate::emulator::Faults {
+fn always_failing() -> valiqor_emulator::Faults {
+    valiqor_emulator::Faults {
         error_rate: 1.0,
         ..Default::default()
     }

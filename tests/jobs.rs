@@ -11,9 +11,10 @@ mod common;
 use std::time::Duration;
 
 use common::{TestApp, dataset, emulator_config, eventually};
-use evalgate::{config::Config, emulator::EmulatorConfig};
+use evalgate::config::Config;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
+use valiqor_emulator::EmulatorConfig;
 
 /// Small batches and fast polls, so jobs finish in well under a second.
 fn fast(c: &mut Config) {

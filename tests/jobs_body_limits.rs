@@ -11,10 +11,11 @@ mod common;
 use std::time::Duration;
 
 use common::{TestApp, emulator_config};
-use evalgate::{config::Config, emulator::EmulatorConfig};
+use evalgate::config::Config;
 use futures::stream;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
+use valiqor_emulator::EmulatorConfig;
 
 /// `n` items of about `size` bytes each: large items, so a few make a large body.
 fn big_items(n: usize, size: usize) -> Value {

@@ -14,9 +14,10 @@ use std::{
 };
 
 use common::{TestApp, dataset, emulator_config};
-use evalgate::{config::Config, emulator::EmulatorConfig};
+use evalgate::config::Config;
 use http::StatusCode;
 use serde_json::{Value, json};
+use valiqor_emulator::EmulatorConfig;
 
 /// Every bounded wait in this file.
 const LIMIT: Duration = Duration::from_secs(20);

@@ -14,12 +14,10 @@ use std::{
 };
 
 use common::{TestApp, dataset, emulator_config};
-use evalgate::{
-    config::{Config, FailurePolicy},
-    emulator::{EmulatorConfig, EmulatorHandle, Faults},
-};
+use evalgate::config::{Config, FailurePolicy};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
+use valiqor_emulator::{EmulatorConfig, EmulatorHandle, Faults};
 
 const SUBMIT: &str = "/v2/failure-analysis/analyze";
 /// Every bounded wait in this file.

@@ -20,7 +20,6 @@ use std::{
 };
 
 use common::{CALLER_KEY, UPSTREAM_KEY, dataset, emulator_config};
-use evalgate::emulator::{Emulator, EmulatorConfig, EmulatorHandle, Faults, RunningEmulator};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::{
@@ -29,6 +28,7 @@ use tokio::{
     sync::mpsc,
     task::JoinSet,
 };
+use valiqor_emulator::{Emulator, EmulatorConfig, EmulatorHandle, Faults, RunningEmulator};
 
 const BIN: &str = env!("CARGO_BIN_EXE_evalgate");
 const SUBMIT: &str = "/v2/failure-analysis/analyze";

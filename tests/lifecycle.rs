@@ -4,8 +4,8 @@ mod common;
 use std::time::Duration;
 
 use common::{TestApp, emulator_config, eventually};
-use evalgate::emulator::{EmulatorConfig, Faults};
 use http::StatusCode;
+use valiqor_emulator::{EmulatorConfig, Faults};
 
 #[tokio::test]
 async fn probes_answer_on_the_admin_port_only() {

@@ -11,9 +11,9 @@ mod common;
 use std::time::Duration;
 
 use common::{TestApp, dataset, emulator_config};
-use evalgate::emulator::{Emulator, EmulatorConfig, Faults};
 use http::StatusCode;
 use serde_json::{Value, json};
+use valiqor_emulator::{Emulator, EmulatorConfig, Faults};
 
 async fn detail_and_code(response: reqwest::Response) -> (String, String) {
     let body: Value = response.json().await.unwrap();

@@ -21,14 +21,12 @@ use std::{
 use axum::{body::Body, extract::State};
 use bytes::Bytes;
 use common::{TestApp, dataset, emulator_config};
-use evalgate::{
-    config::{Config, FailurePolicy},
-    emulator::EmulatorConfig,
-};
+use evalgate::config::{Config, FailurePolicy};
 use futures::{FutureExt, StreamExt};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::{io::AsyncWriteExt, net::TcpListener, process::Command, task::JoinSet};
+use valiqor_emulator::EmulatorConfig;
 
 const BIN: &str = env!("CARGO_BIN_EXE_evalgate");
 

@@ -14,11 +14,11 @@ use std::time::Duration;
 use common::{TestApp, dataset, emulator_config, eventually};
 use evalgate::{
     config::{Config, StorePath},
-    emulator::EmulatorConfig,
     webhooks::signing::{SigningSecret, verify},
 };
 use http::StatusCode;
 use serde_json::{Value, json};
+use valiqor_emulator::EmulatorConfig;
 use webhook_sink::{Received, WebhookSink};
 
 fn fast(c: &mut Config) {

@@ -9,13 +9,10 @@
 
 use std::{future::Future, time::Duration};
 
-use evalgate::{
-    Listeners, RunError,
-    config::Config,
-    emulator::{Emulator, EmulatorConfig, EmulatorHandle, RunningEmulator},
-};
+use evalgate::{Listeners, RunError, config::Config};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use valiqor_emulator::{Emulator, EmulatorConfig, EmulatorHandle, RunningEmulator};
 
 /// The key evalgate is configured with and the emulator accepts.
 pub const UPSTREAM_KEY: &str = "vq_upstream_test_key";

@@ -8,6 +8,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install --quiet --disable-pip-version-check "valiqor==0.0.21"
-cargo build --locked --quiet --bin evalgate --bin valiqor-emulator
+# Two workspace packages: the service and the emulator (crates/valiqor-emulator).
+cargo build --locked --quiet -p evalgate -p valiqor-emulator --bin evalgate --bin valiqor-emulator
 EVALGATE_BIN="$PWD/target/debug/evalgate" EMULATOR_BIN="$PWD/target/debug/valiqor-emulator" \
   "$VENV/bin/python" tests/sdk/test_sdk.py

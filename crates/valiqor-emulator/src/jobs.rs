@@ -11,7 +11,7 @@ use super::data::{count_f64, round_to};
 const QUEUED_SHARE: f64 = 0.1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Phase {
+pub(crate) enum Phase {
     Queued,
     Running,
     Completed,
@@ -20,7 +20,7 @@ pub(super) enum Phase {
 }
 
 impl Phase {
-    pub(super) fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Queued => "queued",
             Self::Running => "running",
@@ -30,14 +30,14 @@ impl Phase {
         }
     }
 
-    pub(super) fn is_terminal(self) -> bool {
+    pub(crate) fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
     }
 }
 
 /// When a job was submitted, how long it takes, and whether it was cancelled or is scripted to fail.
 #[derive(Debug, Clone)]
-pub(super) struct JobClock {
+pub(crate) struct JobClock {
     submitted: Instant,
     submitted_wall: SystemTime,
     duration: Duration,
@@ -47,14 +47,14 @@ pub(super) struct JobClock {
 
 /// What a cancel request did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum CancelOutcome {
+pub(crate) enum CancelOutcome {
     Cancelled,
     AlreadyFinished(Phase),
 }
 
 impl JobClock {
     /// A job that finishes `duration` after now; `failure` makes it end `failed` with that error.
-    pub(super) fn start(duration: Duration, failure: Option<String>) -> Self {
+    pub(crate) fn start(duration: Duration, failure: Option<String>) -> Self {
         Self {
             submitted: Instant::now(),
             submitted_wall: SystemTime::now(),
@@ -65,7 +65,7 @@ impl JobClock {
     }
 
     /// A job that is already complete (inline results).
-    pub(super) fn finished() -> Self {
+    pub(crate) fn finished() -> Self {
         Self::start(Duration::ZERO, None)
     }
 
@@ -78,7 +78,7 @@ impl JobClock {
         self.duration.mul_f64(QUEUED_SHARE)
     }
 
-    pub(super) fn phase(&self, now: Instant) -> Phase {
+    pub(crate) fn phase(&self, now: Instant) -> Phase {
         if self.cancelled.is_some() {
             return Phase::Cancelled;
         }
@@ -96,12 +96,12 @@ impl JobClock {
         }
     }
 
-    pub(super) fn is_completed(&self, now: Instant) -> bool {
+    pub(crate) fn is_completed(&self, now: Instant) -> bool {
         self.phase(now) == Phase::Completed
     }
 
     /// Fraction done in 0..=1: 0 while queued, linear in wall time while running, frozen when cancelled.
-    pub(super) fn progress(&self, now: Instant) -> f64 {
+    pub(crate) fn progress(&self, now: Instant) -> f64 {
         match self.phase(now) {
             Phase::Completed => 1.0,
             Phase::Queued => 0.0,
@@ -120,7 +120,7 @@ impl JobClock {
     }
 
     /// Items processed so far out of `total`.
-    pub(super) fn current_item(&self, now: Instant, total: usize) -> usize {
+    pub(crate) fn current_item(&self, now: Instant, total: usize) -> usize {
         let done = (self.progress(now) * count_f64(total)).floor();
         #[expect(
             clippy::cast_possible_truncation,
@@ -131,7 +131,7 @@ impl JobClock {
         done.min(total)
     }
 
-    pub(super) fn cancel(&mut self, now: Instant) -> CancelOutcome {
+    pub(crate) fn cancel(&mut self, now: Instant) -> CancelOutcome {
         let phase = self.phase(now);
         if phase.is_terminal() {
             return CancelOutcome::AlreadyFinished(phase);
@@ -140,11 +140,11 @@ impl JobClock {
         CancelOutcome::Cancelled
     }
 
-    pub(super) fn created_at(&self) -> String {
+    pub(crate) fn created_at(&self) -> String {
         rfc3339(self.submitted_wall)
     }
 
-    pub(super) fn started_at(&self, now: Instant) -> Option<String> {
+    pub(crate) fn started_at(&self, now: Instant) -> Option<String> {
         match self.phase(now) {
             Phase::Queued => None,
             Phase::Cancelled if self.elapsed(now) < self.queued_for() => None,
@@ -152,7 +152,7 @@ impl JobClock {
         }
     }
 
-    pub(super) fn finished_at(&self, now: Instant) -> Option<String> {
+    pub(crate) fn finished_at(&self, now: Instant) -> Option<String> {
         match self.phase(now) {
             Phase::Queued | Phase::Running => None,
             Phase::Cancelled => self.cancelled.map(|(_, wall)| rfc3339(wall)),
@@ -160,7 +160,7 @@ impl JobClock {
         }
     }
 
-    pub(super) fn error(&self, now: Instant) -> Option<String> {
+    pub(crate) fn error(&self, now: Instant) -> Option<String> {
         match self.phase(now) {
             Phase::Failed => self.failure.clone(),
             _ => None,
@@ -168,12 +168,12 @@ impl JobClock {
     }
 
     /// Milliseconds the job ran (or will run), for `duration_ms` fields.
-    pub(super) fn duration_ms(&self) -> u64 {
+    pub(crate) fn duration_ms(&self) -> u64 {
         u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The §5.3 status object.
-    pub(super) fn status_body(
+    pub(crate) fn status_body(
         &self,
         job_id: &str,
         job_type: &str,
@@ -207,11 +207,11 @@ impl JobClock {
 }
 
 /// RFC 3339 UTC timestamp with milliseconds, e.g. `2026-03-21T10:00:00.123Z`.
-pub(super) fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-pub(super) fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     rfc3339(SystemTime::now())
 }
 

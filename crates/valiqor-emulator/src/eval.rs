@@ -38,7 +38,7 @@ const DEFAULT_PROJECT_METRICS: &[&str] = &[
     "hallucination",
 ];
 
-pub(super) fn routes() -> Router<App> {
+pub(crate) fn routes() -> Router<App> {
     Router::new()
         .route("/v2/evaluate/", post(evaluate))
         .route("/v2/evaluate/trace", post(evaluate_trace))
@@ -65,7 +65,7 @@ pub(super) fn routes() -> Router<App> {
 // === state ===
 
 #[derive(Debug, Default)]
-pub(super) struct EvalState {
+pub(crate) struct EvalState {
     runs: Table<EvalRun>,
     /// Metrics configured per project id (created with the defaults on first read).
     project_metrics: HashMap<String, Vec<Value>>,

@@ -38,7 +38,7 @@ use super::{
 const JOB_TYPE: &str = "failure_analysis";
 const PLAYGROUND_LIMIT_PER_DAY: u32 = 10;
 /// An item whose input or output contains this marker makes an async job end `failed` (a test hook).
-pub(super) const JOB_FAIL_MARKER: &str = "EMULATOR_JOB_FAIL";
+pub(crate) const JOB_FAIL_MARKER: &str = "EMULATOR_JOB_FAIL";
 const DEFAULT_EVAL_METRICS: &[&str] = &[
     "answer_relevance",
     "coherence",
@@ -46,7 +46,7 @@ const DEFAULT_EVAL_METRICS: &[&str] = &[
     "hallucination",
 ];
 
-pub(super) fn routes() -> Router<App> {
+pub(crate) fn routes() -> Router<App> {
     Router::new()
         .route("/v2/failure-analysis/analyze", post(analyze))
         .route("/v2/failure-analysis/runs", get(list_runs))
@@ -76,7 +76,7 @@ pub(super) fn routes() -> Router<App> {
 // === state ===
 
 #[derive(Debug, Default)]
-pub(super) struct FaState {
+pub(crate) struct FaState {
     runs: Table<FaRun>,
     /// Playground runs per bearer key (the emulator's "day" is its lifetime).
     playground_runs: HashMap<String, u32>,
@@ -777,7 +777,7 @@ async fn cancel_run(
 }
 
 /// The body of a cancel answer, shared by the FA, eval and security job endpoints.
-pub(super) fn cancel_body(clock: &mut JobClock, job_id: &str) -> Value {
+pub(crate) fn cancel_body(clock: &mut JobClock, job_id: &str) -> Value {
     match clock.cancel(Instant::now()) {
         CancelOutcome::Cancelled => json!({
             "status": "cancelled",

@@ -9,7 +9,7 @@ use http::{HeaderValue, StatusCode, header::RETRY_AFTER};
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
-pub(super) enum EmuError {
+pub(crate) enum EmuError {
     #[error("Invalid API key")]
     Unauthorized,
     #[error("{0}")]
@@ -96,6 +96,6 @@ impl IntoResponse for EmuError {
 }
 
 /// `{"detail": message}` with `status`, as the emulator's fault paths answer.
-pub(super) fn detail_response(status: StatusCode, message: &str) -> Response {
+pub(crate) fn detail_response(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "detail": message }))).into_response()
 }

@@ -4,9 +4,9 @@
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::Parser;
-use evalgate::emulator::{Emulator, EmulatorConfig, Faults};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+use valiqor_emulator::{Emulator, EmulatorConfig, Faults};
 
 /// Serve an emulated Valiqor v2 backend (failure analysis, eval, security, traces) with scriptable faults.
 #[derive(Debug, Parser)]

@@ -13,10 +13,10 @@ use super::{App, error::EmuError};
 
 /// The bearer key of an authenticated request (inserted by [`require_bearer`]).
 #[derive(Debug, Clone)]
-pub(super) struct Caller(pub(super) String);
+pub(crate) struct Caller(pub(crate) String);
 
 /// The token of an `Authorization: Bearer …` header, if any.
-pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
@@ -24,7 +24,7 @@ pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Route layer: only the configured key (or, without one, any `vq_` key) passes; everything else is a 401.
-pub(super) async fn require_bearer(
+pub(crate) async fn require_bearer(
     State(app): State<App>,
     mut req: Request,
     next: Next,
@@ -46,10 +46,10 @@ pub(super) async fn require_bearer(
 
 /// Decoded query parameters in order; repeated keys are kept.
 #[derive(Debug, Default)]
-pub(super) struct Params(Vec<(String, String)>);
+pub(crate) struct Params(Vec<(String, String)>);
 
 impl Params {
-    pub(super) fn parse(raw: Option<&str>) -> Self {
+    pub(crate) fn parse(raw: Option<&str>) -> Self {
         Self(
             raw.map(|q| {
                 url::form_urlencoded::parse(q.as_bytes())
@@ -61,7 +61,7 @@ impl Params {
     }
 
     /// The first value of `key`, if present and non-empty.
-    pub(super) fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, v)| k == key && !v.is_empty())
@@ -69,7 +69,7 @@ impl Params {
     }
 
     /// Every value of `key`, each also split on commas (`a&b` and `a,b` both work).
-    pub(super) fn list(&self, key: &str) -> Vec<String> {
+    pub(crate) fn list(&self, key: &str) -> Vec<String> {
         self.0
             .iter()
             .filter(|(k, _)| k == key)
@@ -81,7 +81,7 @@ impl Params {
     }
 
     /// An integer parameter with a default, validated into `min..=max` (FastAPI-style 422 otherwise).
-    pub(super) fn int(
+    pub(crate) fn int(
         &self,
         key: &'static str,
         default: usize,
@@ -101,7 +101,7 @@ impl Params {
         }
     }
 
-    pub(super) fn float(&self, key: &'static str) -> Result<Option<f64>, EmuError> {
+    pub(crate) fn float(&self, key: &'static str) -> Result<Option<f64>, EmuError> {
         self.get(key)
             .map(|raw| {
                 raw.parse::<f64>()
@@ -116,7 +116,7 @@ impl Params {
             .transpose()
     }
 
-    pub(super) fn paging(&self, default_size: usize) -> Result<Paging, EmuError> {
+    pub(crate) fn paging(&self, default_size: usize) -> Result<Paging, EmuError> {
         Ok(Paging {
             page: self.int("page", 1, 1, 1_000_000)?,
             page_size: self.int("page_size", default_size, 1, 1000)?,
@@ -125,13 +125,13 @@ impl Params {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Paging {
-    pub(super) page: usize,
-    pub(super) page_size: usize,
+pub(crate) struct Paging {
+    pub(crate) page: usize,
+    pub(crate) page_size: usize,
 }
 
 impl Paging {
-    pub(super) fn slice<'a, T>(&self, items: &'a [T]) -> &'a [T] {
+    pub(crate) fn slice<'a, T>(&self, items: &'a [T]) -> &'a [T] {
         let start = (self.page - 1)
             .saturating_mul(self.page_size)
             .min(items.len());
@@ -139,17 +139,17 @@ impl Paging {
         &items[start..end]
     }
 
-    pub(super) fn has_more(&self, total: usize) -> bool {
+    pub(crate) fn has_more(&self, total: usize) -> bool {
         self.page.saturating_mul(self.page_size) < total
     }
 }
 
 // === JSON bodies ===
 
-pub(super) type Object = Map<String, Value>;
+pub(crate) type Object = Map<String, Value>;
 
 /// The body as a JSON object, or a 400 `{"detail": …}`.
-pub(super) fn json_object(body: &[u8]) -> Result<Object, EmuError> {
+pub(crate) fn json_object(body: &[u8]) -> Result<Object, EmuError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(EmuError::BadRequest(
             "Request body must be a JSON object".to_owned(),
@@ -165,7 +165,7 @@ pub(super) fn json_object(body: &[u8]) -> Result<Object, EmuError> {
 }
 
 /// The body as a JSON object, treating an empty body as `{}` (endpoints whose body is optional).
-pub(super) fn optional_object(body: &[u8]) -> Result<Object, EmuError> {
+pub(crate) fn optional_object(body: &[u8]) -> Result<Object, EmuError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         Ok(Object::new())
     } else {
@@ -174,7 +174,7 @@ pub(super) fn optional_object(body: &[u8]) -> Result<Object, EmuError> {
 }
 
 /// An optional string field (`null` counts as absent).
-pub(super) fn opt_str<'a>(obj: &'a Object, key: &str) -> Result<Option<&'a str>, EmuError> {
+pub(crate) fn opt_str<'a>(obj: &'a Object, key: &str) -> Result<Option<&'a str>, EmuError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -183,13 +183,13 @@ pub(super) fn opt_str<'a>(obj: &'a Object, key: &str) -> Result<Option<&'a str>,
 }
 
 /// A required, non-empty string field.
-pub(super) fn req_str<'a>(obj: &'a Object, key: &str) -> Result<&'a str, EmuError> {
+pub(crate) fn req_str<'a>(obj: &'a Object, key: &str) -> Result<&'a str, EmuError> {
     opt_str(obj, key)?
         .filter(|s| !s.trim().is_empty())
         .ok_or_else(|| EmuError::BadRequest(format!("'{key}' is required")))
 }
 
-pub(super) fn opt_bool(obj: &Object, key: &str, default: bool) -> Result<bool, EmuError> {
+pub(crate) fn opt_bool(obj: &Object, key: &str, default: bool) -> Result<bool, EmuError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
@@ -197,7 +197,7 @@ pub(super) fn opt_bool(obj: &Object, key: &str, default: bool) -> Result<bool, E
     }
 }
 
-pub(super) fn opt_f64(obj: &Object, key: &str) -> Result<Option<f64>, EmuError> {
+pub(crate) fn opt_f64(obj: &Object, key: &str) -> Result<Option<f64>, EmuError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => Ok(n.as_f64()),
@@ -206,7 +206,7 @@ pub(super) fn opt_f64(obj: &Object, key: &str) -> Result<Option<f64>, EmuError> 
 }
 
 /// An optional list of strings.
-pub(super) fn opt_str_list(obj: &Object, key: &str) -> Result<Option<Vec<String>>, EmuError> {
+pub(crate) fn opt_str_list(obj: &Object, key: &str) -> Result<Option<Vec<String>>, EmuError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(items)) => items
@@ -227,7 +227,7 @@ pub(super) fn opt_str_list(obj: &Object, key: &str) -> Result<Option<Vec<String>
 
 /// The `dataset` field: absent → `None`; otherwise a list of objects within `max` items
 /// (more → 400 `dataset_too_large`; the size check comes first, as the real service does it before parsing items).
-pub(super) fn dataset(obj: &Object, max: usize) -> Result<Option<&[Value]>, EmuError> {
+pub(crate) fn dataset(obj: &Object, max: usize) -> Result<Option<&[Value]>, EmuError> {
     let items = match obj.get("dataset") {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Array(items)) => items,

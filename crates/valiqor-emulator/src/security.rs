@@ -36,7 +36,7 @@ use super::{
     },
 };
 
-pub(super) fn routes() -> Router<App> {
+pub(crate) fn routes() -> Router<App> {
     Router::new()
         .route("/v2/security/vulnerabilities", get(vulnerabilities))
         .route("/v2/security/attack-vectors", get(attack_vectors))
@@ -82,7 +82,7 @@ pub(super) fn routes() -> Router<App> {
 // === state ===
 
 #[derive(Debug, Default)]
-pub(super) struct SecurityState {
+pub(crate) struct SecurityState {
     batches: Table<AuditBatch>,
     redteam: Table<RedTeamRun>,
     /// Per-project overrides of a vulnerability's or attack vector's settings, keyed by (project id, key).

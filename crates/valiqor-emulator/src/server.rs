@@ -52,7 +52,7 @@ enum Fault {
 }
 
 /// Accepts connections until `shutdown` is cancelled, then lets open ones finish (bounded by `DRAIN_TIMEOUT`).
-pub(super) async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     app: App,
     router: Router,

@@ -21,7 +21,7 @@
 //! # Example
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use evalgate::emulator::{Emulator, EmulatorConfig};
+//! use valiqor_emulator::{Emulator, EmulatorConfig};
 //! let emu = Emulator::spawn(EmulatorConfig::default()).await?;
 //! let base = emu.base_url(); // point the client here
 //! # let _ = base;
@@ -140,10 +140,6 @@ impl fmt::Debug for EmulatorHandle {
 }
 
 impl EmulatorHandle {
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// `http://IP:PORT`, without a trailing slash.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)

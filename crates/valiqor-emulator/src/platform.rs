@@ -26,7 +26,7 @@ use super::{
 const API_QUOTA: u64 = 10_000;
 const TOKEN_QUOTA: u64 = 50_000_000;
 
-pub(super) fn routes() -> Router<App> {
+pub(crate) fn routes() -> Router<App> {
     Router::new()
         .route("/v2/projects", get(list_projects).post(create_project))
         .route("/v2/projects/{id}", get(get_project))
@@ -52,7 +52,7 @@ async fn list_projects(State(app): State<App>) -> Json<Value> {
 }
 
 /// Parses `{name, key?, model_name?}` and creates the project (409 when the name is taken).
-pub(super) fn create_project_from(app: &App, body: &[u8]) -> Result<Value, EmuError> {
+pub(crate) fn create_project_from(app: &App, body: &[u8]) -> Result<Value, EmuError> {
     let obj = json_object(body)?;
     let name = req_str(&obj, "name")?;
     let key = opt_str(&obj, "key")?.map(str::to_owned);
@@ -129,7 +129,7 @@ async fn validate(
 // === traces ===
 
 #[derive(Debug, Default)]
-pub(super) struct TraceStore {
+pub(crate) struct TraceStore {
     traces: Table<Trace>,
 }
 
@@ -146,7 +146,7 @@ struct Trace {
 }
 
 impl TraceStore {
-    pub(super) fn seed(&mut self, project_id: &str, project_name: &str) {
+    pub(crate) fn seed(&mut self, project_id: &str, project_name: &str) {
         let demo = [
             (
                 "trace_demo_001",
@@ -196,7 +196,7 @@ impl TraceStore {
 
     /// The failure-analysis item for `trace_id`: from the stored trace, or synthesised from the id when unknown
     /// (an id containing "fail" gives a failing answer).
-    pub(super) fn item_for(&self, trace_id: &str) -> Value {
+    pub(crate) fn item_for(&self, trace_id: &str) -> Value {
         if let Some(trace) = self.traces.get(trace_id) {
             let mut item = json!({
                 "input": trace.first("user"),
@@ -570,7 +570,7 @@ async fn trace_full(
 // === trace → items ===
 
 /// Whether a JSON value carries anything (non-empty object, list or string).
-pub(super) fn is_non_empty(v: &Value) -> bool {
+pub(crate) fn is_non_empty(v: &Value) -> bool {
     match v {
         Value::Object(o) => !o.is_empty(),
         Value::Array(a) => !a.is_empty(),
@@ -598,7 +598,7 @@ fn message_list(trace: &Value) -> Vec<(String, String)> {
 }
 
 /// One eval/FA item from a trace: explicit `input`/`output` win, else the first user and last assistant message.
-pub(super) fn trace_item(trace: &Value) -> Value {
+pub(crate) fn trace_item(trace: &Value) -> Value {
     let messages = message_list(trace);
     let pick = |field: &str, role: &str, last: bool| -> String {
         if let Some(v) = trace.get(field).filter(|v| !v.is_null()) {
@@ -622,7 +622,7 @@ pub(super) fn trace_item(trace: &Value) -> Value {
 
 /// `(user_input, assistant_response)` exchanges of a trace: each user message with the next assistant message;
 /// a trace without such pairs gives its single `trace_item` exchange.
-pub(super) fn trace_pairs(trace: &Value) -> Vec<(String, String)> {
+pub(crate) fn trace_pairs(trace: &Value) -> Vec<(String, String)> {
     let mut pairs = Vec::new();
     let mut pending: Option<String> = None;
     for (role, content) in message_list(trace) {

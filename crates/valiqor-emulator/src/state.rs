@@ -23,56 +23,56 @@ const MAX_RECORDED_BODY_BYTES: usize = 512 * 1024 * 1024;
 
 /// Everything the router and the connection layer share.
 #[derive(Debug)]
-pub(super) struct Shared {
-    pub(super) settings: Settings,
+pub(crate) struct Shared {
+    pub(crate) settings: Settings,
     control: Mutex<Control>,
     store: Mutex<Store>,
 }
 
 /// Fixed at construction.
 #[derive(Debug, Clone)]
-pub(super) struct Settings {
-    pub(super) api_key: Option<String>,
-    pub(super) inline_max_items: usize,
-    pub(super) max_dataset_items: usize,
+pub(crate) struct Settings {
+    pub(crate) api_key: Option<String>,
+    pub(crate) inline_max_items: usize,
+    pub(crate) max_dataset_items: usize,
 }
 
 /// Scriptable knobs and the request log.
 #[derive(Debug)]
-pub(super) struct Control {
-    pub(super) faults: Faults,
+pub(crate) struct Control {
+    pub(crate) faults: Faults,
     /// Scripted failures, served front to back: (remaining count, status).
-    pub(super) fail_next: VecDeque<(usize, StatusCode)>,
-    pub(super) job_duration: Duration,
-    pub(super) requests: VecDeque<RecordedRequest>,
+    pub(crate) fail_next: VecDeque<(usize, StatusCode)>,
+    pub(crate) job_duration: Duration,
+    pub(crate) requests: VecDeque<RecordedRequest>,
     /// Sum of the recorded bodies' lengths.
-    pub(super) recorded_bytes: usize,
-    pub(super) bearer_keys: Vec<String>,
-    pub(super) openai_keys: Vec<String>,
+    pub(crate) recorded_bytes: usize,
+    pub(crate) bearer_keys: Vec<String>,
+    pub(crate) openai_keys: Vec<String>,
 }
 
 /// The emulated backend's data.
 #[derive(Debug, Default)]
-pub(super) struct Store {
-    pub(super) projects: Table<Project>,
-    pub(super) fa: FaState,
-    pub(super) eval: EvalState,
-    pub(super) security: SecurityState,
-    pub(super) traces: TraceStore,
+pub(crate) struct Store {
+    pub(crate) projects: Table<Project>,
+    pub(crate) fa: FaState,
+    pub(crate) eval: EvalState,
+    pub(crate) security: SecurityState,
+    pub(crate) traces: TraceStore,
     /// Submissions per bearer key and service, for `/v2/auth/usage`.
-    pub(super) usage: HashMap<String, Usage>,
+    pub(crate) usage: HashMap<String, Usage>,
 }
 
 #[derive(Debug, Default, Clone)]
-pub(super) struct Usage {
-    pub(super) failure_analysis: u64,
-    pub(super) evaluation: u64,
-    pub(super) security: u64,
-    pub(super) tokens: u64,
+pub(crate) struct Usage {
+    pub(crate) failure_analysis: u64,
+    pub(crate) evaluation: u64,
+    pub(crate) security: u64,
+    pub(crate) tokens: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Service {
+pub(crate) enum Service {
     FailureAnalysis,
     Evaluation,
     Security,
@@ -81,7 +81,7 @@ pub(super) enum Service {
 // === impl Shared ===
 
 impl Shared {
-    pub(super) fn new(config: EmulatorConfig) -> Self {
+    pub(crate) fn new(config: EmulatorConfig) -> Self {
         Self {
             settings: Settings {
                 api_key: config.api_key,
@@ -101,20 +101,20 @@ impl Shared {
         }
     }
 
-    pub(super) fn control(&self) -> MutexGuard<'_, Control> {
+    pub(crate) fn control(&self) -> MutexGuard<'_, Control> {
         self.control.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(super) fn store(&self) -> MutexGuard<'_, Store> {
+    pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(super) fn job_duration(&self) -> Duration {
+    pub(crate) fn job_duration(&self) -> Duration {
         self.control().job_duration
     }
 
     /// Appends to the request log and remembers a new bearer key.
-    pub(super) fn record(&self, req: RecordedRequest, bearer: Option<&str>) {
+    pub(crate) fn record(&self, req: RecordedRequest, bearer: Option<&str>) {
         let mut c = self.control();
         if let Some(key) = bearer
             && !c.bearer_keys.iter().any(|k| k == key)
@@ -133,7 +133,7 @@ impl Shared {
     }
 
     /// Remembers a BYOK `openai_api_key` seen in a submit body.
-    pub(super) fn record_openai_key(&self, body: &serde_json::Map<String, Value>) {
+    pub(crate) fn record_openai_key(&self, body: &serde_json::Map<String, Value>) {
         let Some(Value::String(key)) = body.get("openai_api_key") else {
             return;
         };
@@ -155,14 +155,14 @@ impl Store {
     }
 
     /// The project named `name`, created on first use (as the real backend does for submissions).
-    pub(super) fn ensure_project(&mut self, name: &str) -> &Project {
+    pub(crate) fn ensure_project(&mut self, name: &str) -> &Project {
         let id = project_id(name);
         self.projects
             .get_or_insert_with(id.clone(), || Project::new(id, name, None, None))
     }
 
     /// Creates a project; `None` when the name is taken.
-    pub(super) fn create_project(
+    pub(crate) fn create_project(
         &mut self,
         name: &str,
         key: Option<String>,
@@ -178,7 +178,7 @@ impl Store {
         )
     }
 
-    pub(super) fn count_usage(&mut self, caller: &str, service: Service, tokens: usize) {
+    pub(crate) fn count_usage(&mut self, caller: &str, service: Service, tokens: usize) {
         let u = self.usage.entry(caller.to_owned()).or_default();
         match service {
             Service::FailureAnalysis => u.failure_analysis += 1,
@@ -190,22 +190,22 @@ impl Store {
 }
 
 /// Project ids are derived from the name, so they are stable across emulator restarts.
-pub(super) fn project_id(name: &str) -> String {
+pub(crate) fn project_id(name: &str) -> String {
     format!("proj_{:012x}", fnv1a(&[name]) & 0xffff_ffff_ffff)
 }
 
 /// A fresh opaque id with a readable prefix (`fa_…`, `ev_…`).
-pub(super) fn new_id(prefix: &str) -> String {
+pub(crate) fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", Uuid::now_v7().simple())
 }
 
 #[derive(Debug, Clone)]
-pub(super) struct Project {
-    pub(super) id: String,
-    pub(super) name: String,
-    pub(super) key: String,
-    pub(super) model_name: Option<String>,
-    pub(super) created_at: String,
+pub(crate) struct Project {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) key: String,
+    pub(crate) model_name: Option<String>,
+    pub(crate) created_at: String,
 }
 
 impl Project {
@@ -225,7 +225,7 @@ impl Project {
         }
     }
 
-    pub(super) fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         json!({
             "id": self.id,
             "project_id": self.id,
@@ -239,7 +239,7 @@ impl Project {
 
 /// An insertion-ordered map from id to row.
 #[derive(Debug)]
-pub(super) struct Table<T> {
+pub(crate) struct Table<T> {
     rows: Vec<T>,
     index: HashMap<String, usize>,
 }
@@ -254,7 +254,7 @@ impl<T> Default for Table<T> {
 }
 
 impl<T> Table<T> {
-    pub(super) fn insert(&mut self, id: String, row: T) {
+    pub(crate) fn insert(&mut self, id: String, row: T) {
         if let Some(&i) = self.index.get(&id) {
             self.rows[i] = row;
         } else {
@@ -264,7 +264,7 @@ impl<T> Table<T> {
     }
 
     /// The row for `id`, inserting `make()` first when there is none.
-    pub(super) fn get_or_insert_with(&mut self, id: String, make: impl FnOnce() -> T) -> &mut T {
+    pub(crate) fn get_or_insert_with(&mut self, id: String, make: impl FnOnce() -> T) -> &mut T {
         let i = if let Some(&i) = self.index.get(&id) {
             i
         } else {
@@ -276,20 +276,20 @@ impl<T> Table<T> {
         &mut self.rows[i]
     }
 
-    pub(super) fn contains(&self, id: &str) -> bool {
+    pub(crate) fn contains(&self, id: &str) -> bool {
         self.index.contains_key(id)
     }
 
-    pub(super) fn get(&self, id: &str) -> Option<&T> {
+    pub(crate) fn get(&self, id: &str) -> Option<&T> {
         self.index.get(id).and_then(|&i| self.rows.get(i))
     }
 
-    pub(super) fn get_mut(&mut self, id: &str) -> Option<&mut T> {
+    pub(crate) fn get_mut(&mut self, id: &str) -> Option<&mut T> {
         self.index.get(id).and_then(|&i| self.rows.get_mut(i))
     }
 
     /// Rows in insertion order.
-    pub(super) fn iter(&self) -> impl DoubleEndedIterator<Item = &T> {
+    pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = &T> {
         self.rows.iter()
     }
 }

@@ -2,11 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use evalgate::emulator::{Emulator, EmulatorConfig, Faults, RunningEmulator};
 use http::{HeaderMap, Method, StatusCode, header::RETRY_AFTER};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use valiqor_emulator::{Emulator, EmulatorConfig, Faults, RunningEmulator};
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
