@@ -252,8 +252,9 @@ pub async fn submit(state: &AppState, request: JobRequest) -> Result<(JobRecord,
         }
     };
     if fresh && !state.engine.send(Command::Start(id.clone())) {
-        // The job is committed; the engine picks it up from the store at the latest on restart.
-        tracing::warn!(job_id = %id, "engine queue full; the job starts when the engine catches up");
+        // The job is committed: the engine scans the store once it has caught up (or on its next
+        // start when it is stopping) and starts it then.
+        tracing::warn!(job_id = %id, "engine queue full; the job starts at the engine's next store scan");
     }
     let record = state
         .store
