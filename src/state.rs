@@ -48,7 +48,8 @@ pub struct Inner {
     pub webhooks: WebhookWaker,
     /// Which webhook targets may be reached.
     pub webhook_policy: Arc<TargetPolicy>,
-    /// Fired when the shutdown grace period is over: requests still running are answered at once.
+    /// Fired by `run` when the shutdown grace period is over: requests still running are answered
+    /// 502 `shutting_down` at once (`middleware::hard_stop`), the workers abort what runs.
     pub hard_stop: CancellationToken,
     in_flight: Arc<Semaphore>,
 }
