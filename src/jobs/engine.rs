@@ -245,8 +245,7 @@ async fn drive<W: Worker>(
     // Recovery: everything unfinished in the store; batches with an upstream id are polled.
     let runnable = slots.worker.scan().await?;
     slots.adopt(runnable);
-    let mut rescan =
-        tokio::time::interval_at(Instant::now() + tuning.rescan_every, tuning.rescan_every);
+    let mut rescan = tokio::time::interval_at(after(tuning.rescan_every), tuning.rescan_every);
     rescan.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut reap = tokio::time::interval(tuning.reap_every);
     reap.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -264,7 +263,7 @@ async fn drive<W: Worker>(
             }
             Some((key, ended)) = slots.tasks.join_next() => {
                 if slots.finished(key, ended) {
-                    let at = Instant::now() + tuning.after_panic;
+                    let at = after(tuning.after_panic);
                     scan_after_panic = Some(scan_after_panic.map_or(at, |t| t.min(at)));
                 }
             }
@@ -279,6 +278,14 @@ async fn drive<W: Worker>(
     }
     slots.stop(hard_stop).await;
     Ok(())
+}
+
+/// `now + delay`, saturating (a configured interval of years must not overflow the clock).
+fn after(delay: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(delay)
+        .or_else(|| now.checked_add(Duration::from_secs(86_400 * 365)))
+        .unwrap_or(now)
 }
 
 /// The loop's bookkeeping. A batch has one place at most: queued (waiting for its time) or busy
