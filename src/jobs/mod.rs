@@ -7,6 +7,7 @@ pub mod engine;
 pub mod hub;
 pub mod limits;
 pub mod merge;
+mod scheduler;
 pub mod service;
 
 use std::fmt;
