@@ -12,8 +12,9 @@
 //! evalgate admin port: /livez /readyz /metrics /admin/cache/purge
 //! ```
 //!
-//! `run` is the whole service: it builds the state, serves both ports, and shuts down in order
-//! (readiness 503 → drain the API port within the grace period → stop the admin port).
+//! `run` is the whole service: it builds the state, serves both ports, and shuts down within one
+//! grace period (readiness 503 → drain the API port and the workers together → at the deadline,
+//! 502 `shutting_down` for what still runs → stop the admin port).
 pub mod batching;
 pub mod cache;
 pub mod cli;
@@ -23,10 +24,12 @@ pub mod http;
 pub mod jobs;
 pub mod middleware;
 pub mod retry;
+pub mod serve;
 pub mod shutdown;
 pub mod state;
 pub mod store;
 pub mod submit;
+pub(crate) mod tasks;
 pub mod telemetry;
 pub mod types;
 pub mod upstream;
@@ -97,10 +100,19 @@ impl Listeners {
     }
 }
 
-/// How long the admin port may take to stop once the API port drained.
-const ADMIN_STOP: Duration = Duration::from_secs(1);
+/// After the grace period: how long requests that were cut off have to send their 502.
+const CUT_FLUSH: Duration = Duration::from_millis(500);
+/// How long the admin port may take to stop once everything else has.
+const ADMIN_STOP: Duration = Duration::from_millis(250);
 
 /// Serves until `shutdown` is cancelled (or a task fails), then drains and returns.
+///
+/// Shutdown has one deadline, `server.shutdown_grace_period` after it starts: readiness turns
+/// 503, the API port stops accepting and finishes its requests, the job engine and the webhook
+/// dispatcher take no new work and finish what runs, all at the same time. At the deadline
+/// `hard_stop` fires: requests still running answer 502 `shutting_down` (flushed for up to
+/// `CUT_FLUSH`), the workers abort what runs (it resumes from the store on the next start), then
+/// the admin port stops. `run` returns within the grace period plus about 0.75 s.
 pub async fn run(
     config: Config,
     listeners: Listeners,
@@ -108,23 +120,36 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let grace = config.server.shutdown_grace_period;
     let (state, workers) = AppState::build(config).await?;
+    let hard_stop = state.hard_stop.clone();
     let admin_stop = CancellationToken::new();
-    let engine_stop = CancellationToken::new();
-    let mut api_tasks = Supervisor::new(shutdown.clone());
-    let mut admin_tasks = Supervisor::new(admin_stop.clone());
-    let mut engine_tasks = Supervisor::new(engine_stop.clone());
-    engine_tasks.spawn("job-engine", workers.engine.run(engine_stop.clone()));
-    engine_tasks.spawn(
-        "webhook-dispatcher",
-        workers.dispatcher.run(engine_stop.clone()),
+    // The API server and the workers stop together; the admin port outlives them, so /readyz
+    // answers 503 throughout the drain.
+    let mut tasks = Supervisor::new();
+    let mut admin_tasks = Supervisor::new();
+    tasks.spawn(
+        "job-engine",
+        workers.engine.run(shutdown.clone(), hard_stop.clone()),
     );
-
-    let api = axum::serve(listeners.api, http::api_router(state.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    api_tasks.spawn("api-server", async move { api.await });
-    let admin = axum::serve(listeners.admin, http::admin::router(state.clone()))
-        .with_graceful_shutdown(admin_stop.clone().cancelled_owned());
-    admin_tasks.spawn("admin-server", async move { admin.await });
+    tasks.spawn(
+        "webhook-dispatcher",
+        workers.dispatcher.run(shutdown.clone(), hard_stop.clone()),
+    );
+    tasks.spawn(
+        "api-server",
+        serve::serve(
+            listeners.api,
+            http::api_router(state.clone()),
+            shutdown.clone(),
+        ),
+    );
+    admin_tasks.spawn(
+        "admin-server",
+        serve::serve(
+            listeners.admin,
+            http::admin::router(state.clone()),
+            admin_stop.clone(),
+        ),
+    );
     state.readiness.set_serving();
     tracing::info!(
         upstream = %state.config.valiqor.base_url,
@@ -137,9 +162,8 @@ pub async fn run(
     let early = tokio::select! {
         biased;
         () = shutdown.cancelled() => None,
-        ended = api_tasks.next() => ended,
+        ended = tasks.next() => ended,
         ended = admin_tasks.next() => ended,
-        ended = engine_tasks.next() => ended,
     };
     // The API server also watches `shutdown` and can finish its (empty) drain in the same
     // instant: a clean end once shutdown was requested is not a failure.
@@ -148,39 +172,41 @@ pub async fn run(
         Ok(()) if shutdown.is_cancelled() => None,
         Ok(()) => Some((task, "ended before shutdown was requested".to_owned())),
     });
+    let deadline = tokio::time::Instant::now() + grace;
     state.readiness.start_draining();
     shutdown.cancel();
-    tracing::info!(grace_period = ?grace, "draining: readiness is 503, finishing in-flight requests");
+    tracing::info!(
+        grace_period = ?grace,
+        "draining: readiness is 503; in-flight requests, job work and webhook attempts get the grace period"
+    );
 
-    let drained = tokio::time::timeout(grace, async {
-        while let Some((task, result)) = api_tasks.next().await {
-            if let Err(reason) = result {
-                failure.get_or_insert((task, reason));
-            }
-        }
-    })
-    .await;
-    if drained.is_err() {
-        let aborted = api_tasks.abort_all();
+    let drained = tokio::time::timeout_at(deadline, tasks.wait_all(&mut failure))
+        .await
+        .is_ok();
+    hard_stop.cancel();
+    if !drained {
         tracing::warn!(
-            aborted,
-            "grace period over; in-flight requests were cut off"
+            running = tasks.len(),
+            "grace period over: requests still running are answered 502 shutting_down; job work and webhook attempts resume from the store on the next start"
         );
-    }
-    // The engine stops after the API: in-flight upstream calls finish or resume from the store.
-    engine_stop.cancel();
-    while let Some((task, result)) = engine_tasks.next().await {
-        if let Err(reason) = result {
-            failure.get_or_insert((task, reason));
+        if tokio::time::timeout(CUT_FLUSH, tasks.wait_all(&mut failure))
+            .await
+            .is_err()
+        {
+            let aborted = tasks.abort_all().await;
+            tracing::warn!(
+                aborted,
+                "tasks still running after the cut-off were aborted"
+            );
         }
     }
     // The admin port answered 503 on /readyz throughout the drain; now it stops too.
     admin_stop.cancel();
-    if tokio::time::timeout(ADMIN_STOP, admin_tasks.next())
+    if tokio::time::timeout(ADMIN_STOP, admin_tasks.wait_all(&mut failure))
         .await
         .is_err()
     {
-        admin_tasks.abort_all();
+        admin_tasks.abort_all().await;
     }
     tracing::info!("evalgate stopped");
     match failure {

@@ -7,8 +7,7 @@ use std::{
     },
 };
 
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use crate::tasks::{Ended, KeyedTasks};
 
 /// Whether this instance should receive traffic: serving, and not draining.
 #[derive(Debug, Clone, Default)]
@@ -69,24 +68,23 @@ pub async fn signal() {
     }
 }
 
-/// A task's result as the supervisor sees it.
+/// A task's result as the supervisor sees it: its name, and why it failed if it did.
 pub type TaskResult = (&'static str, Result<(), String>);
 
 /// Owns every long-lived task. When any task ends before shutdown was requested, cleanly or
-/// not, the whole process shuts down: a half-running gateway is worse than a restart.
+/// not, the whole process shuts down: a half-running gateway is worse than a restart. Dropping
+/// the supervisor aborts whatever still runs.
 #[derive(Debug)]
 pub struct Supervisor {
-    tasks: JoinSet<TaskResult>,
-    shutdown: CancellationToken,
+    tasks: KeyedTasks<&'static str, Result<(), String>>,
 }
 
 // === impl Supervisor ===
 
 impl Supervisor {
-    pub fn new(shutdown: CancellationToken) -> Self {
+    pub fn new() -> Self {
         Self {
-            tasks: JoinSet::new(),
-            shutdown,
+            tasks: KeyedTasks::new(),
         }
     }
 
@@ -95,38 +93,54 @@ impl Supervisor {
         F: Future<Output = Result<(), E>> + Send + 'static,
         E: std::fmt::Display,
     {
-        self.tasks.spawn(async move {
-            let result = task.await.map_err(|error| error.to_string());
-            (name, result)
+        self.tasks.spawn(name, async move {
+            task.await.map_err(|error| error.to_string())
         });
     }
 
     /// Waits for the next task to end. `None` when none is left.
     pub async fn next(&mut self) -> Option<TaskResult> {
         loop {
-            match self.tasks.join_next().await? {
-                Ok(result) => return Some(result),
-                Err(error) if error.is_panic() => {
-                    return Some(("unknown", Err("task panicked".to_owned())));
+            let (name, ended) = self.tasks.join_next().await?;
+            match ended {
+                Ok(result) => return Some((name, result)),
+                Err(Ended::Panicked(panic)) => {
+                    return Some((name, Err(format!("panicked: {panic}"))));
                 }
-                Err(_) => {}
+                Err(Ended::Aborted) => {}
             }
         }
     }
 
-    /// Whether shutdown was requested.
-    pub fn shutting_down(&self) -> bool {
-        self.shutdown.is_cancelled()
+    /// Waits until every task ended, keeping the first failure in `failure`. Cancel-safe: run
+    /// it under a timeout and call it again.
+    pub async fn wait_all(&mut self, failure: &mut Option<(&'static str, String)>) {
+        while let Some((task, result)) = self.next().await {
+            if let Err(reason) = result {
+                failure.get_or_insert((task, reason));
+            }
+        }
     }
 
-    pub fn token(&self) -> &CancellationToken {
-        &self.shutdown
+    /// Tasks still running.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
     }
 
-    /// Aborts whatever is still running (after the grace period).
-    pub fn abort_all(&mut self) -> usize {
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Aborts whatever is still running and waits until it is gone; returns how many there were.
+    pub async fn abort_all(&mut self) -> usize {
         let left = self.tasks.len();
-        self.tasks.abort_all();
+        self.tasks.shutdown().await;
         left
+    }
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Self::new()
     }
 }

@@ -47,7 +47,8 @@ pub struct Inner {
     pub jobs: JobService,
     /// Wakes the webhook dispatcher after outbox rows commit.
     pub webhooks: WebhookWaker,
-    /// Fired when the shutdown grace period is over: requests still running are answered at once.
+    /// Fired by `run` when the shutdown grace period is over: requests still running are answered
+    /// 502 `shutting_down` at once (`middleware::hard_stop`), the workers abort what runs.
     pub hard_stop: CancellationToken,
     in_flight: Arc<Semaphore>,
 }

@@ -21,7 +21,7 @@ use tokio::{
     process::{Child, Command},
     sync::mpsc,
 };
-use valiqor_emulator::{Emulator, EmulatorConfig};
+use valiqor_emulator::{Emulator, EmulatorConfig, Faults};
 
 const BIN: &str = env!("CARGO_BIN_EXE_evalgate");
 
@@ -167,17 +167,24 @@ impl Running {
         }
     }
 
-    async fn terminate(mut self) -> (Option<i32>, Vec<String>) {
+    /// Sends SIGTERM and waits for the exit, which must come within the grace period + 1 s.
+    async fn terminate(mut self, grace: Duration) -> (Option<i32>, Vec<String>) {
         let pid = self.child.id().expect("still running").to_string();
         let killed = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .unwrap();
         assert!(killed.success());
-        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+        let sent = std::time::Instant::now();
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("exits after SIGTERM")
             .unwrap();
+        let took = sent.elapsed();
+        assert!(
+            took <= grace + Duration::from_secs(1),
+            "exited {took:?} after SIGTERM, grace period {grace:?}"
+        );
         while let Ok(Some(line)) =
             tokio::time::timeout(Duration::from_secs(2), self.lines.recv()).await
         {
@@ -221,6 +228,7 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
             .env("EVALGATE__STORE__PATH", dir.path().join("store.db"))
             .env("EVALGATE__WEBHOOKS__ALLOWED_CIDRS", "[\"127.0.0.0/8\"]")
             .env("EVALGATE__WEBHOOKS__RETRY_SCHEDULE", "[\"50ms\"]")
+            .env("EVALGATE__SERVER__SHUTDOWN_GRACE_PERIOD", "2s")
             .env("RUST_LOG", "trace"),
     );
     let listening = running.wait_for("listening").await;
@@ -302,7 +310,7 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         "the BYOK key was really injected"
     );
 
-    let (code, log) = running.terminate().await;
+    let (code, log) = running.terminate(Duration::from_secs(2)).await;
     let log = log.join("\n");
     assert_eq!(code, Some(0), "clean exit after SIGTERM; log:\n{log}");
     assert!(log.len() > 1000, "trace logging produced output");
@@ -326,7 +334,8 @@ async fn demo_mode_serves_over_the_built_in_emulator() {
         evalgate()
             .arg("--demo")
             .env("EVALGATE__SERVER__LISTEN", "127.0.0.1:0")
-            .env("EVALGATE__SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
+            .env("EVALGATE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+            .env("EVALGATE__SERVER__SHUTDOWN_GRACE_PERIOD", "2s"),
     );
     let listening = running.wait_for("listening").await;
     let api = format!("http://{}", listening["listen"].as_str().unwrap());
@@ -351,7 +360,7 @@ async fn demo_mode_serves_over_the_built_in_emulator() {
         .await
         .unwrap();
     assert_eq!(run["status"], "completed", "{run}");
-    let (code, log) = running.terminate().await;
+    let (code, log) = running.terminate(Duration::from_secs(2)).await;
     assert_eq!(
         code,
         Some(0),
@@ -378,4 +387,57 @@ async fn demo_without_the_demo_feature_exits_64_and_says_why() {
         "{stderr}"
     );
     assert!(out.stdout.is_empty(), "nothing served");
+}
+
+#[tokio::test]
+async fn sigterm_cuts_a_request_slower_than_the_grace_period_and_exits_0_in_time() {
+    const GRACE: Duration = Duration::from_secs(1);
+    let emulator = Emulator::spawn(EmulatorConfig {
+        api_key: Some("vq_upstream".to_owned()),
+        faults: Faults {
+            latency: Duration::from_secs(30),
+            ..Faults::default()
+        },
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut running = Running::start(
+        evalgate()
+            .env("EVALGATE__SERVER__LISTEN", "127.0.0.1:0")
+            .env("EVALGATE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+            .env("EVALGATE__SERVER__SHUTDOWN_GRACE_PERIOD", "1s")
+            .env("EVALGATE__VALIQOR__BASE_URL", emulator.handle().base_url())
+            .env("EVALGATE__VALIQOR__API_KEY", "vq_upstream")
+            .env("EVALGATE__STORE__PATH", dir.path().join("store.db")),
+    );
+    let listening = running.wait_for("listening").await;
+    let url = format!(
+        "http://{}/v2/failure-analysis/projects",
+        listening["listen"].as_str().unwrap()
+    );
+    let mut slow = tokio::task::JoinSet::new();
+    slow.spawn(async move {
+        let response = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+            .get(url)
+            .bearer_auth("vq_caller")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json::<Value>().await.unwrap())
+    });
+    common::eventually(Duration::from_secs(10), || async {
+        !emulator.handle().requests().is_empty()
+    })
+    .await;
+    let (code, log) = running.terminate(GRACE).await;
+    assert_eq!(code, Some(0), "clean exit; log:\n{}", log.join("\n"));
+    let (status, body) = slow.join_next().await.unwrap().unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["code"], "shutting_down", "{body}");
 }

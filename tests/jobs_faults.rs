@@ -447,13 +447,17 @@ async fn fail_fast_cancels_the_running_batches_upstream() {
         .collect();
     assert_eq!(failed.len(), 1, "{status}");
     assert!(failed[0]["error"].as_str().unwrap().contains("422"));
-    let cancels: Vec<String> = app
-        .emulator()
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == Method::POST && r.path.ends_with("/cancel"))
-        .map(|r| r.path)
-        .collect();
+    let cancel_paths = || -> Vec<String> {
+        app.emulator()
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == Method::POST && r.path.ends_with("/cancel"))
+            .map(|r| r.path)
+            .collect()
+    };
+    // The job commits as failed first; the upstream cancels follow from the same finalization.
+    common::eventually(LIMIT, || async { cancel_paths().len() >= 3 }).await;
+    let cancels = cancel_paths();
     for batch in batches(&status)
         .iter()
         .filter(|b| b["index"] != failed[0]["index"])

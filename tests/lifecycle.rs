@@ -1,11 +1,14 @@
-//! Operations: probes, metrics, graceful drain on shutdown.
+//! Operations: probes, metrics, and shutdown: the drain under load, and the cut at the end of the
+//! grace period with the upstream still up.
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{TestApp, emulator_config, eventually};
+use common::{TestApp, dataset, emulator_config, eventually};
 use http::StatusCode;
-use valiqor_emulator::{EmulatorConfig, Faults};
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use valiqor_emulator::{EmulatorConfig, Faults, RecordedRequest};
 
 #[tokio::test]
 async fn probes_answer_on_the_admin_port_only() {
@@ -60,78 +63,156 @@ async fn metrics_count_requests_by_route_template_and_record_overhead() {
     assert!(!metrics.contains("/abc/"), "ids never become labels");
 }
 
-#[tokio::test]
-async fn shutdown_turns_readiness_off_and_finishes_in_flight_requests() {
-    let app = TestApp::spawn_with(
-        EmulatorConfig {
-            faults: Faults {
-                latency: Duration::from_millis(1500),
-                ..Faults::default()
-            },
-            ..emulator_config()
-        },
-        |c| c.server.shutdown_grace_period = Duration::from_secs(10),
-    )
+/// Waits (bounded) until the emulator has received `n` requests matching `matches`.
+async fn upstream_received(app: &TestApp, n: usize, matches: impl Fn(&RecordedRequest) -> bool) {
+    eventually(Duration::from_secs(10), || async {
+        app.emulator()
+            .requests()
+            .iter()
+            .filter(|r| matches(r))
+            .count()
+            >= n
+    })
     .await;
-    let slow = app.get("/v2/failure-analysis/projects").send();
-    let during = async {
-        // Wait until the slow request is in flight upstream, then ask for shutdown.
-        eventually(Duration::from_secs(5), || async {
-            !app.emulator().requests().is_empty()
-        })
-        .await;
-        app.begin_shutdown();
-        eventually(Duration::from_secs(5), || async {
-            app.client
-                .get(format!("{}/readyz", app.admin))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == StatusCode::SERVICE_UNAVAILABLE)
-        })
-        .await;
-    };
-    let (slow, ()) = tokio::join!(slow, during);
-    assert_eq!(
-        slow.unwrap().status(),
-        StatusCode::OK,
-        "the in-flight request was not cut off"
-    );
-    app.stop()
-        .await
-        .expect("run returns Ok after a clean drain");
 }
 
 #[tokio::test]
-async fn drain_is_bounded_by_the_grace_period() {
-    let app = TestApp::spawn_with(
+async fn shutdown_drains_concurrent_requests_under_load_and_returns_early() {
+    const EACH: usize = 8;
+    const GRACE: Duration = Duration::from_secs(10);
+    let latency = Duration::from_millis(1500);
+    let mut app = TestApp::spawn_with(
         EmulatorConfig {
             faults: Faults {
-                latency: Duration::from_secs(20),
+                latency,
                 ..Faults::default()
             },
             ..emulator_config()
         },
-        |c| c.server.shutdown_grace_period = Duration::from_millis(300),
+        |c| c.server.shutdown_grace_period = GRACE,
     )
     .await;
-    let client = app.client.clone();
-    let url = format!("{}/v2/failure-analysis/projects", app.api);
-    let mut slow = tokio::task::JoinSet::new();
-    slow.spawn(async move { client.get(url).send().await.map(|r| r.status()) });
+    // Forwarded GETs and submits (body read, BYOK pass), all in flight upstream at once.
+    let mut calls = JoinSet::new();
+    for i in 0..EACH {
+        let get = app.get("/v2/failure-analysis/projects");
+        calls.spawn(async move { get.send().await.map(|r| r.status()) });
+        let submit = app
+            .post("/v2/failure-analysis/analyze")
+            .json(&json!({"run_eval": true, "dataset": dataset(1 + i % 3)}));
+        calls.spawn(async move { submit.send().await.map(|r| r.status()) });
+    }
+    upstream_received(&app, 2 * EACH, |_| true).await;
+    let started = Instant::now();
+    app.begin_shutdown();
     eventually(Duration::from_secs(5), || async {
-        !app.emulator().requests().is_empty()
+        app.client
+            .get(format!("{}/readyz", app.admin))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::SERVICE_UNAVAILABLE)
     })
     .await;
-    let started = std::time::Instant::now();
-    app.stop().await.unwrap();
+    let mut statuses = Vec::new();
+    while let Some(call) = calls.join_next().await {
+        statuses.push(call.unwrap().expect("answered, not cut"));
+    }
+    assert_eq!(statuses.len(), 2 * EACH);
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "stopped within the grace period"
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "every in-flight request got its upstream answer: {statuses:?}"
     );
-    let cut = slow.join_next().await.unwrap().unwrap().unwrap();
-    assert_eq!(
-        cut,
-        StatusCode::BAD_GATEWAY,
-        "the over-long request was answered at the deadline"
+    app.finished()
+        .await
+        .expect("run returns Ok after a clean drain");
+    let took = started.elapsed();
+    assert!(
+        took < GRACE / 2,
+        "run returned when the work was done ({took:?}), not at the deadline"
     );
+}
+
+#[tokio::test]
+async fn requests_still_running_at_the_deadline_get_502_shutting_down_and_run_returns_in_time() {
+    const GRACE: Duration = Duration::from_secs(1);
+    let mut app = TestApp::spawn_with(
+        EmulatorConfig {
+            inline_max_items: 4,
+            job_duration: Duration::from_secs(60),
+            ..emulator_config()
+        },
+        |c| {
+            c.server.shutdown_grace_period = GRACE;
+            c.batching.failure_analysis.max_items = 10;
+            c.jobs.poll_initial_interval = Duration::from_millis(50);
+            c.jobs.poll_max_interval = Duration::from_millis(100);
+        },
+    )
+    .await;
+    // A managed job whose batches run upstream, so its cancel calls the upstream inline.
+    let accepted: Value = app
+        .post("/v1/jobs")
+        .json(&json!({"kind": "failure_analysis", "dataset": dataset(25)}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = accepted["job_id"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(10), || async {
+        let status: Value = app
+            .get(&format!("/v1/jobs/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        status["batches"]
+            .as_array()
+            .is_some_and(|b| b.iter().all(|b| b["status"] == "running"))
+    })
+    .await;
+    // From now on the upstream is far slower than the grace period; the engine's polls hang too.
+    app.emulator().set_faults(Faults {
+        latency: Duration::from_secs(30),
+        ..Faults::default()
+    });
+    let timed = |request: reqwest::RequestBuilder| async move {
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        (status, body, Instant::now())
+    };
+    let mut forward = JoinSet::new();
+    forward.spawn(timed(app.get("/v2/failure-analysis/projects")));
+    let mut cancel = JoinSet::new();
+    cancel.spawn(timed(app.post(&format!("/v1/jobs/{id}/cancel"))));
+    upstream_received(&app, 1, |r| r.path == "/v2/failure-analysis/projects").await;
+    upstream_received(&app, 1, |r| r.path.ends_with("/cancel")).await;
+
+    let started = Instant::now();
+    app.begin_shutdown();
+    app.finished()
+        .await
+        .expect("a cut-off drain still returns Ok");
+    let took = started.elapsed();
+    assert!(
+        took <= GRACE + Duration::from_secs(1),
+        "run returned within grace + 1 s, took {took:?}"
+    );
+
+    let (status, body, at) = forward.join_next().await.unwrap().unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["code"], "shutting_down", "Valiqor shape: {body}");
+    assert!(body["detail"].is_string(), "the SDK reads detail: {body}");
+    assert!(at - started >= GRACE, "cut at the deadline, not before");
+
+    let (status, body, at) = cancel.join_next().await.unwrap().unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["error"]["code"], "shutting_down", "/v1 shape: {body}");
+    assert!(at - started >= GRACE, "cut at the deadline, not before");
+    // The upstream was never taken away: the cut came from evalgate's deadline.
+    assert!(!app.emulator().requests().is_empty());
 }

@@ -125,7 +125,19 @@ pub struct JobsConfig {
     pub idempotency_window: Duration,
     #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
+    /// How often the engine scans the store for runnable work it does not hold (work whose
+    /// command was dropped or whose task panicked); the scan also runs at start and at once
+    /// after a dropped command.
+    #[serde(with = "humantime_serde")]
+    pub rescan_interval: Duration,
+    /// Commands buffered between the API and the job engine. Not a file key: a full buffer only
+    /// defers a new job to the engine's next store scan; tests shrink it to prove that.
+    #[serde(skip)]
+    pub command_capacity: usize,
 }
+
+/// Commands buffered between the API and the job engine, unless a test says otherwise.
+pub const ENGINE_COMMAND_CAPACITY: usize = 1024;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerConfig {

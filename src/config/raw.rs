@@ -120,6 +120,8 @@ pub(crate) struct RawJobs {
     pub idempotency_window: Duration,
     #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
+    #[serde(with = "humantime_serde")]
+    pub rescan_interval: Duration,
 }
 
 #[derive(Debug, Deserialize)]

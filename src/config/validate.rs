@@ -9,10 +9,10 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use super::{
-    BatchLimitsConfig, BatchingConfig, ByokMode, Config, ConfigError, EnvLookup, FailurePolicy,
-    JobsConfig, LogFormat, RateLimitConfig, ServerConfig, StoreConfig, StorePath,
-    TaxonomyCacheConfig, TelemetryConfig, ValiqorConfig, WEBHOOK_EVENTS, WebhookEndpoint,
-    WebhooksConfig,
+    BatchLimitsConfig, BatchingConfig, ByokMode, Config, ConfigError, ENGINE_COMMAND_CAPACITY,
+    EnvLookup, FailurePolicy, JobsConfig, LogFormat, RateLimitConfig, ServerConfig, StoreConfig,
+    StorePath, TaxonomyCacheConfig, TelemetryConfig, ValiqorConfig, WEBHOOK_EVENTS,
+    WebhookEndpoint, WebhooksConfig,
     raw::{
         self, RawBatchLimits, RawBatching, RawJobs, RawRateLimit, RawServer, RawStore,
         RawTaxonomyCache, RawTelemetry, RawValiqor, RawWebhooks,
@@ -302,6 +302,9 @@ fn jobs(raw: &RawJobs, problems: &mut Problems) -> Option<JobsConfig> {
     if raw.poll_initial_interval.is_zero() {
         problems.push("jobs.poll_initial_interval", "must be greater than 0");
     }
+    if raw.rescan_interval.is_zero() {
+        problems.push("jobs.rescan_interval", "must be greater than 0");
+    }
     if raw.poll_initial_interval > raw.poll_max_interval {
         problems.push(
             "jobs.poll_max_interval",
@@ -330,6 +333,8 @@ fn jobs(raw: &RawJobs, problems: &mut Problems) -> Option<JobsConfig> {
         retention: raw.retention,
         idempotency_window: raw.idempotency_window,
         max_wait: raw.max_wait,
+        rescan_interval: raw.rescan_interval,
+        command_capacity: ENGINE_COMMAND_CAPACITY,
     })
 }
 

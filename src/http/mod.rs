@@ -36,7 +36,9 @@ use crate::{
 /// 2. `SetSensitiveRequestHeadersLayer`: caller credentials are marked sensitive for any logging;
 /// 3. request id: keep or generate `x-request-id`, echo it on the response;
 /// 4. metrics: count by route template and status, duration and evalgate overhead;
-/// 5. the native routes (labelled by their matched template), else the Valiqor handler, which
+/// 5. hard stop: at the end of the shutdown grace period a request still running is answered
+///    502 `shutting_down`;
+/// 6. the native routes (labelled by their matched template), else the Valiqor handler, which
 ///    applies, in order: route table, admission (max in flight), rate limits, body limit, BYOK,
 ///    cache, forward (all under `server.request_timeout`).
 pub fn api_router(state: AppState) -> Router {
@@ -46,7 +48,8 @@ pub fn api_router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::serve))
         .route_layer(middleware::from_fn(label_route))
         .fallback(valiqor::handle)
-        .with_state(state)
+        .with_state(state.clone())
+        .layer(middleware::from_fn_with_state(state, mw::hard_stop::layer))
         .layer(middleware::from_fn(mw::metrics::layer))
         .layer(middleware::from_fn(mw::request_id::layer))
         .layer(SetSensitiveRequestHeadersLayer::new([

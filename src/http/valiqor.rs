@@ -46,15 +46,13 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
         Resolved::Found(template, handling) => {
             tracing::Span::current().record("route", template);
             let deadline = state.config.server.request_timeout;
-            let served = tokio::time::timeout(deadline, serve(&state, template, handling, request));
-            let response = tokio::select! {
-                biased;
-                () = state.hard_stop.cancelled() => ApiError::ShuttingDown.into_response(),
-                result = served => match result {
-                    Ok(Ok(response)) => response,
-                    Ok(Err(error)) => error.into_response(),
-                    Err(_) => ApiError::RequestTimeout.into_response(),
-                },
+            // The end of the shutdown grace period is handled around every route (middleware::hard_stop).
+            let served =
+                tokio::time::timeout(deadline, serve(&state, template, handling, request)).await;
+            let response = match served {
+                Ok(Ok(response)) => response,
+                Ok(Err(error)) => error.into_response(),
+                Err(_) => ApiError::RequestTimeout.into_response(),
             };
             (template, response)
         }

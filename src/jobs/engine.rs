@@ -2,29 +2,29 @@
 //!
 //! One `DelayQueue` holds each unfinished batch exactly once, keyed by (job, batch): a batch is
 //! either waiting in the queue or being worked on, never both, so there is exactly one upstream
-//! call in flight per batch however many callers watch. Work runs in a `JoinSet` owned by the
-//! engine and bounded by `jobs.concurrency`; every state change is committed to the store before
-//! the next step. On start the engine rebuilds its queue from the store: batches with an
-//! upstream id are polled, never resubmitted; a batch whose submit was in flight at a crash is
-//! submitted again (the upstream has no idempotency key, so that one batch may run twice).
-use std::{
-    collections::{HashMap, HashSet},
-    num::NonZeroU32,
-    sync::Arc,
-    time::Duration,
-};
+//! call in flight per batch however many callers watch. Work runs in tasks owned by the engine
+//! and bounded by `jobs.concurrency`; every state change is committed to the store before the
+//! next step. The store is the truth: on start, every `jobs.rescan_interval`, after a command
+//! was dropped (full queue) and after a task panicked, the engine scans it for runnable work and
+//! takes on whatever is neither queued nor busy. Batches with an upstream id are polled, never
+//! resubmitted; a batch whose submit was in flight at a crash is submitted again (the upstream
+//! has no idempotency key, so that one batch may run twice). The loop itself is in
+//! `scheduler.rs`; this module is the engine's handle, its construction and its unit of work.
+use std::{num::NonZeroU32, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::json;
-use tokio::{sync::mpsc, task::JoinSet};
-use tokio_util::{sync::CancellationToken, time::DelayQueue};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use super::{
     finish::{Ending, Finisher},
     hub::{JobEvent, JobHub},
     limits::LearnedLimits,
-    merge, transition,
+    merge,
+    scheduler::{Runnable, Tuning, Worker, drive},
+    transition,
     view::evalgate_section,
 };
 use crate::{
@@ -32,7 +32,7 @@ use crate::{
     config::Config,
     error::ErrorChain,
     retry::{Backoff, eta_from_progress},
-    store::{BatchUpdate, JobStore, NewBatch},
+    store::{BatchUpdate, JobStore, NewBatch, StoreError},
     types::{BatchState, JobId, JobKind, now_millis},
     upstream::{
         UpstreamClient,
@@ -52,18 +52,30 @@ pub enum Command {
 /// The API's handle on the engine.
 #[derive(Debug, Clone)]
 pub struct EngineHandle {
-    tx: mpsc::Sender<Command>,
+    pub(super) tx: mpsc::Sender<Command>,
+    /// Woken when a command could not be queued: the engine then rescans the store.
+    pub(super) missed: Arc<Notify>,
 }
 
 impl EngineHandle {
-    /// Queues a command; `false` when the engine's queue is full or it has stopped.
+    /// Queues a command without waiting. `false` when it was not queued: when the queue is full
+    /// the engine rescans the store as soon as it has caught up, so a committed job still starts
+    /// (and a dropped `Forget` only leaves work that finds its job ended); when the engine has
+    /// stopped, the next start reads the store.
     pub fn send(&self, command: Command) -> bool {
-        self.tx.try_send(command).is_ok()
+        match self.tx.try_send(command) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.missed.notify_one();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
+pub(super) enum Action {
     Submit,
     /// `since`: when the upstream accepted the batch (wall clock), for progress-based ETAs.
     Poll {
@@ -73,19 +85,22 @@ enum Action {
 }
 
 #[derive(Debug, Clone)]
-struct Work {
-    job: JobId,
-    idx: u32,
-    action: Action,
+pub(super) struct Work {
+    pub(super) job: JobId,
+    pub(super) idx: u32,
+    pub(super) action: Action,
 }
 
-type Key = (JobId, u32);
+pub(super) type Key = (JobId, u32);
+
+/// The work key of a job's finalization (batch indexes never reach it).
+pub(super) const FINALIZE: u32 = u32::MAX;
 
 /// What finished work asks for next.
 #[derive(Debug, Default)]
-struct Next {
-    schedule: Vec<(Work, Duration)>,
-    finalize: Option<JobId>,
+pub(super) struct Next {
+    pub(super) schedule: Vec<(Work, Duration)>,
+    pub(super) finalize: Option<JobId>,
 }
 
 /// Everything a unit of work needs; cheap to clone into tasks.
@@ -105,10 +120,9 @@ struct Ctx {
 pub struct JobEngine {
     ctx: Ctx,
     commands: mpsc::Receiver<Command>,
+    missed: Arc<Notify>,
 }
 
-/// Commands buffered between the API and the engine.
-const COMMAND_CAPACITY: usize = 1024;
 /// How often finished jobs past their retention are deleted.
 const REAP_EVERY: Duration = Duration::from_secs(600);
 
@@ -121,7 +135,8 @@ impl JobEngine {
         learned: Arc<LearnedLimits>,
         finisher: Finisher,
     ) -> (Self, EngineHandle) {
-        let (tx, commands) = mpsc::channel(COMMAND_CAPACITY);
+        let (tx, commands) = mpsc::channel(config.jobs.command_capacity.max(1));
+        let missed = Arc::new(Notify::new());
         let limiter = NonZeroU32::new(config.jobs.upstream_per_second)
             .map(|rate| Arc::new(RateLimiter::direct(Quota::per_second(rate))));
         let backoff = Backoff {
@@ -140,150 +155,82 @@ impl JobEngine {
                 finisher,
             },
             commands,
+            missed: Arc::clone(&missed),
         };
-        (engine, EngineHandle { tx })
+        (engine, EngineHandle { tx, missed })
     }
 
-    /// Runs until `shutdown`; work in flight is given the remaining grace to finish and is
-    /// otherwise picked up from the store on the next start.
-    #[expect(
-        clippy::too_many_lines,
-        reason = "the scheduler loop reads best as one select"
-    )]
+    /// Runs until `shutdown`, then takes no new work: what runs may finish until `hard_stop`
+    /// (the end of the shutdown grace period), the rest is aborted and resumes from the store on
+    /// the next start.
     pub async fn run(
-        mut self,
+        self,
         shutdown: CancellationToken,
-    ) -> Result<(), crate::store::StoreError> {
-        let mut queue: DelayQueue<Work> = DelayQueue::new();
-        let mut queued: HashMap<Key, tokio_util::time::delay_queue::Key> = HashMap::new();
-        let mut busy: HashSet<Key> = HashSet::new();
-        let mut tasks: JoinSet<(Key, Next)> = JoinSet::new();
-        let concurrency = self.ctx.config.jobs.concurrency;
-
-        // Recovery: rebuild the queue from the store.
-        for (job, idx, state) in self.ctx.store.unfinished_batches().await? {
-            let action = if state == BatchState::Running {
-                Action::Poll {
-                    polls: 0,
-                    since: now_millis(),
-                }
-            } else {
-                Action::Submit
-            };
-            schedule(
-                &mut queue,
-                &mut queued,
-                &busy,
-                Work { job, idx, action },
-                Duration::ZERO,
-            );
-        }
-        for job in self.ctx.store.jobs_to_finalize().await? {
-            let ctx = self.ctx.clone();
-            tasks.spawn(async move {
-                ctx.finalize(&job).await;
-                ((job, u32::MAX), Next::default())
-            });
-        }
-        let mut reap = tokio::time::interval(REAP_EVERY);
-        reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
-        loop {
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                Some(command) = self.commands.recv() => match command {
-                    Command::Start(job) => match self.ctx.store.job(&job).await {
-                        Ok(Some(record)) => {
-                            for batch in record.batches.iter().filter(|b| b.state == BatchState::Pending) {
-                                let work = Work { job: job.clone(), idx: batch.idx, action: Action::Submit };
-                                schedule(&mut queue, &mut queued, &busy, work, Duration::ZERO);
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(error) => tracing::warn!(error = %ErrorChain(&error), job_id = %job, "cannot read a new job; it starts on the next restart"),
-                    },
-                    Command::Forget(job) => {
-                        queued.retain(|(j, _), key| {
-                            if *j == job {
-                                queue.remove(key);
-                                false
-                            } else {
-                                true
-                            }
-                        });
-                    }
-                },
-                Some(expired) = std::future::poll_fn(|cx| queue.poll_expired(cx)), if tasks.len() < concurrency => {
-                    let work = expired.into_inner();
-                    let key = (work.job.clone(), work.idx);
-                    queued.remove(&key);
-                    busy.insert(key.clone());
-                    let ctx = self.ctx.clone();
-                    tasks.spawn(async move {
-                        let next = ctx.process(work).await;
-                        (key, next)
-                    });
-                }
-                Some(done) = tasks.join_next() => {
-                    let (key, next) = match done {
-                        Ok(done) => done,
-                        Err(error) => {
-                            tracing::error!(%error, "a job task failed; its batch is retried on the next restart");
-                            continue;
-                        }
-                    };
-                    busy.remove(&key);
-                    for (work, delay) in next.schedule {
-                        schedule(&mut queue, &mut queued, &busy, work, delay);
-                    }
-                    if let Some(job) = next.finalize {
-                        let ctx = self.ctx.clone();
-                        tasks.spawn(async move {
-                            ctx.finalize(&job).await;
-                            ((job, u32::MAX), Next::default())
-                        });
-                    }
-                }
-                _ = reap.tick() => {
-                    let retention = i64::try_from(self.ctx.config.jobs.retention.as_millis()).unwrap_or(i64::MAX);
-                    match self.ctx.store.reap(now_millis().saturating_sub(retention)).await {
-                        Ok(0) => {}
-                        Ok(reaped) => tracing::info!(reaped, "finished jobs past retention deleted"),
-                        Err(error) => tracing::warn!(error = %ErrorChain(&error), "reaping old jobs failed"),
-                    }
-                }
-            }
-        }
-        let grace = self.ctx.config.server.shutdown_grace_period;
-        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                left = tasks.len(),
-                "job work still running at shutdown; it resumes from the store on restart"
-            );
-            tasks.abort_all();
-        }
-        Ok(())
+        hard_stop: CancellationToken,
+    ) -> Result<(), StoreError> {
+        let jobs = &self.ctx.config.jobs;
+        let tuning = Tuning {
+            concurrency: jobs.concurrency,
+            rescan_every: jobs.rescan_interval,
+            // The same wait as after a store error: a panic is a bug, retrying it fast helps no one.
+            after_panic: jobs.poll_max_interval,
+            reap_every: REAP_EVERY,
+        };
+        let Self {
+            ctx,
+            mut commands,
+            missed,
+        } = self;
+        drive(ctx, tuning, &mut commands, &missed, &shutdown, &hard_stop).await
     }
 }
 
-fn schedule(
-    queue: &mut DelayQueue<Work>,
-    queued: &mut HashMap<Key, tokio_util::time::delay_queue::Key>,
-    busy: &HashSet<Key>,
-    work: Work,
-    delay: Duration,
-) {
-    let key = (work.job.clone(), work.idx);
-    // One place per batch: never queue a batch that is queued or being worked on.
-    if queued.contains_key(&key) || busy.contains(&key) {
-        return;
+// === impl Worker for Ctx ===
+
+impl Worker for Ctx {
+    async fn process_work(&self, work: Work) -> Next {
+        self.process(work).await
     }
-    let entry = queue.insert(work, delay);
-    queued.insert(key, entry);
+
+    async fn finalize_job(&self, job: JobId) {
+        self.finalize(&job).await;
+    }
+
+    async fn scan(&self) -> Result<Runnable, StoreError> {
+        Ok(Runnable {
+            batches: self.store.unfinished_batches().await?,
+            finalize: self.store.jobs_to_finalize().await?,
+        })
+    }
+
+    async fn pending_batches(&self, job: &JobId) -> Result<Vec<u32>, StoreError> {
+        let record = self.store.job(job).await?;
+        Ok(record
+            .map(|record| {
+                record
+                    .batches
+                    .iter()
+                    .filter(|b| b.state == BatchState::Pending)
+                    .map(|b| b.idx)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn reap(&self) {
+        let retention = i64::try_from(self.config.jobs.retention.as_millis()).unwrap_or(i64::MAX);
+        match self
+            .store
+            .reap(now_millis().saturating_sub(retention))
+            .await
+        {
+            Ok(0) => {}
+            Ok(reaped) => tracing::info!(reaped, "finished jobs past retention deleted"),
+            Err(error) => {
+                tracing::warn!(error = %ErrorChain(&error), "reaping old jobs failed");
+            }
+        }
+    }
 }
 
 // === impl Ctx ===

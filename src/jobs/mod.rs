@@ -10,6 +10,7 @@ pub(crate) mod finish;
 pub mod hub;
 pub mod limits;
 pub mod merge;
+mod scheduler;
 pub mod service;
 mod transition;
 pub mod view;

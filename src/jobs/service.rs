@@ -165,9 +165,10 @@ impl JobService {
             Created::Existing(existing) => (existing, false),
             Created::Conflict(existing) => return Err(JobsError::IdempotencyConflict(existing)),
         };
-        if fresh {
-            // Committed: the engine learns of it now, or finds it on its next scan of the store.
-            self.0.engine.send(Command::Start(id.clone()));
+        if fresh && !self.0.engine.send(Command::Start(id.clone())) {
+            // The job is committed: the engine scans the store once it has caught up (or on
+            // its next start when it is stopping) and starts it then.
+            tracing::warn!(job_id = %id, "engine queue full; the job starts at the engine's next store scan");
         }
         let record = self.read(&id).await?;
         if fresh {

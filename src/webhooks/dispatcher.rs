@@ -4,13 +4,14 @@
 //! deduplicate on `webhook-id`. The SSRF check runs on every attempt and the connection is pinned
 //! to the checked addresses (no second resolution); redirects are not followed.
 use std::{
-    collections::HashSet,
+    collections::HashMap,
+    future::Future,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use http::{HeaderMap, HeaderValue, StatusCode};
-use tokio::{sync::Notify, task::JoinSet};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -23,7 +24,8 @@ use crate::{
     config::Config,
     error::ErrorChain,
     retry,
-    store::{Attempt, DeliveryState, DeliveryWork, JobStore, StoreError, now_millis},
+    store::{Attempt, DeliveryState, DeliveryWork, JobStore, Millis, StoreError, now_millis},
+    tasks::{Ended, KeyedTasks},
     telemetry,
 };
 
@@ -67,67 +69,25 @@ impl WebhookDispatcher {
         })
     }
 
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StoreError> {
-        let this = Arc::new(self);
-        let mut tasks: JoinSet<String> = JoinSet::new();
-        let mut busy: HashSet<String> = HashSet::new();
-        let concurrency = this.config.webhooks.concurrency;
-        loop {
-            let free = concurrency.saturating_sub(tasks.len());
-            if free > 0 {
-                match this
-                    .store
-                    .due_deliveries(now_millis(), free, busy.iter().cloned().collect())
-                    .await
-                {
-                    Ok(due) => {
-                        for work in due {
-                            busy.insert(work.id.clone());
-                            let this = Arc::clone(&this);
-                            tasks.spawn(async move {
-                                let id = work.id.clone();
-                                this.attempt(work).await;
-                                id
-                            });
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(error = %ErrorChain(&error), "cannot read the outbox; retrying");
-                    }
-                }
-            }
-            this.record_depths().await;
-            let wait = match this.store.next_delivery_at().await {
-                Ok(Some(at)) => {
-                    Duration::from_millis(u64::try_from(at - now_millis()).unwrap_or(0))
-                        .min(IDLE_CHECK)
-                }
-                _ => IDLE_CHECK,
-            };
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                Some(done) = tasks.join_next() => {
-                    if let Ok(id) = done {
-                        busy.remove(&id);
-                    }
-                }
-                () = this.waker.0.notified() => {}
-                () = tokio::time::sleep(wait), if tasks.len() < concurrency => {}
-            }
-        }
-        // In-flight attempts get the grace period; what is left stays pending for the next start.
-        let grace = this.config.server.shutdown_grace_period;
-        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                left = tasks.len(),
-                "webhook attempts still running at shutdown; they are retried on restart"
-            );
-            tasks.abort_all();
-        }
+    /// Delivers until `shutdown`, then claims nothing new: attempts in flight may finish until
+    /// `hard_stop` (the end of the shutdown grace period); the rest stay pending in the outbox
+    /// and are retried on the next start.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        hard_stop: CancellationToken,
+    ) -> Result<(), StoreError> {
+        let waker = self.waker.clone();
+        let concurrency = self.config.webhooks.concurrency;
+        drive(
+            Arc::new(self),
+            &waker,
+            concurrency,
+            AFTER_PANIC,
+            &shutdown,
+            &hard_stop,
+        )
+        .await;
         Ok(())
     }
 
@@ -346,7 +306,278 @@ impl WebhookDispatcher {
     }
 }
 
+/// How long a delivery whose task panicked is left alone before it is claimed again (it stays
+/// pending in the store meanwhile; a panic is a bug, and retrying it at once would repeat it).
+const AFTER_PANIC: Duration = Duration::from_secs(30);
+
+/// What the delivery loop drives: the outbox and one attempt. `WebhookDispatcher` is the real
+/// one; the loop's tests script one.
+trait Outbox: Send + Sync + 'static {
+    /// Up to `limit` pending deliveries that are due, none of `exclude`.
+    fn due(
+        &self,
+        limit: usize,
+        exclude: Vec<String>,
+    ) -> impl Future<Output = Result<Vec<DeliveryWork>, StoreError>> + Send;
+    /// When the earliest pending delivery is due (it may be one being attempted).
+    fn next_due_at(&self) -> impl Future<Output = Result<Option<Millis>, StoreError>> + Send;
+    /// Publishes the outbox depth gauges.
+    fn report_depths(&self) -> impl Future<Output = ()> + Send;
+    /// One attempt at one delivery, recorded in the store.
+    fn deliver(&self, work: DeliveryWork) -> impl Future<Output = ()> + Send;
+}
+
+impl Outbox for WebhookDispatcher {
+    async fn due(
+        &self,
+        limit: usize,
+        exclude: Vec<String>,
+    ) -> Result<Vec<DeliveryWork>, StoreError> {
+        self.store
+            .due_deliveries(now_millis(), limit, exclude)
+            .await
+    }
+
+    async fn next_due_at(&self) -> Result<Option<Millis>, StoreError> {
+        self.store.next_delivery_at().await
+    }
+
+    async fn report_depths(&self) {
+        self.record_depths().await;
+    }
+
+    async fn deliver(&self, work: DeliveryWork) {
+        self.attempt(work).await;
+    }
+}
+
+/// The delivery loop: claim what is due (bounded by `concurrency`), attempt it in tasks keyed by
+/// delivery id, until `shutdown`; then the drain up to `hard_stop`. A delivery is claimed once
+/// at a time; a task that panicked frees its delivery, which is claimed again after `after_panic`.
+async fn drive<O: Outbox>(
+    outbox: Arc<O>,
+    waker: &WebhookWaker,
+    concurrency: usize,
+    after_panic: Duration,
+    shutdown: &CancellationToken,
+    hard_stop: &CancellationToken,
+) {
+    let mut tasks: KeyedTasks<String, ()> = KeyedTasks::new();
+    // Deliveries whose task panicked, left alone until then.
+    let mut cooling: HashMap<String, tokio::time::Instant> = HashMap::new();
+    loop {
+        let now = tokio::time::Instant::now();
+        cooling.retain(|_, until| *until > now);
+        let free = concurrency.saturating_sub(tasks.len());
+        if free > 0 {
+            let exclude = tasks.busy().chain(cooling.keys()).cloned().collect();
+            match outbox.due(free, exclude).await {
+                Ok(due) => {
+                    for work in due {
+                        let outbox = Arc::clone(&outbox);
+                        tasks.spawn(work.id.clone(), async move { outbox.deliver(work).await });
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %ErrorChain(&error), "cannot read the outbox; retrying");
+                }
+            }
+        }
+        outbox.report_depths().await;
+        // The earliest due time may belong to a delivery being attempted or cooling down: only a
+        // time still ahead is worth waking for; finished tasks and new rows wake the loop anyway.
+        let mut wait = match outbox.next_due_at().await {
+            Ok(Some(at)) if at > now_millis() => {
+                Duration::from_millis(u64::try_from(at - now_millis()).unwrap_or(0)).min(IDLE_CHECK)
+            }
+            _ => IDLE_CHECK,
+        };
+        if let Some(until) = cooling.values().min() {
+            wait = wait.min(until.saturating_duration_since(now));
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some((id, ended)) = tasks.join_next() => {
+                if let Err(Ended::Panicked(panic)) = ended {
+                    tracing::error!(
+                        webhook_id = %id,
+                        panic,
+                        retry_in = ?after_panic,
+                        "a webhook delivery task panicked; the delivery stays pending and is retried"
+                    );
+                    cooling.insert(id, tokio::time::Instant::now() + after_panic);
+                }
+            }
+            () = waker.0.notified() => {}
+            () = tokio::time::sleep(wait), if tasks.len() < concurrency => {}
+        }
+    }
+    tokio::select! {
+        () = async {
+            while let Some((id, ended)) = tasks.join_next().await {
+                if let Err(Ended::Panicked(panic)) = ended {
+                    tracing::error!(webhook_id = %id, panic, "a webhook delivery task panicked; the delivery stays pending");
+                }
+            }
+        } => {}
+        () = hard_stop.cancelled() => {
+            tracing::warn!(
+                left = tasks.len(),
+                "webhook attempts still running at the end of the grace period; they are retried on the next start"
+            );
+            tasks.shutdown().await;
+        }
+    }
+}
+
 enum Failure {
     Permanent(String),
     Attempt(String),
+}
+
+#[cfg(test)]
+mod tests {
+    //! The delivery loop against a scripted outbox: a delivery stays pending until an attempt
+    //! at it returns; attempts panic on request.
+    use std::{collections::HashSet, sync::Mutex};
+
+    use bytes::Bytes;
+    use tokio::{sync::watch, task::JoinSet};
+
+    use super::*;
+    use crate::types::JobId;
+
+    #[derive(Debug, Default)]
+    struct Model {
+        pending: Vec<String>,
+        /// Every attempt as it started.
+        attempts: Vec<(String, tokio::time::Instant)>,
+        /// Attempts that panic, once each.
+        panic_next: HashSet<String>,
+        /// Claims of a delivery while an attempt at it was running.
+        double_claims: usize,
+        running: HashSet<String>,
+    }
+
+    #[derive(Debug)]
+    struct Script {
+        model: Mutex<Model>,
+        changed: watch::Sender<()>,
+    }
+
+    impl Script {
+        fn edit<R>(&self, edit: impl FnOnce(&mut Model) -> R) -> R {
+            let result = edit(&mut self.model.lock().unwrap());
+            self.changed.send_replace(());
+            result
+        }
+
+        fn attempts_at(&self, id: &str) -> Vec<tokio::time::Instant> {
+            let model = self.model.lock().unwrap();
+            model
+                .attempts
+                .iter()
+                .filter(|(i, _)| i == id)
+                .map(|(_, at)| *at)
+                .collect()
+        }
+    }
+
+    impl Outbox for Script {
+        async fn due(
+            &self,
+            limit: usize,
+            exclude: Vec<String>,
+        ) -> Result<Vec<DeliveryWork>, StoreError> {
+            Ok(self.edit(|m| {
+                let due: Vec<String> = m
+                    .pending
+                    .iter()
+                    .filter(|id| !exclude.contains(id))
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                m.double_claims += due.iter().filter(|id| m.running.contains(*id)).count();
+                due.into_iter()
+                    .map(|id| DeliveryWork {
+                        id,
+                        job_id: JobId::generate(),
+                        event: "job.completed".to_owned(),
+                        url: "http://127.0.0.1:9/hook".to_owned(),
+                        target: "job".to_owned(),
+                        payload: Bytes::new(),
+                        attempts: 0,
+                        created_at: 0,
+                    })
+                    .collect()
+            }))
+        }
+
+        async fn next_due_at(&self) -> Result<Option<Millis>, StoreError> {
+            // Everything pending is long due, including what is being attempted.
+            Ok(self.edit(|m| (!m.pending.is_empty()).then_some(0)))
+        }
+
+        async fn report_depths(&self) {}
+
+        async fn deliver(&self, work: DeliveryWork) {
+            let panics = self.edit(|m| {
+                m.running.insert(work.id.clone());
+                m.attempts
+                    .push((work.id.clone(), tokio::time::Instant::now()));
+                m.panic_next.remove(&work.id)
+            });
+            if panics {
+                self.edit(|m| m.running.remove(&work.id));
+            }
+            assert!(!panics, "scripted panic in delivery {}", work.id);
+            self.edit(|m| {
+                m.running.remove(&work.id);
+                m.pending.retain(|id| *id != work.id);
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicked_delivery_stays_pending_and_is_attempted_again_after_a_backoff() {
+        const AFTER: Duration = Duration::from_millis(200);
+        let script = Arc::new(Script {
+            model: Mutex::new(Model {
+                pending: vec!["msg_broken".to_owned(), "msg_fine".to_owned()],
+                panic_next: HashSet::from(["msg_broken".to_owned()]),
+                ..Model::default()
+            }),
+            changed: watch::channel(()).0,
+        });
+        let shutdown = CancellationToken::new();
+        let mut task = JoinSet::new();
+        let (outbox, stop) = (Arc::clone(&script), shutdown.clone());
+        task.spawn(async move {
+            let waker = WebhookWaker::default();
+            drive(outbox, &waker, 4, AFTER, &stop, &CancellationToken::new()).await;
+        });
+        let mut changes = script.changed.subscribe();
+        let delivered = tokio::time::timeout(
+            Duration::from_secs(10),
+            changes.wait_for(|()| script.model.lock().unwrap().pending.is_empty()),
+        )
+        .await;
+        assert!(delivered.is_ok(), "{:?}", script.model.lock().unwrap());
+
+        let broken = script.attempts_at("msg_broken");
+        assert_eq!(broken.len(), 2, "attempted, panicked, attempted again");
+        assert!(
+            broken[1] - broken[0] >= AFTER,
+            "the retry waited for the backoff"
+        );
+        assert_eq!(script.attempts_at("msg_fine").len(), 1);
+        assert_eq!(
+            script.model.lock().unwrap().double_claims,
+            0,
+            "never claimed while attempted"
+        );
+        shutdown.cancel();
+        task.join_next().await.unwrap().unwrap();
+    }
 }

@@ -126,6 +126,11 @@ impl TestApp {
     /// Requests shutdown and returns what `run` returned.
     pub async fn stop(mut self) -> Result<(), RunError> {
         self.shutdown.cancel();
+        self.finished().await
+    }
+
+    /// Waits for `run` to return (after `begin_shutdown`); the emulator keeps serving.
+    pub async fn finished(&mut self) -> Result<(), RunError> {
         tokio::time::timeout(Duration::from_secs(30), self.tasks.join_next())
             .await
             .expect("run returns within 30 s")
