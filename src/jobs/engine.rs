@@ -388,18 +388,12 @@ impl Ctx {
             }
             SubmitOutcome::Inline(result) => self.complete_batch(work, &batch, result).await,
             SubmitOutcome::TooLarge { max_allowed } => {
-                let limit = max_allowed
-                    .unwrap_or(items / 2)
-                    .clamp(1, items.saturating_sub(1).max(1));
-                if items <= 1 {
-                    return self
-                        .fail_batch(
-                            work,
-                            &batch,
-                            "upstream rejects even a single item as too large".to_owned(),
-                        )
-                        .await;
-                }
+                let limit = match transition::after_too_large(items, max_allowed) {
+                    transition::AfterTooLarge::Fail(reason) => {
+                        return self.fail_batch(work, &batch, reason).await;
+                    }
+                    transition::AfterTooLarge::Resplit { limit } => limit,
+                };
                 let limit = self
                     .learned
                     .learn(self.store.as_ref(), batch.kind, limit)
@@ -661,22 +655,13 @@ impl Ctx {
         back_to: BatchState,
         action: Action,
     ) -> Result<Next, crate::store::StoreError> {
-        match failure {
-            Failure::Permanent(reason) => self.fail_batch(work, batch, reason).await,
-            Failure::Transient {
+        match transition::after_failure(failure, batch.attempts, self.config.jobs.max_attempts) {
+            transition::AfterFailure::Fail(reason) => self.fail_batch(work, batch, reason).await,
+            transition::AfterFailure::Retry {
+                attempts,
                 reason,
                 retry_after,
             } => {
-                let attempts = batch.attempts + 1;
-                if attempts >= self.config.jobs.max_attempts {
-                    return self
-                        .fail_batch(
-                            work,
-                            batch,
-                            format!("gave up after {attempts} attempts: {reason}"),
-                        )
-                        .await;
-                }
                 tracing::warn!(attempts, reason, "transient upstream failure; retrying");
                 let mut update = Self::update(&work.job, work.idx, &[from], back_to);
                 update.attempts = Some(attempts);

@@ -1,9 +1,69 @@
-//! Pure decisions of the job engine, kept apart from its I/O so every case is unit-tested:
-//! whether a job has ended and how, given its batches and the failure policy.
+//! Pure decisions of the job engine, kept apart from its I/O so every case is unit-tested: what
+//! a failed upstream call or a `dataset_too_large` answer does to a batch, and whether a job has
+//! ended and how, given its batches and the failure policy.
+use std::time::Duration;
+
 use crate::{
     config::FailurePolicy,
     types::{BatchState, JobState},
+    upstream::jobs::Failure,
 };
+
+/// What a failed upstream call (submit, poll or result fetch) does to its batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AfterFailure {
+    /// The batch fails for good, with this reason.
+    Fail(String),
+    /// The same step runs again after a backoff; `attempts` counts this failure.
+    Retry {
+        attempts: u32,
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// A permanent failure fails the batch; a transient one is retried until the batch has used
+/// `max_attempts` attempts (`attempts` is how many failed before this one).
+pub(crate) fn after_failure(failure: Failure, attempts: u32, max_attempts: u32) -> AfterFailure {
+    match failure {
+        Failure::Permanent(reason) => AfterFailure::Fail(reason),
+        Failure::Transient {
+            reason,
+            retry_after,
+        } => {
+            let attempts = attempts + 1;
+            if attempts >= max_attempts {
+                AfterFailure::Fail(format!("gave up after {attempts} attempts: {reason}"))
+            } else {
+                AfterFailure::Retry {
+                    attempts,
+                    reason,
+                    retry_after,
+                }
+            }
+        }
+    }
+}
+
+/// What `dataset_too_large` does to a batch of `items`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AfterTooLarge {
+    Fail(String),
+    /// Re-split into batches of at most `limit` items (always fewer than `items`).
+    Resplit {
+        limit: usize,
+    },
+}
+
+/// The upstream's `max_allowed` when it gave one (else half), always below `items`; a single
+/// item that is too large cannot be split and fails.
+pub(crate) fn after_too_large(items: usize, max_allowed: Option<usize>) -> AfterTooLarge {
+    if items <= 1 {
+        return AfterTooLarge::Fail("upstream rejects even a single item as too large".to_owned());
+    }
+    let limit = max_allowed.unwrap_or(items / 2).clamp(1, items - 1);
+    AfterTooLarge::Resplit { limit }
+}
 
 /// How a job ends, once it does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +132,77 @@ pub(crate) fn merge_failed(end: End, reason: &str) -> End {
 mod tests {
     use super::*;
     use BatchState::{Cancelled, Completed, Failed, Pending, Running};
+
+    fn transient(reason: &str) -> Failure {
+        Failure::Transient {
+            reason: reason.to_owned(),
+            retry_after: Some(Duration::from_secs(3)),
+        }
+    }
+
+    #[test]
+    fn transient_failures_retry_until_the_last_attempt_then_fail() {
+        assert_eq!(
+            after_failure(transient("503"), 0, 3),
+            AfterFailure::Retry {
+                attempts: 1,
+                reason: "503".to_owned(),
+                retry_after: Some(Duration::from_secs(3))
+            }
+        );
+        assert!(matches!(
+            after_failure(transient("503"), 1, 3),
+            AfterFailure::Retry { attempts: 2, .. }
+        ));
+        assert_eq!(
+            after_failure(transient("503"), 2, 3),
+            AfterFailure::Fail("gave up after 3 attempts: 503".to_owned())
+        );
+        // One attempt allowed: the first transient failure is the last.
+        assert!(matches!(
+            after_failure(transient("reset"), 0, 1),
+            AfterFailure::Fail(_)
+        ));
+    }
+
+    #[test]
+    fn permanent_failures_fail_at_once_whatever_the_attempts() {
+        assert_eq!(
+            after_failure(Failure::Permanent("422".to_owned()), 0, 5),
+            AfterFailure::Fail("422".to_owned())
+        );
+    }
+
+    #[test]
+    fn too_large_resplits_below_the_batch_size_and_fails_a_single_item() {
+        assert_eq!(
+            after_too_large(10, Some(4)),
+            AfterTooLarge::Resplit { limit: 4 }
+        );
+        // No hint: halve.
+        assert_eq!(
+            after_too_large(10, None),
+            AfterTooLarge::Resplit { limit: 5 }
+        );
+        // A hint that would not shrink the batch, or zero, is clamped into [1, items - 1].
+        assert_eq!(
+            after_too_large(10, Some(50)),
+            AfterTooLarge::Resplit { limit: 9 }
+        );
+        assert_eq!(
+            after_too_large(10, Some(0)),
+            AfterTooLarge::Resplit { limit: 1 }
+        );
+        assert_eq!(
+            after_too_large(2, None),
+            AfterTooLarge::Resplit { limit: 1 }
+        );
+        assert!(matches!(
+            after_too_large(1, Some(1)),
+            AfterTooLarge::Fail(_)
+        ));
+        assert!(matches!(after_too_large(0, None), AfterTooLarge::Fail(_)));
+    }
 
     fn end(batches: &[(BatchState, Option<&str>)], policy: FailurePolicy) -> Option<End> {
         end_of(batches, policy)
