@@ -12,9 +12,9 @@ use std::{
 };
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use evalgate::jobs::{
-    JobKind,
-    merge::{BatchResult, MergeContext, merge_with_section},
+use evalgate::{
+    jobs::merge::{BatchResult, MergeContext, merge_with_section},
+    types::JobKind,
 };
 use serde_json::{Value, json};
 

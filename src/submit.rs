@@ -32,8 +32,8 @@ use crate::{
     batching::{self, DatasetError},
     cli::{EX_USAGE, SubmitArgs},
     error::ErrorChain,
-    jobs::{JobId, JobKind, JobState},
     retry::Backoff,
+    types::{JobId, JobKind, JobState},
 };
 
 /// Exit code of a job that finished `completed_with_errors`.

@@ -5,8 +5,8 @@ use std::{
     sync::{PoisonError, RwLock},
 };
 
-use super::JobKind;
 use crate::store::{JobStore, StoreError};
+use crate::types::JobKind;
 
 #[derive(Debug, Default)]
 pub struct LearnedLimits(RwLock<HashMap<JobKind, usize>>);

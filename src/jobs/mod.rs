@@ -14,5 +14,3 @@ mod scheduler;
 pub mod service;
 mod transition;
 pub mod view;
-
-pub use crate::types::{BatchState, JobId, JobKind, JobState};

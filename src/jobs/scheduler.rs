@@ -20,14 +20,12 @@ use tokio_util::{
     time::{DelayQueue, delay_queue},
 };
 
-use super::{
-    BatchState, JobId,
-    engine::{Action, Command, FINALIZE, Key, Next, Work},
-};
+use super::engine::{Action, Command, FINALIZE, Key, Next, Work};
 use crate::{
     error::ErrorChain,
-    store::{StoreError, UnfinishedBatch, now_millis},
+    store::{StoreError, UnfinishedBatch},
     tasks::{Ended, KeyedTasks},
+    types::{BatchState, JobId, now_millis},
 };
 
 /// How the scheduler loop is paced.

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 
 pub use self::sqlite::SqliteStore;
 use crate::types::{BatchState, JobId, JobKind, JobState};
-pub use crate::types::{Millis, Origin, now_millis};
+use crate::types::{Millis, Origin};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

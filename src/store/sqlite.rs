@@ -16,14 +16,13 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
     Attempt, AttemptRecord, BatchRecord, BatchUpdate, BatchWork, CompletedBatch, Created,
-    DeliveryRecord, DeliveryState, DeliveryWork, JobRecord, JobStore, ListQuery, Millis, NewBatch,
-    NewDelivery, NewJob, Origin, ReplayOutcome, StoreError, StoredEvent, UnfinishedBatch,
-    now_millis,
+    DeliveryRecord, DeliveryState, DeliveryWork, JobRecord, JobStore, ListQuery, NewBatch,
+    NewDelivery, NewJob, ReplayOutcome, StoreError, StoredEvent, UnfinishedBatch,
     pool::{self, ReadPool},
 };
 use crate::{
     config::{StoreConfig, StorePath},
-    jobs::{BatchState, JobId, JobKind, JobState},
+    types::{BatchState, JobId, JobKind, JobState, Millis, Origin, now_millis},
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.

@@ -24,9 +24,10 @@ use crate::{
     config::Config,
     error::ErrorChain,
     retry,
-    store::{Attempt, DeliveryState, DeliveryWork, JobStore, Millis, StoreError, now_millis},
+    store::{Attempt, DeliveryState, DeliveryWork, JobStore, StoreError},
     tasks::{Ended, KeyedTasks},
     telemetry,
+    types::{Millis, now_millis},
 };
 
 /// Wakes the dispatcher after outbox rows commit.

@@ -128,7 +128,7 @@ use self::{
     fa::FaMerge,
     security::SecurityMerge,
 };
-use crate::jobs::JobKind;
+use crate::types::JobKind;
 
 /// One completed batch: where its items sit in the original dataset, and the upstream's result
 /// JSON for it.

@@ -9,7 +9,7 @@ use super::{
     json::{as_weight, to_u64},
     merge_with_section,
 };
-use crate::jobs::JobKind;
+use crate::types::JobKind;
 
 mod errors;
 mod eval;
