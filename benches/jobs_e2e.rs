@@ -138,7 +138,7 @@ async fn webhook_latencies(jobs: usize) -> Vec<Duration> {
         Ok(())
     });
     let config = Config::for_tests(&emulator.handle().base_url(), KEY, |c| {
-        c.webhooks.allowed_cidrs = vec!["127.0.0.0/8".to_owned()];
+        c.webhooks.allowed_cidrs = vec!["127.0.0.0/8".parse().unwrap()];
     });
     let listeners = Listeners::bind(&config.server).await.unwrap();
     let api = format!("http://{}", listeners.api_addr().unwrap());

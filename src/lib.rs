@@ -57,8 +57,6 @@ pub enum StartupError {
     Upstream(#[from] upstream::BuildError),
     #[error("cannot build the webhook client")]
     WebhookClient(#[source] reqwest::Error),
-    #[error("invalid webhook target policy: {0}")]
-    Webhooks(String),
 }
 
 /// `run` ended with an error.

@@ -91,13 +91,10 @@ impl AppState {
         let hub = JobHub::new();
         let learned = Arc::new(LearnedLimits::load(store.as_ref()).await?);
         let shared_config = Arc::new(config.clone());
-        let webhook_policy = Arc::new(
-            TargetPolicy::new(
-                &config.webhooks.allowed_cidrs,
-                &config.webhooks.allowed_hosts,
-            )
-            .map_err(|e| StartupError::Webhooks(e.to_string()))?,
-        );
+        let webhook_policy = Arc::new(TargetPolicy::new(
+            &config.webhooks.allowed_cidrs,
+            &config.webhooks.allowed_hosts,
+        ));
         let waker = WebhookWaker::default();
         let finisher = Finisher {
             store: Arc::clone(&store),

@@ -25,7 +25,7 @@ fn fast(c: &mut Config) {
     c.batching.failure_analysis.max_items = 10;
     c.jobs.poll_initial_interval = Duration::from_millis(30);
     c.jobs.poll_max_interval = Duration::from_millis(150);
-    c.webhooks.allowed_cidrs = vec!["127.0.0.0/8".to_owned()];
+    c.webhooks.allowed_cidrs = vec!["127.0.0.0/8".parse().unwrap()];
     c.webhooks.retry_schedule = vec![Duration::from_millis(100), Duration::from_millis(100)];
 }
 

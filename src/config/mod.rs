@@ -2,6 +2,7 @@
 //!
 //! `Config` holds parsed, typed values only; building it is the last fallible step before startup.
 //! This module is the only place that reads the environment.
+mod allowlist;
 mod raw;
 mod validate;
 
@@ -14,6 +15,7 @@ use figment::{
 use serde::Serialize;
 use url::Url;
 
+pub use self::allowlist::{AllowedHost, parse_cidr};
 use crate::types::Secret;
 
 /// The documented defaults, compiled in. `config/default.toml` is the reference for every key.
@@ -59,8 +61,10 @@ pub struct WebhooksConfig {
     pub max_retry_after: Duration,
     pub max_inline_result_bytes: usize,
     pub public_base_url: String,
-    pub allowed_cidrs: Vec<String>,
-    pub allowed_hosts: Vec<String>,
+    /// Networks whose addresses webhook targets may use although their class is refused.
+    pub allowed_cidrs: Vec<ipnet::IpNet>,
+    /// Host names whose addresses are all let through.
+    pub allowed_hosts: Vec<AllowedHost>,
     pub max_pending: usize,
     pub endpoints: Vec<WebhookEndpoint>,
 }

@@ -9,16 +9,16 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use super::{
-    BatchLimitsConfig, BatchingConfig, ByokMode, Config, ConfigError, ENGINE_COMMAND_CAPACITY,
-    EnvLookup, FailurePolicy, JobsConfig, LogFormat, RateLimitConfig, ServerConfig, StoreConfig,
-    StorePath, TaxonomyCacheConfig, TelemetryConfig, ValiqorConfig, WEBHOOK_EVENTS,
-    WebhookEndpoint, WebhooksConfig,
+    AllowedHost, BatchLimitsConfig, BatchingConfig, ByokMode, Config, ConfigError,
+    ENGINE_COMMAND_CAPACITY, EnvLookup, FailurePolicy, JobsConfig, LogFormat, RateLimitConfig,
+    ServerConfig, StoreConfig, StorePath, TaxonomyCacheConfig, TelemetryConfig, ValiqorConfig,
+    WEBHOOK_EVENTS, WebhookEndpoint, WebhooksConfig, parse_cidr,
     raw::{
         self, RawBatchLimits, RawBatching, RawJobs, RawRateLimit, RawServer, RawStore,
         RawTaxonomyCache, RawTelemetry, RawValiqor, RawWebhooks,
     },
 };
-use crate::types::Secret;
+use crate::types::{Secret, WebhookSecretKey};
 
 /// Collected problems, each naming the key it is about.
 #[derive(Default)]
@@ -188,10 +188,25 @@ fn webhooks(
     if raw.retry_schedule.is_empty() {
         problems.push("webhooks.retry_schedule", "must list at least one delay");
     }
-    if let Err(error) =
-        crate::webhooks::ssrf::TargetPolicy::new(&raw.allowed_cidrs, &raw.allowed_hosts)
-    {
-        problems.push("webhooks.allowed_cidrs", error);
+    let mut allowed_cidrs = Vec::new();
+    for (i, entry) in raw.allowed_cidrs.iter().enumerate() {
+        match parse_cidr(entry) {
+            Ok(net) => allowed_cidrs.push(net),
+            Err(reason) => problems.push(
+                &format!("webhooks.allowed_cidrs[{i}]"),
+                format!("{entry:?} is not a CIDR: {reason}"),
+            ),
+        }
+    }
+    let mut allowed_hosts = Vec::new();
+    for (i, entry) in raw.allowed_hosts.iter().enumerate() {
+        match entry.parse::<AllowedHost>() {
+            Ok(host) => allowed_hosts.push(host),
+            Err(reason) => problems.push(
+                &format!("webhooks.allowed_hosts[{i}]"),
+                format!("{entry:?} is not a host name: {reason}"),
+            ),
+        }
     }
     if !raw.public_base_url.is_empty() && Url::parse(&raw.public_base_url).is_err() {
         problems.push("webhooks.public_base_url", "is not a URL");
@@ -211,8 +226,11 @@ fn webhooks(
         for (j, reference) in endpoint.secrets.iter().enumerate() {
             let secret_key = format!("{key}.secrets[{j}]");
             if let Some(secret) = secret(&secret_key, reference, env, problems) {
-                if crate::webhooks::signing::SigningSecret::parse(secret.expose()).is_err() {
-                    problems.push(&secret_key, "is not a whsec_ base64 secret");
+                if let Err(error) = WebhookSecretKey::parse(secret.expose()) {
+                    problems.push(
+                        &secret_key,
+                        format!("is not a whsec_ base64 secret: {error}"),
+                    );
                 }
                 secrets.push(secret);
             }
@@ -245,8 +263,8 @@ fn webhooks(
         max_retry_after: raw.max_retry_after,
         max_inline_result_bytes: max_inline?,
         public_base_url: raw.public_base_url.trim_end_matches('/').to_owned(),
-        allowed_cidrs: raw.allowed_cidrs.clone(),
-        allowed_hosts: raw.allowed_hosts.clone(),
+        allowed_cidrs,
+        allowed_hosts,
         max_pending: max_pending?,
         endpoints,
     })
@@ -756,5 +774,76 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn webhook_allowlists_are_parsed_and_every_bad_entry_is_named() {
+        let key = [("VALIQOR_API_KEY", "vq_live")];
+        let config = load(
+            "[webhooks]\nallowed_cidrs = [\"10.0.0.0/8\", \"192.168.1.5\", \"fd00::/8\"]\n\
+             allowed_hosts = [\"Hooks.Internal.\", \"*.svc.cluster.local\"]\n",
+            &key,
+        )
+        .unwrap();
+        let cidrs: Vec<String> = config
+            .webhooks
+            .allowed_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(cidrs, ["10.0.0.0/8", "192.168.1.5/32", "fd00::/8"]);
+        let hosts: Vec<String> = config
+            .webhooks
+            .allowed_hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(hosts, ["hooks.internal", "*.svc.cluster.local"]);
+        let printed = config.to_toml();
+        assert!(printed.contains("\"192.168.1.5/32\""), "{printed}");
+        assert!(printed.contains("\"*.svc.cluster.local\""), "{printed}");
+
+        let text = load(
+            "[webhooks]\nallowed_cidrs = [\"10.0.0.0/8\", \"10.0.0.1/8\", \"nonsense\"]\n\
+             allowed_hosts = [\"ok.internal\", \"10.0.0.1\"]\n",
+            &key,
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "webhooks.allowed_cidrs[1]: \"10.0.0.1/8\" is not a CIDR: host bits are set",
+            "webhooks.allowed_cidrs[2]: \"nonsense\" is not a CIDR: not an IP address",
+            "webhooks.allowed_hosts[1]: \"10.0.0.1\" is not a host name: an IP address",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+        }
+        assert!(!text.contains("allowed_cidrs[0]"), "{text}");
+        assert!(!text.contains("allowed_hosts[0]"), "{text}");
+    }
+
+    #[test]
+    fn endpoint_secrets_must_be_whsec_keys_of_valid_length() {
+        let key = [("VALIQOR_API_KEY", "vq_live")];
+        let endpoint = |secret: &str| {
+            format!(
+                "[[webhooks.endpoints]]\nurl = \"https://hooks.example.com/x\"\nsecrets = [\"{secret}\"]\n"
+            )
+        };
+        let good = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let config = load(&endpoint(good), &key).unwrap();
+        assert_eq!(config.webhooks.endpoints[0].secrets[0].expose(), good);
+        for (secret, reason) in [
+            ("whsec_@@@@canary", "not valid base64"),
+            ("whsec_c2hvcnQ=", "key is 5 bytes"),
+            ("whsec_", "empty"),
+        ] {
+            let text = load(&endpoint(secret), &key).unwrap_err().to_string();
+            assert!(
+                text.contains("webhooks.endpoints[0].secrets[0]: is not a whsec_ base64 secret")
+                    && text.contains(reason),
+                "{secret}: {text}"
+            );
+            assert!(!text.contains("canary"), "{text}");
+        }
     }
 }

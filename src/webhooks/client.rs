@@ -190,7 +190,7 @@ mod tests {
         );
 
         // Allowed by CIDR: the same name goes through, to the address the resolver gave.
-        let allowing = Arc::new(TargetPolicy::new(&["127.0.0.0/8".to_owned()], &[]).unwrap());
+        let allowing = Arc::new(TargetPolicy::new(&["127.0.0.0/8".parse().unwrap()], &[]));
         let client = WebhookClient::with_resolver(
             Arc::clone(&allowing),
             resolver.clone(),

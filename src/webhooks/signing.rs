@@ -6,7 +6,8 @@
 //! - **Signature**: `v1,` + standard base64 (with padding) of HMAC-SHA256 over the signed content.
 //! - **Secrets**: `whsec_` + standard base64 of the key; the key is the decoded bytes, never the
 //!   text. A secret without the prefix is taken as the base64 part alone (as the reference
-//!   libraries do). The key must be 24 to 64 bytes, the range the specification gives.
+//!   libraries do). The key must be 24 to 64 bytes, the range the specification gives. The text
+//!   is parsed by [`WebhookSecretKey`], the same parser configuration validates with.
 //! - **Rotation**: with several active secrets, the header carries one signature per secret, in
 //!   the order given, separated by a single space; a receiver accepts the message when any of them
 //!   verifies, so old and new secrets both work during a rotation.
@@ -27,16 +28,14 @@ use base64::{
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-/// The prefix of a secret in its text form.
-pub const SECRET_PREFIX: &str = "whsec_";
+use crate::types::{WEBHOOK_SECRET_PREFIX, WebhookSecretError, WebhookSecretKey};
+
 /// The only signature version this module writes or accepts.
 pub const VERSION: &str = "v1";
-/// Shortest key the specification allows.
-pub const MIN_KEY_BYTES: usize = 24;
-/// Longest key the specification allows.
-pub const MAX_KEY_BYTES: usize = 64;
 /// Length of a key made by [`SigningSecret::generate`].
 pub const GENERATED_KEY_BYTES: usize = 32;
+/// HMAC-SHA256's block size, which is also the longest key a secret may hold.
+const BLOCK_BYTES: usize = WebhookSecretKey::MAX_BYTES;
 
 /// Standard base64 for encoding (always padded); decoding accepts padded and unpadded input, as
 /// the reference libraries do.
@@ -46,19 +45,6 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 );
 
 type HmacSha256 = Hmac<Sha256>;
-
-/// Why a secret was refused. The messages never contain the secret.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SecretError {
-    #[error("webhook secret is empty")]
-    Empty,
-    #[error("webhook secret is not valid base64 (expected `whsec_<base64 key>`)")]
-    NotBase64,
-    #[error(
-        "webhook secret key is {len} bytes; it must be {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes"
-    )]
-    KeyLength { len: usize },
-}
 
 /// One signing key. `Debug` never shows the key.
 ///
@@ -71,38 +57,25 @@ pub struct SigningSecret {
 // === impl SigningSecret ===
 
 impl SigningSecret {
-    /// Parses `whsec_<base64>`, or the base64 part alone.
-    pub fn parse(s: &str) -> Result<Self, SecretError> {
-        let encoded = s.trim();
-        let encoded = encoded.strip_prefix(SECRET_PREFIX).unwrap_or(encoded);
-        if encoded.is_empty() {
-            return Err(SecretError::Empty);
-        }
-        let key = BASE64.decode(encoded).map_err(|_| SecretError::NotBase64)?;
-        Self::from_key(&key)
+    /// Parses `whsec_<base64>`, or the base64 part alone (see [`WebhookSecretKey::parse`]).
+    pub fn parse(s: &str) -> Result<Self, WebhookSecretError> {
+        WebhookSecretKey::parse(s).map(|key| Self::keyed_with(key.as_bytes()))
     }
 
     /// Makes a new random 32-byte secret; returns it and its `whsec_` text form (show it once, to
     /// whoever configures the receiver).
     pub fn generate() -> (Self, String) {
         let key: [u8; GENERATED_KEY_BYTES] = rand::random();
-        let text = format!("{SECRET_PREFIX}{}", BASE64.encode(key));
+        let text = format!("{WEBHOOK_SECRET_PREFIX}{}", BASE64.encode(key));
         (Self::keyed_with(&key), text)
     }
 
-    fn from_key(key: &[u8]) -> Result<Self, SecretError> {
-        if !(MIN_KEY_BYTES..=MAX_KEY_BYTES).contains(&key.len()) {
-            return Err(SecretError::KeyLength { len: key.len() });
-        }
-        Ok(Self::keyed_with(key))
-    }
-
     /// Keys the MAC. HMAC pads a key shorter than the hash's block size (64 bytes for SHA-256)
-    /// with zeros, and `MAX_KEY_BYTES` is that block size, so padding here first is exactly
+    /// with zeros, and no valid key is longer than that block, so padding here first is exactly
     /// HMAC's own key derivation and keying with a full block cannot fail.
     fn keyed_with(key: &[u8]) -> Self {
-        let mut block = [0u8; MAX_KEY_BYTES];
-        let len = key.len().min(MAX_KEY_BYTES);
+        let mut block = [0u8; BLOCK_BYTES];
+        let len = key.len().min(BLOCK_BYTES);
         block[..len].copy_from_slice(&key[..len]);
         Self {
             mac: HmacSha256::new(&block.into()),
@@ -349,12 +322,18 @@ mod tests {
 
     #[test]
     fn bad_secrets_are_rejected_with_a_clear_error() {
-        assert_eq!(SigningSecret::parse("").unwrap_err(), SecretError::Empty);
+        assert_eq!(
+            SigningSecret::parse("").unwrap_err(),
+            WebhookSecretError::Empty
+        );
         assert_eq!(
             SigningSecret::parse("whsec_").unwrap_err(),
-            SecretError::Empty
+            WebhookSecretError::Empty
         );
-        assert_eq!(SigningSecret::parse("   ").unwrap_err(), SecretError::Empty);
+        assert_eq!(
+            SigningSecret::parse("   ").unwrap_err(),
+            WebhookSecretError::Empty
+        );
         for bad in [
             "whsec_not base64!!",
             "whsec_@@@@",
@@ -364,25 +343,25 @@ mod tests {
         ] {
             assert_eq!(
                 SigningSecret::parse(bad).unwrap_err(),
-                SecretError::NotBase64,
+                WebhookSecretError::NotBase64,
                 "{bad}"
             );
         }
         let short = base64::engine::general_purpose::STANDARD.encode([1u8; 23]);
         assert_eq!(
             SigningSecret::parse(&short).unwrap_err(),
-            SecretError::KeyLength { len: 23 }
+            WebhookSecretError::KeyLength { len: 23 }
         );
         let long = base64::engine::general_purpose::STANDARD.encode([1u8; 65]);
         assert_eq!(
             SigningSecret::parse(&long).unwrap_err(),
-            SecretError::KeyLength { len: 65 }
+            WebhookSecretError::KeyLength { len: 65 }
         );
         let msg = SigningSecret::parse("whsec_@@@@secretcanary")
             .unwrap_err()
             .to_string();
         assert!(msg.contains("base64") && !msg.contains("canary"), "{msg}");
-        for len in [MIN_KEY_BYTES, MAX_KEY_BYTES] {
+        for len in [WebhookSecretKey::MIN_BYTES, WebhookSecretKey::MAX_BYTES] {
             let ok = base64::engine::general_purpose::STANDARD.encode(vec![1u8; len]);
             assert!(SigningSecret::parse(&ok).is_ok());
         }

@@ -51,14 +51,16 @@
 //! follow them (a redirect would bypass both checks).
 use std::{
     collections::HashMap,
-    fmt, io,
+    io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    str::FromStr,
     sync::{Mutex, PoisonError},
 };
 
 use futures::future::BoxFuture;
+use ipnet::IpNet;
 use url::{Host, Url};
+
+use crate::config::AllowedHost;
 
 /// Why a target was refused. Messages never contain the URL (its query may carry a token).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,95 +85,10 @@ pub enum Refusal {
     Unresolvable(String),
 }
 
-/// A bad `allowed_cidrs` or `allowed_hosts` entry.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PolicyError {
-    #[error("allowed_cidrs entry {entry:?} is not a CIDR: {reason}")]
-    Cidr { entry: String, reason: &'static str },
-    #[error("allowed_hosts entry {entry:?} is not a host name: {reason}")]
-    Host { entry: String, reason: &'static str },
-}
-
-/// An IP network, `10.0.0.0/8` or `fd00::/8`; a bare address is a /32 or /128.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
-
-// === impl Cidr ===
-
-impl Cidr {
-    /// Whether `addr` is in this network. An IPv4 network never contains an IPv6 address and
-    /// vice versa (embedded IPv4 is handled by [`TargetPolicy`]).
-    pub fn contains(&self, addr: IpAddr) -> bool {
-        match (self.network, addr) {
-            (IpAddr::V4(net), IpAddr::V4(a)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = &'static str;
-
-    /// Host bits must be zero (`10.0.0.1/8` is refused: it is most likely a typo).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = match s.trim().split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (s.trim(), None),
-        };
-        let network: IpAddr = addr.parse().map_err(|_| "not an IP address")?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
-                p.parse::<u8>().map_err(|_| "prefix length out of range")?
-            }
-            Some(_) => return Err("prefix length is not a number"),
-        };
-        if prefix > max {
-            return Err("prefix length out of range");
-        }
-        let cidr = Self { network, prefix };
-        let canonical = match network {
-            IpAddr::V4(a) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
-            }
-            IpAddr::V6(a) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-                IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
-            }
-        };
-        if canonical != network {
-            return Err("host bits are set (write the network address, e.g. 10.0.0.0/8)");
-        }
-        Ok(cidr)
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
-    }
-}
-
 /// Which webhook targets are allowed beyond the public internet.
 #[derive(Debug, Clone, Default)]
 pub struct TargetPolicy {
-    allowed_cidrs: Vec<Cidr>,
+    allowed_cidrs: Vec<IpNet>,
     /// Lower-case ASCII (IDNA) names without a trailing dot; `*.suffix` entries are kept as
     /// `.suffix`.
     allowed_hosts: Vec<String>,
@@ -229,32 +146,25 @@ impl CheckedUrl {
 // === impl TargetPolicy ===
 
 impl TargetPolicy {
-    /// `allowed_cidrs`: networks (`10.0.0.0/8`, `fd00::/8`, `192.168.1.5`) let through although
+    /// `allowed_cidrs`: networks (`10.0.0.0/8`, `fd00::/8`, `192.168.1.5/32`) let through although
     /// their class is refused. `allowed_hosts`: host names (`hooks.internal`, `*.svc.cluster.local`)
-    /// whose addresses are all let through. IP addresses belong in `allowed_cidrs`.
-    pub fn new(allowed_cidrs: &[String], allowed_hosts: &[String]) -> Result<Self, PolicyError> {
-        let allowed_cidrs = allowed_cidrs
-            .iter()
-            .map(|entry| {
-                entry.parse::<Cidr>().map_err(|reason| PolicyError::Cidr {
-                    entry: entry.clone(),
-                    reason,
-                })
-            })
-            .collect::<Result<_, _>>()?;
+    /// whose addresses are all let through. Both come parsed and checked from the configuration
+    /// ([`crate::config::parse_cidr`], [`AllowedHost`]).
+    pub fn new(allowed_cidrs: &[IpNet], allowed_hosts: &[AllowedHost]) -> Self {
         let allowed_hosts = allowed_hosts
             .iter()
-            .map(|entry| {
-                normalize_host_entry(entry).map_err(|reason| PolicyError::Host {
-                    entry: entry.clone(),
-                    reason,
-                })
+            .map(|host| {
+                if host.subdomains() {
+                    format!(".{}", host.name())
+                } else {
+                    host.name().to_owned()
+                }
             })
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            allowed_cidrs,
+            .collect();
+        Self {
+            allowed_cidrs: allowed_cidrs.to_vec(),
             allowed_hosts,
-        })
+        }
     }
 
     /// The submit-time check; see the module documentation.
@@ -374,7 +284,7 @@ impl TargetPolicy {
         };
         self.allowed_cidrs
             .iter()
-            .any(|cidr| cidr.contains(addr) || embedded.is_some_and(|v4| cidr.contains(v4)))
+            .any(|net| net.contains(&addr) || embedded.is_some_and(|v4| net.contains(&v4)))
     }
 
     fn host_allowed(&self, host: &str) -> bool {
@@ -410,30 +320,6 @@ fn zoned_ipv6(url: &str) -> Option<Ipv6Addr> {
     let inside = &url[start + 1..end];
     let (addr, _zone) = inside.split_once('%')?;
     addr.parse().ok()
-}
-
-fn normalize_host_entry(entry: &str) -> Result<String, &'static str> {
-    let entry = entry.trim();
-    let (wildcard, name) = match entry.strip_prefix("*.") {
-        Some(rest) => (true, rest),
-        None => (false, entry),
-    };
-    if name.is_empty() {
-        return Err("empty");
-    }
-    if name.contains(['/', ':', '@', '*', ' ']) {
-        return Err("write a bare host name (`hooks.internal` or `*.internal`), no scheme or port");
-    }
-    let name = match Host::parse(name).map_err(|_| "not a valid host name")? {
-        Host::Domain(name) => name.trim_end_matches('.').to_ascii_lowercase(),
-        Host::Ipv4(_) | Host::Ipv6(_) => {
-            return Err("an IP address; put it in allowed_cidrs instead");
-        }
-    };
-    if name.is_empty() {
-        return Err("empty");
-    }
-    Ok(if wildcard { format!(".{name}") } else { name })
 }
 
 fn classify_v4(v4: Ipv4Addr) -> Option<&'static str> {
@@ -612,9 +498,17 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// A policy from configuration text, parsed as the configuration parses it.
     fn policy(cidrs: &[&str], hosts: &[&str]) -> TargetPolicy {
-        let own = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        TargetPolicy::new(&own(cidrs), &own(hosts)).unwrap()
+        let cidrs = cidrs
+            .iter()
+            .map(|c| crate::config::parse_cidr(c).unwrap())
+            .collect::<Vec<_>>();
+        let hosts = hosts
+            .iter()
+            .map(|h| h.parse::<AllowedHost>().unwrap())
+            .collect::<Vec<_>>();
+        TargetPolicy::new(&cidrs, &hosts)
     }
 
     fn refused(addr: &str, class: &'static str) -> Result<(), Refusal> {
@@ -1035,8 +929,8 @@ mod tests {
     }
 
     #[test]
+    /// The entries a policy is built from are checked where the configuration is parsed.
     fn bad_allowlist_entries_are_rejected() {
-        let own = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         for cidr in [
             "",
             "nonsense",
@@ -1051,8 +945,8 @@ mod tests {
             "10.0.0.0/256",
             "localhost/8",
         ] {
-            let error = TargetPolicy::new(&own(&[cidr]), &[]).unwrap_err();
-            assert!(matches!(error, PolicyError::Cidr { .. }), "{cidr}: {error}");
+            let parsed = crate::config::parse_cidr(cidr);
+            assert!(parsed.is_err(), "{cidr}: {parsed:?}");
         }
         for host in [
             "",
@@ -1067,20 +961,28 @@ mod tests {
             "[::1]",
             "2130706433",
         ] {
-            let error = TargetPolicy::new(&[], &own(&[host])).unwrap_err();
-            assert!(matches!(error, PolicyError::Host { .. }), "{host}: {error}");
+            let parsed = host.parse::<AllowedHost>();
+            assert!(parsed.is_err(), "{host}: {parsed:?}");
         }
-        let ok = TargetPolicy::new(
-            &own(&["10.0.0.0/8", "192.168.1.5", "fd00::/8", "::1"]),
-            &own(&["Hooks.Internal.", "*.svc.cluster.local"]),
+        let ok = policy(
+            &["10.0.0.0/8", "192.168.1.5", "fd00::/8", "::1"],
+            &["Hooks.Internal.", "*.svc.cluster.local"],
         );
-        assert!(ok.is_ok());
+        assert!(ok.check_url("http://10.1.2.3/").is_ok());
+        assert!(ok.check_url("http://192.168.1.5/").is_ok());
         assert_eq!(
-            "10.0.0.0/8".parse::<Cidr>().unwrap().to_string(),
+            ok.check_url("http://192.168.1.6/").map(|_| ()),
+            refused("192.168.1.6", "private")
+        );
+        assert!(ok.check_url("http://[::1]/").is_ok());
+        assert_eq!(
+            crate::config::parse_cidr("10.0.0.0/8").unwrap().to_string(),
             "10.0.0.0/8"
         );
         assert_eq!(
-            "192.168.1.5".parse::<Cidr>().unwrap().to_string(),
+            crate::config::parse_cidr("192.168.1.5")
+                .unwrap()
+                .to_string(),
             "192.168.1.5/32"
         );
     }
