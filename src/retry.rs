@@ -8,9 +8,12 @@
 //!   to 25 %: enough to spread polls of batches submitted together, while keeping the average near
 //!   the cap (full 0–100 % jitter would nearly double the polls of a long job).
 //! - **Retries** after 5xx/429/timeouts: full jitter over the same doubling schedule.
-//! - **`Retry-After`** wins in both cases, clamped to [`MIN_DELAY`, `RETRY_AFTER_CAP`].
-use std::time::Duration;
+//! - **`Retry-After`** wins in both cases, clamped to [`MIN_DELAY`, `RETRY_AFTER_CAP`]. Every
+//!   `Retry-After` evalgate receives (upstream, webhook receivers, evalgate itself for the CLI) is
+//!   read by [`parse_retry_after`].
+use std::time::{Duration, SystemTime};
 
+use http::HeaderValue;
 use rand::Rng;
 
 /// Never schedule anything sooner than this.
@@ -75,6 +78,27 @@ pub fn jittered(base: Duration, fraction: f64, rng: &mut impl Rng) -> Duration {
 /// A receiver's `Retry-After`, honoured up to `cap`.
 pub fn honour_retry_after(wait: Duration, cap: Duration) -> Duration {
     wait.clamp(MIN_DELAY, cap)
+}
+
+/// What a delta-seconds value too large to represent counts as (RFC 9111 §1.2.2: 2^31 seconds).
+const DELTA_SECONDS_OVERFLOW: Duration = Duration::from_secs(1 << 31);
+
+/// A `Retry-After` header value (RFC 9110 §10.2.3): delta-seconds (`120`) or an HTTP date in any
+/// of the three formats RFC 9110 §5.6.7 makes recipients accept (IMF-fixdate
+/// `Sun, 06 Nov 1994 08:49:37 GMT`, RFC 850, asctime). A date is measured from `now`; a date in
+/// the past means at once (zero). A number too large to represent counts as 2^31 seconds.
+/// Anything else (a sign, a fraction, an unknown date format) is `None`: the caller falls back to
+/// its own delay. Callers clamp the result to their own bounds.
+pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(
+            text.parse::<u64>()
+                .map_or(DELTA_SECONDS_OVERFLOW, Duration::from_secs),
+        );
+    }
+    let date = httpdate::parse_http_date(text).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// An ETA from progress alone: the time spent so far scaled by what remains.
@@ -173,6 +197,103 @@ mod tests {
             honour_retry_after(Duration::from_secs(7200), Duration::from_secs(3600)),
             Duration::from_secs(3600)
         );
+    }
+
+    fn parse(value: &str, now: SystemTime) -> Option<Duration> {
+        parse_retry_after(&HeaderValue::from_str(value).unwrap(), now)
+    }
+
+    /// 1994-11-06T08:49:37Z, the date of RFC 9110's examples.
+    fn example_now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777)
+    }
+
+    #[test]
+    fn retry_after_in_seconds() {
+        let now = example_now();
+        for (value, secs) in [
+            ("0", 0),
+            ("7", 7),
+            (" 120 ", 120),
+            ("007", 7),
+            ("3600", 3600),
+        ] {
+            assert_eq!(
+                parse(value, now),
+                Some(Duration::from_secs(secs)),
+                "{value:?}"
+            );
+        }
+        // Too large for any integer: the RFC 9111 ceiling, which callers then clamp.
+        assert_eq!(
+            parse("99999999999999999999999999", now),
+            Some(Duration::from_secs(2_147_483_648))
+        );
+        assert_eq!(
+            parse(&u64::MAX.to_string(), now),
+            Some(Duration::from_secs(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn retry_after_as_an_http_date_in_every_accepted_format() {
+        let now = example_now();
+        for value in [
+            "Sun, 06 Nov 1994 08:51:37 GMT",
+            "Sunday, 06-Nov-94 08:51:37 GMT",
+            "Sun Nov  6 08:51:37 1994",
+        ] {
+            assert_eq!(
+                parse(value, now),
+                Some(Duration::from_secs(120)),
+                "{value:?}"
+            );
+        }
+        // Measured from `now`, not from the clock.
+        assert_eq!(
+            parse(
+                "Sun, 06 Nov 1994 08:51:37 GMT",
+                now + Duration::from_secs(20)
+            ),
+            Some(Duration::from_secs(100))
+        );
+    }
+
+    #[test]
+    fn retry_after_dates_now_or_in_the_past_mean_at_once() {
+        let now = example_now();
+        for value in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:36 GMT",
+            "Thu, 01 Jan 1970 00:00:00 GMT",
+        ] {
+            assert_eq!(parse(value, now), Some(Duration::ZERO), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_garbage_is_none() {
+        let now = example_now();
+        for value in [
+            "",
+            "   ",
+            "-1",
+            "-120",
+            "+5",
+            "1.5",
+            "1e3",
+            "0x10",
+            "5 s",
+            "soon",
+            "Sun, 06 Nov 1994 08:49:37",
+            "2024-01-01T00:00:00Z",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(parse(value, now), None, "{value:?}");
+        }
+        // Not visible ASCII: not text at all.
+        let bytes = HeaderValue::from_bytes(b"12\xff").unwrap();
+        assert_eq!(parse_retry_after(&bytes, now), None);
     }
 
     #[test]

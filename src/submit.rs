@@ -16,7 +16,7 @@ use std::{
     io::{IsTerminal, Write},
     path::Path,
     process::ExitCode,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -32,7 +32,7 @@ use crate::{
     batching::{self, DatasetError},
     cli::{EX_USAGE, SubmitArgs},
     error::ErrorChain,
-    retry::Backoff,
+    retry::{self, Backoff},
     types::{JobId, JobKind, JobState},
 };
 
@@ -581,9 +581,7 @@ async fn stream_once(
         let retry_after = response
             .headers()
             .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
         return Ok(Attempt::Dropped {
             reason: format!("evalgate answered {status}"),
             delivered: false,

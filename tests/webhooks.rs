@@ -342,6 +342,28 @@ async fn a_receivers_retry_after_is_honoured() {
     );
 }
 
+#[tokio::test]
+async fn a_receivers_retry_after_as_an_http_date_is_honoured() {
+    let mut sink = WebhookSink::start().await;
+    // 429 with Retry-After: an HTTP date 2-3 s ahead (the sink's `retry_after=date`), then
+    // success.
+    sink.answer_next(&[StatusCode::TOO_MANY_REQUESTS]);
+    let app = TestApp::spawn_with(emulator(), fast).await;
+    let (_, secret_text) = SigningSecret::generate();
+    let url = format!("{}?retry_after=date", sink.url);
+    let (status, accepted) = submit(&app, json!({"url": url, "secret": secret_text})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    sink.next(20).await;
+    let first = std::time::Instant::now();
+    sink.next(20).await;
+    // The schedule alone would retry after ~100 ms; the date is at least two seconds ahead.
+    assert!(
+        first.elapsed() >= Duration::from_millis(1800),
+        "{:?}",
+        first.elapsed()
+    );
+}
+
 /// `POST` to `path`: (status, JSON body).
 async fn post(app: &TestApp, path: &str) -> (StatusCode, Value) {
     let response = app.post(path).send().await.unwrap();

@@ -1,13 +1,13 @@
 //! The upstream's async-job protocol (Valiqor reference §5) for managed jobs: submit a batch,
 //! poll its status, fetch its result, cancel it. The engine sees only these outcomes, never URLs.
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header::CONTENT_TYPE};
 use serde::Deserialize;
 
 use super::{RequestBody, UpstreamClient, UpstreamError, UpstreamRequest};
-use crate::types::JobKind;
+use crate::{retry, types::JobKind};
 
 /// The upstream's answer to a batch submit.
 #[derive(Debug)]
@@ -82,16 +82,9 @@ impl Failure {
     }
 }
 
-/// `Retry-After` as whole seconds (the only form the upstream uses).
+/// The answer's `Retry-After` (seconds or an HTTP date); the backoff clamps it.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+    retry::parse_retry_after(headers.get(http::header::RETRY_AFTER)?, SystemTime::now())
 }
 
 /// The error text of a Valiqor error body (`detail` string or `detail.message`), capped.

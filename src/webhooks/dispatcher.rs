@@ -7,7 +7,7 @@ use std::{
     collections::HashMap,
     future::Future,
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -300,9 +300,7 @@ impl WebhookDispatcher {
         let retry_after = response
             .headers()
             .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
         Ok((status, retry_after))
     }
 }

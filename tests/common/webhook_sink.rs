@@ -10,13 +10,14 @@ use std::{
     collections::VecDeque,
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
 };
 
 use axum::{
     Router,
     body::Bytes,
     extract::State,
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, StatusCode, Uri},
     response::IntoResponse,
     routing::post,
 };
@@ -43,14 +44,27 @@ pub struct WebhookSink {
     _task: JoinSet<()>,
 }
 
-async fn receive(State(sink): State<Sink>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+async fn receive(
+    State(sink): State<Sink>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
     let next = sink.script.lock().unwrap().pop_front();
     let status = next.unwrap_or_else(|| *sink.default.lock().unwrap());
     let _ = sink.tx.send(Received { headers, body });
-    // A 429 asks the sender to wait a second before the next attempt.
+    // A 429 asks the sender to wait a second before the next attempt; on a URL with the query
+    // `retry_after=date`, to wait until an HTTP date three seconds ahead (two to three seconds,
+    // as the date has whole seconds).
     let mut headers = HeaderMap::new();
     if status == StatusCode::TOO_MANY_REQUESTS {
-        headers.insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        let value = if uri.query() == Some("retry_after=date") {
+            let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3));
+            axum::http::HeaderValue::from_str(&date).unwrap()
+        } else {
+            axum::http::HeaderValue::from_static("1")
+        };
+        headers.insert("retry-after", value);
     }
     (status, headers)
 }
