@@ -19,14 +19,14 @@ use moka::ops::compute::Op;
 use crate::{config::TaxonomyCacheConfig, upstream::CredentialId};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey {
+pub(crate) struct CacheKey {
     credential: CredentialId,
     path: String,
     query: String,
 }
 
 impl CacheKey {
-    pub fn new(credential: CredentialId, path: &str, query: Option<&str>) -> Self {
+    pub(crate) fn new(credential: CredentialId, path: &str, query: Option<&str>) -> Self {
         Self {
             credential,
             path: path.to_owned(),
@@ -37,7 +37,7 @@ impl CacheKey {
 
 /// Query parameters in a canonical order, so `a=1&b=2` and `b=2&a=1` share an entry.
 /// Repeated keys keep their relative order (the sort is stable).
-pub fn normalise_query(query: &str) -> String {
+pub(crate) fn normalise_query(query: &str) -> String {
     let mut pairs: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
     pairs.sort_by(|a, b| {
         let key = |p: &str| p.split('=').next().unwrap_or_default().to_owned();
@@ -48,7 +48,7 @@ pub fn normalise_query(query: &str) -> String {
 
 /// A fully read upstream answer.
 #[derive(Debug, Clone)]
-pub struct StoredResponse {
+pub(crate) struct StoredResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -59,14 +59,14 @@ pub struct StoredResponse {
 
 /// How a cached route was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheStatus {
+pub(crate) enum CacheStatus {
     Hit,
     Miss,
     Stale,
 }
 
 impl CacheStatus {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Hit => "hit",
             Self::Miss => "miss",
@@ -76,7 +76,7 @@ impl CacheStatus {
 }
 
 #[derive(Debug, Clone)]
-pub struct TaxonomyCache {
+pub(crate) struct TaxonomyCache {
     entries: Option<moka::future::Cache<CacheKey, Arc<StoredResponse>>>,
     ttl: Duration,
     stale_if_error: Duration,
@@ -85,7 +85,7 @@ pub struct TaxonomyCache {
 
 /// The answer to serve, and how it was obtained.
 #[derive(Debug)]
-pub struct Served<E> {
+pub(crate) struct Served<E> {
     pub status: CacheStatus,
     pub outcome: Result<Arc<StoredResponse>, E>,
 }
@@ -93,7 +93,7 @@ pub struct Served<E> {
 // === impl TaxonomyCache ===
 
 impl TaxonomyCache {
-    pub fn new(config: &TaxonomyCacheConfig) -> Self {
+    pub(crate) fn new(config: &TaxonomyCacheConfig) -> Self {
         let entries = config.enabled.then(|| {
             moka::future::Cache::builder()
                 .max_capacity(config.max_entries)
@@ -108,13 +108,9 @@ impl TaxonomyCache {
         }
     }
 
-    pub fn max_body_bytes(&self) -> usize {
-        self.max_body_bytes
-    }
-
     /// Serves `key` from the cache or through `fetch`, which performs the upstream request and
     /// returns the fully read answer (any status) or a transport error.
-    pub async fn get_or_fetch<E, F, Fut>(&self, key: CacheKey, fetch: F) -> Served<E>
+    pub(crate) async fn get_or_fetch<E, F, Fut>(&self, key: CacheKey, fetch: F) -> Served<E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<StoredResponse, E>>,
@@ -201,7 +197,7 @@ impl TaxonomyCache {
     }
 
     /// Drops every entry; returns how many there were.
-    pub async fn purge(&self) -> u64 {
+    pub(crate) async fn purge(&self) -> u64 {
         let Some(entries) = &self.entries else {
             return 0;
         };

@@ -16,23 +16,23 @@
 //! grace period (readiness 503 → drain the API port and the workers together → at the deadline,
 //! 502 `shutting_down` for what still runs → stop the admin port).
 pub mod batching;
-pub mod cache;
+pub(crate) mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod jobs;
-pub mod middleware;
-pub mod retry;
+pub(crate) mod middleware;
+pub(crate) mod retry;
 pub mod serve;
 pub mod shutdown;
 pub mod state;
-pub mod store;
+pub(crate) mod store;
 pub mod submit;
 pub(crate) mod tasks;
 pub mod telemetry;
 pub mod types;
-pub mod upstream;
+pub(crate) mod upstream;
 pub mod webhooks;
 
 use std::{io, net::SocketAddr, time::Duration};

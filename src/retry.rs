@@ -17,12 +17,12 @@ use http::HeaderValue;
 use rand::Rng;
 
 /// Never schedule anything sooner than this.
-pub const MIN_DELAY: Duration = Duration::from_millis(50);
+pub(crate) const MIN_DELAY: Duration = Duration::from_millis(50);
 /// An upstream `Retry-After` is honoured up to this long.
-pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(600);
+pub(crate) const RETRY_AFTER_CAP: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Copy)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     pub initial: Duration,
     pub max: Duration,
 }
@@ -35,7 +35,7 @@ impl Backoff {
     }
 
     /// Delay before the next status poll, after `polls` polls of this job so far.
-    pub fn next_poll(
+    pub(crate) fn next_poll(
         &self,
         polls: u32,
         retry_after: Option<Duration>,
@@ -55,7 +55,7 @@ impl Backoff {
     }
 
     /// Delay before retry number `attempt` (1-based) after a transient failure.
-    pub fn retry(
+    pub(crate) fn retry(
         &self,
         attempt: u32,
         retry_after: Option<Duration>,
@@ -70,13 +70,13 @@ impl Backoff {
 }
 
 /// A fixed schedule step (webhook retries) with ±`fraction` jitter.
-pub fn jittered(base: Duration, fraction: f64, rng: &mut impl Rng) -> Duration {
+pub(crate) fn jittered(base: Duration, fraction: f64, rng: &mut impl Rng) -> Duration {
     let factor = rng.random_range((1.0 - fraction)..=(1.0 + fraction));
     base.mul_f64(factor).max(MIN_DELAY)
 }
 
 /// A receiver's `Retry-After`, honoured up to `cap`.
-pub fn honour_retry_after(wait: Duration, cap: Duration) -> Duration {
+pub(crate) fn honour_retry_after(wait: Duration, cap: Duration) -> Duration {
     wait.clamp(MIN_DELAY, cap)
 }
 
@@ -89,7 +89,7 @@ const DELTA_SECONDS_OVERFLOW: Duration = Duration::from_secs(1 << 31);
 /// the past means at once (zero). A number too large to represent counts as 2^31 seconds.
 /// Anything else (a sign, a fraction, an unknown date format) is `None`: the caller falls back to
 /// its own delay. Callers clamp the result to their own bounds.
-pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
     let text = value.to_str().ok()?.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return Some(
@@ -102,7 +102,7 @@ pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duratio
 }
 
 /// An ETA from progress alone: the time spent so far scaled by what remains.
-pub fn eta_from_progress(elapsed: Duration, progress_percent: f64) -> Option<Duration> {
+pub(crate) fn eta_from_progress(elapsed: Duration, progress_percent: f64) -> Option<Duration> {
     (progress_percent > 0.0 && progress_percent < 100.0)
         .then(|| elapsed.mul_f64((100.0 - progress_percent) / progress_percent))
 }

@@ -69,26 +69,26 @@ pub async fn signal() {
 }
 
 /// A task's result as the supervisor sees it: its name, and why it failed if it did.
-pub type TaskResult = (&'static str, Result<(), String>);
+pub(crate) type TaskResult = (&'static str, Result<(), String>);
 
 /// Owns every long-lived task. When any task ends before shutdown was requested, cleanly or
 /// not, the whole process shuts down: a half-running gateway is worse than a restart. Dropping
 /// the supervisor aborts whatever still runs.
 #[derive(Debug)]
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     tasks: KeyedTasks<&'static str, Result<(), String>>,
 }
 
 // === impl Supervisor ===
 
 impl Supervisor {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             tasks: KeyedTasks::new(),
         }
     }
 
-    pub fn spawn<F, E>(&mut self, name: &'static str, task: F)
+    pub(crate) fn spawn<F, E>(&mut self, name: &'static str, task: F)
     where
         F: Future<Output = Result<(), E>> + Send + 'static,
         E: std::fmt::Display,
@@ -99,7 +99,7 @@ impl Supervisor {
     }
 
     /// Waits for the next task to end. `None` when none is left.
-    pub async fn next(&mut self) -> Option<TaskResult> {
+    pub(crate) async fn next(&mut self) -> Option<TaskResult> {
         loop {
             let (name, ended) = self.tasks.join_next().await?;
             match ended {
@@ -114,7 +114,7 @@ impl Supervisor {
 
     /// Waits until every task ended, keeping the first failure in `failure`. Cancel-safe: run
     /// it under a timeout and call it again.
-    pub async fn wait_all(&mut self, failure: &mut Option<(&'static str, String)>) {
+    pub(crate) async fn wait_all(&mut self, failure: &mut Option<(&'static str, String)>) {
         while let Some((task, result)) = self.next().await {
             if let Err(reason) = result {
                 failure.get_or_insert((task, reason));
@@ -123,16 +123,12 @@ impl Supervisor {
     }
 
     /// Tasks still running.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.tasks.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-    }
-
     /// Aborts whatever is still running and waits until it is gone; returns how many there were.
-    pub async fn abort_all(&mut self) -> usize {
+    pub(crate) async fn abort_all(&mut self) -> usize {
         let left = self.tasks.len();
         self.tasks.shutdown().await;
         left

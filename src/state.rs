@@ -35,21 +35,21 @@ use crate::{
 pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
-    pub config: Config,
-    pub upstream: UpstreamClient,
-    pub routes: RouteTable,
-    pub cache: TaxonomyCache,
-    pub limiters: Limiters,
-    pub readiness: Readiness,
-    pub store: Arc<dyn JobStore>,
-    pub metrics: PrometheusHandle,
+    pub(crate) config: Config,
+    pub(crate) upstream: UpstreamClient,
+    pub(crate) routes: RouteTable,
+    pub(crate) cache: TaxonomyCache,
+    pub(crate) limiters: Limiters,
+    pub(crate) readiness: Readiness,
+    pub(crate) store: Arc<dyn JobStore>,
+    pub(crate) metrics: PrometheusHandle,
     /// Managed jobs: what the `/v1/jobs` handlers and the SDK's follow-up paths call.
-    pub jobs: JobService,
+    pub(crate) jobs: JobService,
     /// Wakes the webhook dispatcher after outbox rows commit.
-    pub webhooks: WebhookWaker,
+    pub(crate) webhooks: WebhookWaker,
     /// Fired by `run` when the shutdown grace period is over: requests still running are answered
     /// 502 `shutting_down` at once (`middleware::hard_stop`), the workers abort what runs.
-    pub hard_stop: CancellationToken,
+    pub(crate) hard_stop: CancellationToken,
     in_flight: Arc<Semaphore>,
 }
 
@@ -66,7 +66,7 @@ impl std::fmt::Debug for Inner {
 #[derive(Debug)]
 pub struct Workers {
     pub engine: JobEngine,
-    pub dispatcher: WebhookDispatcher,
+    pub(crate) dispatcher: WebhookDispatcher,
 }
 
 /// One admitted API request; dropping it frees the slot.
@@ -145,7 +145,7 @@ impl AppState {
     }
 
     /// Admits one request or sheds it with 503 + Retry-After when `server.max_in_flight` are running.
-    pub fn admit(&self) -> Result<InFlight, ApiError> {
+    pub(crate) fn admit(&self) -> Result<InFlight, ApiError> {
         if let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() {
             metrics::gauge!(telemetry::IN_FLIGHT).increment(1.0);
             Ok(InFlight { _permit: permit })

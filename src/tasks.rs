@@ -49,6 +49,7 @@ where
         self.set.len()
     }
 
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.set.is_empty()
     }

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::{error::ErrorChain, jobs::error::JobsError, upstream::UpstreamError};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// The request cannot be served as sent (not JSON where JSON is required, and so on).
     #[error("{0}")]
     BadRequest(String),
@@ -61,7 +61,7 @@ struct ErrorBody<'a> {
 
 /// The stable error code, attached to responses so the metrics layer can count it.
 #[derive(Debug, Clone, Copy)]
-pub struct ErrorCode(pub &'static str);
+pub(crate) struct ErrorCode(pub &'static str);
 
 /// `Retry-After` seconds: whole, at least 1, at most 30 (the SDK sleeps at most 30 s).
 fn retry_after_secs(d: Duration) -> u64 {
@@ -74,7 +74,7 @@ fn retry_after_secs(d: Duration) -> u64 {
 impl ApiError {
     /// Exhaustive on purpose: a new variant must choose its status. This and `code` are the one
     /// mapping of every error (evalgate's own, the upstream's, the jobs service's) to HTTP.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_)
             | Self::Upstream(UpstreamError::NotAJsonObject(_))
@@ -108,7 +108,7 @@ impl ApiError {
     }
 
     /// Stable, documented, low-cardinality: used in bodies and as a metric label.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::BadRequest(_)
             | Self::Upstream(UpstreamError::NotAJsonObject(_))
@@ -199,7 +199,7 @@ impl ApiError {
 
 /// The native `/v1` API's error shape: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug)]
-pub struct V1Error(pub ApiError);
+pub(crate) struct V1Error(pub ApiError);
 
 impl From<ApiError> for V1Error {
     fn from(error: ApiError) -> Self {

@@ -9,9 +9,9 @@ use http::{
 };
 
 /// Request-id header, generated or propagated, forwarded upstream and echoed to the caller.
-pub use crate::types::REQUEST_ID;
+pub(crate) use crate::types::REQUEST_ID;
 /// Cache outcome on cached routes: `hit`, `miss` or `stale`.
-pub const CACHE_STATUS: HeaderName = HeaderName::from_static("x-evalgate-cache");
+pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("x-evalgate-cache");
 
 const HOP_BY_HOP: [HeaderName; 7] = [
     CONNECTION,
@@ -62,7 +62,7 @@ fn connection_listed(headers: &HeaderMap) -> Vec<String> {
 
 /// The caller's headers as they may go upstream: no hop-by-hop, no credentials, no `Host`,
 /// no evalgate control headers. `keep_length` keeps `Content-Length` when the body is unchanged.
-pub fn to_upstream(headers: &HeaderMap, keep_length: bool) -> HeaderMap {
+pub(crate) fn to_upstream(headers: &HeaderMap, keep_length: bool) -> HeaderMap {
     let listed = connection_listed(headers);
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
@@ -81,14 +81,14 @@ pub fn to_upstream(headers: &HeaderMap, keep_length: bool) -> HeaderMap {
 
 /// Same as [`to_upstream`] for a request whose answer will be cached: also asks for an
 /// identity-encoded body so any later caller can be served from the cache.
-pub fn to_upstream_for_cache(headers: &HeaderMap) -> HeaderMap {
+pub(crate) fn to_upstream_for_cache(headers: &HeaderMap) -> HeaderMap {
     let mut out = to_upstream(headers, false);
     out.remove(ACCEPT_ENCODING);
     out
 }
 
 /// The upstream's response headers as they may go back to the caller.
-pub fn to_caller(headers: &HeaderMap) -> HeaderMap {
+pub(crate) fn to_caller(headers: &HeaderMap) -> HeaderMap {
     let listed = connection_listed(headers);
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {

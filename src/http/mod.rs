@@ -1,14 +1,14 @@
 //! HTTP surfaces: the API port (Valiqor-compatible routes, the native `/v1` API) and the admin port.
 //! Handlers extract, call one service function and map the result; `error` is the one mapping
 //! from errors to statuses and bodies.
-pub mod admin;
-pub mod error;
-pub mod headers;
+pub(crate) mod admin;
+pub(crate) mod error;
+pub(crate) mod headers;
 mod jobs;
-pub mod openapi;
-pub mod routes;
-pub mod valiqor;
-pub mod valiqor_jobs;
+pub(crate) mod openapi;
+pub(crate) mod routes;
+pub(crate) mod valiqor;
+pub(crate) mod valiqor_jobs;
 mod webhooks;
 
 use axum::{

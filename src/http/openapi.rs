@@ -40,7 +40,7 @@ use crate::{
     ))
 )]
 #[derive(Debug)]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 pub(super) async fn serve() -> impl IntoResponse {
     Json(ApiDoc::openapi())

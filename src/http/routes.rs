@@ -6,7 +6,7 @@ use http::Method;
 
 /// How a matched request is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handling {
+pub(crate) enum Handling {
     /// Forwarded as-is, streaming both ways.
     Forward,
     /// A submit endpoint (POST): the BYOK judge key is applied to its JSON body.
@@ -18,7 +18,7 @@ pub enum Handling {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct Route {
+pub(crate) struct Route {
     /// The path template, e.g. `/v2/failure-analysis/runs/{id}/status`; also the metric label.
     pub template: &'static str,
     methods: &'static [Method],
@@ -120,7 +120,7 @@ const TABLE: &[(&str, &[Method], Handling)] = &[
 
 /// What a request path and method resolved to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resolved {
+pub(crate) enum Resolved {
     Found(&'static str, Handling),
     MethodNotAllowed(&'static str),
     NotFound,
@@ -128,12 +128,12 @@ pub enum Resolved {
 
 /// The compiled route table.
 #[derive(Debug)]
-pub struct RouteTable(matchit::Router<Route>);
+pub(crate) struct RouteTable(matchit::Router<Route>);
 
 // === impl RouteTable ===
 
 impl RouteTable {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut router = matchit::Router::new();
         for &(template, methods, handling) in TABLE {
             if let Err(error) = router.insert(
@@ -151,7 +151,7 @@ impl RouteTable {
         Self(router)
     }
 
-    pub fn resolve(&self, method: &Method, path: &str) -> Resolved {
+    pub(crate) fn resolve(&self, method: &Method, path: &str) -> Resolved {
         let Ok(matched) = self.0.at(path) else {
             return Resolved::NotFound;
         };

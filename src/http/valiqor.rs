@@ -36,7 +36,7 @@ use crate::{
 
 /// Entry point for every API-port request.
 #[tracing::instrument(name = "request", level = "debug", skip_all, fields(method = %request.method(), route, status))]
-pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
+pub(crate) async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let resolved = state.routes.resolve(request.method(), request.uri().path());
     let (template, response) = match resolved {
         Resolved::NotFound => ("unmatched", ApiError::UnknownRoute.into_response()),

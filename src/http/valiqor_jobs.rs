@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// The submit templates that batch transparently, and their kind.
-pub fn managed_kind(template: &str, method: &Method) -> Option<JobKind> {
+pub(crate) fn managed_kind(template: &str, method: &Method) -> Option<JobKind> {
     if *method != Method::POST {
         return None;
     }
@@ -52,7 +52,7 @@ fn status_path(kind: JobKind, id: &str) -> String {
 
 /// Creates the managed job and answers the SDK's 202 (reference §5.2: `job_id`, `run_id` equal to
 /// it for `evaluate()`, `total_items`).
-pub async fn accept(
+pub(crate) async fn accept(
     jobs: &JobService,
     kind: JobKind,
     submission: Submission,
@@ -83,8 +83,8 @@ pub async fn accept(
 }
 
 /// Header names that give an SDK caller's managed job a webhook.
-pub const WEBHOOK_URL: &str = "x-evalgate-webhook-url";
-pub const WEBHOOK_SECRET: &str = "x-evalgate-webhook-secret";
+pub(crate) const WEBHOOK_URL: &str = "x-evalgate-webhook-url";
+pub(crate) const WEBHOOK_SECRET: &str = "x-evalgate-webhook-secret";
 
 /// The webhook target from `x-evalgate-webhook-url` / `-secret` (both or neither), validated.
 fn webhook_from_headers(
@@ -110,7 +110,7 @@ fn webhook_from_headers(
 }
 
 /// The `egj_…` segment of a path, if any.
-pub fn evalgate_id(path: &str) -> Option<&str> {
+pub(crate) fn evalgate_id(path: &str) -> Option<&str> {
     path.split('/')
         .find(|segment| JobId::is_evalgate_id(segment))
 }
@@ -120,7 +120,7 @@ fn not_found(id: &str) -> ApiError {
 }
 
 /// Serves a follow-up path for an evalgate job id.
-pub async fn serve(
+pub(crate) async fn serve(
     jobs: &JobService,
     template: &'static str,
     id: &str,

@@ -42,7 +42,7 @@ use crate::{
 
 /// Commands from the API to the engine.
 #[derive(Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// A job was created: schedule its pending batches.
     Start(JobId),
     /// A job ended outside the engine (cancelled): drop its queued work.
@@ -51,7 +51,7 @@ pub enum Command {
 
 /// The API's handle on the engine.
 #[derive(Debug, Clone)]
-pub struct EngineHandle {
+pub(crate) struct EngineHandle {
     pub(super) tx: mpsc::Sender<Command>,
     /// Woken when a command could not be queued: the engine then rescans the store.
     pub(super) missed: Arc<Notify>,
@@ -62,7 +62,7 @@ impl EngineHandle {
     /// the engine rescans the store as soon as it has caught up, so a committed job still starts
     /// (and a dropped `Forget` only leaves work that finds its job ended); when the engine has
     /// stopped, the next start reads the store.
-    pub fn send(&self, command: Command) -> bool {
+    pub(crate) fn send(&self, command: Command) -> bool {
         match self.tx.try_send(command) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -299,11 +299,10 @@ impl Ctx {
         data.to_string()
     }
 
-    fn publish(&self, job: &JobId, name: &'static str, data: String) {
+    fn publish(&self, job: &JobId, name: &'static str) {
         self.hub.publish(JobEvent {
             job_id: job.clone(),
             name,
-            data,
         });
     }
 
@@ -355,8 +354,8 @@ impl Ctx {
                     (batch.item_start, batch.item_end),
                     json!({"upstream_job_id": upstream_job_id}),
                 ));
-                if self.store.update_batch(update.clone()).await? {
-                    self.publish(&work.job, "batch", update.event.unwrap_or_default());
+                if self.store.update_batch(update).await? {
+                    self.publish(&work.job, "batch");
                     let delay = self.backoff.next_poll(0, None, None, &mut rand::rng());
                     return Ok(Next {
                         schedule: vec![(
@@ -515,7 +514,7 @@ impl Ctx {
                 if !self.store.update_batch(update).await? {
                     return Ok(Next::default());
                 }
-                self.publish(&work.job, "progress", String::new());
+                self.publish(&work.job, "progress");
                 let running_for = Duration::from_millis(
                     u64::try_from(now_millis().saturating_sub(since)).unwrap_or(0),
                 );
@@ -635,10 +634,9 @@ impl Ctx {
         let items = (batch.item_start, batch.item_end);
         update.event = Some(Self::batch_event(&work.job, work.idx, to, items, detail));
         edit(&mut update);
-        let event = update.event.clone().unwrap_or_default();
         let applied = self.store.update_batch(update).await?;
         if applied {
-            self.publish(&work.job, "batch", event);
+            self.publish(&work.job, "batch");
         }
         Ok(Next {
             schedule: Vec::new(),

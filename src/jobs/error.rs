@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::{store::StoreError, types::JobId};
 
 #[derive(Debug, thiserror::Error)]
-pub enum JobsError {
+pub(crate) enum JobsError {
     /// The request cannot become a job as sent (dataset, options or webhook are invalid).
     #[error("{0}")]
     Invalid(String),

@@ -84,7 +84,6 @@ impl Finisher {
             self.hub.publish(JobEvent {
                 job_id: record.id.clone(),
                 name: state.sdk_status_event(),
-                data: event,
             });
         }
         Ok(ended)

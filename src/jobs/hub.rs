@@ -8,21 +8,20 @@ use crate::types::JobId;
 /// One event about one job, as it happened. Watchers read durable events (with their sequence
 /// numbers, the SSE ids) from the store; this only tells them when to look.
 #[derive(Debug, Clone)]
-pub struct JobEvent {
+pub(crate) struct JobEvent {
     pub job_id: JobId,
     /// `progress`, `batch`, `completed`, `failed` or `cancelled`.
     pub name: &'static str,
-    pub data: String,
 }
 
 impl JobEvent {
-    pub fn is_terminal(&self) -> bool {
+    pub(crate) fn is_terminal(&self) -> bool {
         matches!(self.name, "completed" | "failed" | "cancelled")
     }
 }
 
 #[derive(Debug, Clone)]
-pub struct JobHub {
+pub(crate) struct JobHub {
     tx: broadcast::Sender<JobEvent>,
 }
 
@@ -30,17 +29,17 @@ pub struct JobHub {
 const CAPACITY: usize = 1024;
 
 impl JobHub {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let (tx, _) = broadcast::channel(CAPACITY);
         Self { tx }
     }
 
-    pub fn publish(&self, event: JobEvent) {
+    pub(crate) fn publish(&self, event: JobEvent) {
         // No subscriber is fine: nobody is watching.
         let _ = self.tx.send(event);
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
         self.tx.subscribe()
     }
 }

@@ -9,11 +9,11 @@ use crate::store::{JobStore, StoreError};
 use crate::types::JobKind;
 
 #[derive(Debug, Default)]
-pub struct LearnedLimits(RwLock<HashMap<JobKind, usize>>);
+pub(crate) struct LearnedLimits(RwLock<HashMap<JobKind, usize>>);
 
 impl LearnedLimits {
     /// Loads every kind's learned limit from the store (at startup).
-    pub async fn load(store: &dyn JobStore) -> Result<Self, StoreError> {
+    pub(crate) async fn load(store: &dyn JobStore) -> Result<Self, StoreError> {
         let mut limits = HashMap::new();
         for kind in [
             JobKind::FailureAnalysis,
@@ -27,7 +27,7 @@ impl LearnedLimits {
         Ok(Self(RwLock::new(limits)))
     }
 
-    pub fn get(&self, kind: JobKind) -> Option<usize> {
+    pub(crate) fn get(&self, kind: JobKind) -> Option<usize> {
         self.0
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -36,7 +36,7 @@ impl LearnedLimits {
     }
 
     /// Records a limit durably, then in memory. Limits only ever tighten.
-    pub async fn learn(
+    pub(crate) async fn learn(
         &self,
         store: &dyn JobStore,
         kind: JobKind,

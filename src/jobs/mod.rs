@@ -5,12 +5,12 @@
 //! functions of `transition`; `finish` is the one place a job ends; `merge` combines results;
 //! `view` is how a job looks from outside. The vocabulary (ids, kinds, states) is `crate::types`.
 pub mod engine;
-pub mod error;
+pub(crate) mod error;
 pub(crate) mod finish;
-pub mod hub;
-pub mod limits;
+pub(crate) mod hub;
+pub(crate) mod limits;
 pub mod merge;
 mod scheduler;
-pub mod service;
+pub(crate) mod service;
 mod transition;
-pub mod view;
+pub(crate) mod view;

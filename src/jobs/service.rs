@@ -26,7 +26,7 @@ use crate::{
 
 /// A new job's request, whichever surface it came through.
 #[derive(Debug)]
-pub struct JobRequest {
+pub(crate) struct JobRequest {
     pub kind: JobKind,
     pub submission: Submission,
     /// The webhook target as `JobService::validate_webhook` returned it.
@@ -40,7 +40,7 @@ pub struct JobRequest {
 
 /// The jobs service. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct JobService(Arc<Parts>);
+pub(crate) struct JobService(Arc<Parts>);
 
 /// What the service is built from.
 #[derive(Debug)]
@@ -86,7 +86,7 @@ impl JobService {
     }
 
     /// Whether a submit body of `kind` must become a managed job (over the batch limits).
-    pub fn exceeds_limits(&self, kind: JobKind, submission: &Submission) -> bool {
+    pub(crate) fn exceeds_limits(&self, kind: JobKind, submission: &Submission) -> bool {
         let limits = self.limits(kind, None);
         let payload = submission
             .items
@@ -97,14 +97,14 @@ impl JobService {
     }
 
     /// Validates a webhook target given on submit; returns what `JobRequest::webhook` stores.
-    pub fn validate_webhook(&self, raw: &str) -> Result<String, JobsError> {
+    pub(crate) fn validate_webhook(&self, raw: &str) -> Result<String, JobsError> {
         outbox::validate(raw, &self.0.webhook_policy).map_err(JobsError::Invalid)
     }
 
     /// Creates a managed job: split, persist (committed before answering), hand to the engine.
     /// `(record, true)` for a new job, `(record, false)` for an idempotent replay.
     #[tracing::instrument(skip_all, fields(kind = request.kind.as_str(), items = request.submission.len()))]
-    pub async fn submit(&self, request: JobRequest) -> Result<(JobRecord, bool), JobsError> {
+    pub(crate) async fn submit(&self, request: JobRequest) -> Result<(JobRecord, bool), JobsError> {
         let config = &self.0.config;
         let store = &self.0.store;
         let active = store
@@ -178,7 +178,7 @@ impl JobService {
     }
 
     /// A job by id; ids that are not evalgate's are simply not found.
-    pub async fn get(&self, id: &str) -> Result<JobRecord, JobsError> {
+    pub(crate) async fn get(&self, id: &str) -> Result<JobRecord, JobsError> {
         let id = JobId::parse(id).ok_or_else(|| JobsError::NotFound(id.to_owned()))?;
         self.read(&id).await
     }
@@ -193,7 +193,7 @@ impl JobService {
     }
 
     /// Waits (bounded by `jobs.max_wait`) until the job is terminal, then returns its latest record.
-    pub async fn wait(&self, id: &str, wait: Duration) -> Result<JobRecord, JobsError> {
+    pub(crate) async fn wait(&self, id: &str, wait: Duration) -> Result<JobRecord, JobsError> {
         let mut events = self.0.hub.subscribe();
         let record = self.get(id).await?;
         if record.state.is_terminal() || wait.is_zero() {
@@ -216,7 +216,7 @@ impl JobService {
     }
 
     /// A page of jobs, oldest first.
-    pub async fn list(&self, query: ListQuery<'_>) -> Result<Vec<JobRecord>, JobsError> {
+    pub(crate) async fn list(&self, query: ListQuery<'_>) -> Result<Vec<JobRecord>, JobsError> {
         self.0
             .store
             .list_jobs(query)
@@ -225,12 +225,12 @@ impl JobService {
     }
 
     /// Live job events; subscribe before reading the store so nothing in between is missed.
-    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
         self.0.hub.subscribe()
     }
 
     /// A job's durable events after `after` (SSE replay).
-    pub async fn events_after(
+    pub(crate) async fn events_after(
         &self,
         id: &JobId,
         after: i64,
@@ -243,13 +243,16 @@ impl JobService {
     }
 
     /// The merged result, with the `evalgate` section; `NotReady` while the job runs.
-    pub async fn result(&self, id: &str) -> Result<(JobRecord, Bytes), JobsError> {
+    pub(crate) async fn result(&self, id: &str) -> Result<(JobRecord, Bytes), JobsError> {
         let record = self.get(id).await?;
         self.result_of(record).await
     }
 
     /// The result of a job already read.
-    pub async fn result_of(&self, record: JobRecord) -> Result<(JobRecord, Bytes), JobsError> {
+    pub(crate) async fn result_of(
+        &self,
+        record: JobRecord,
+    ) -> Result<(JobRecord, Bytes), JobsError> {
         if !record.state.is_terminal() {
             return Err(JobsError::NotReady {
                 id: record.id,
@@ -275,7 +278,7 @@ impl JobService {
     /// Cancels a job: committed first (so no new submit or poll can start), then every batch
     /// still running upstream is cancelled there.
     #[tracing::instrument(skip_all, fields(job_id = id))]
-    pub async fn cancel(&self, id: &str) -> Result<JobRecord, JobsError> {
+    pub(crate) async fn cancel(&self, id: &str) -> Result<JobRecord, JobsError> {
         let record = self.get(id).await?;
         if record.state.is_terminal() {
             return Ok(record);

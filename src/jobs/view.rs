@@ -10,7 +10,7 @@ use crate::{
 
 /// What `POST /v1/jobs` answers.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     pub job_id: String,
     pub status: JobState,
     pub total_items: usize,
@@ -19,7 +19,7 @@ pub struct Accepted {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Links {
+pub(crate) struct Links {
     #[serde(rename = "self")]
     pub self_: String,
     pub result: String,
@@ -28,19 +28,23 @@ pub struct Links {
 
 /// One batch as the status shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct BatchView {
+pub(crate) struct BatchView {
     pub index: u32,
     /// `[start, end)` in the original dataset.
     pub items: [usize; 2],
     pub status: BatchState,
     pub upstream_job_id: Option<String>,
+    /// Failed attempts of the current step (reset when the batch moves on).
     pub attempts: u32,
+    /// How many times the batch was submitted upstream: more than 1 only after a crash while a
+    /// submit was in flight (the upstream has no idempotency key).
+    pub submits: u32,
     pub error: Option<String>,
 }
 
 /// `GET /v1/jobs/{id}`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct JobView {
+pub(crate) struct JobView {
     pub job_id: String,
     pub kind: JobKind,
     pub status: JobState,
@@ -55,7 +59,7 @@ pub struct JobView {
     pub links: Links,
 }
 
-pub fn links(id: &str) -> Links {
+pub(crate) fn links(id: &str) -> Links {
     Links {
         self_: format!("/v1/jobs/{id}"),
         result: format!("/v1/jobs/{id}/result"),
@@ -64,7 +68,7 @@ pub fn links(id: &str) -> Links {
 }
 
 /// Progress over all batches: completed batches count fully, running ones by their progress.
-pub fn progress(record: &JobRecord) -> (f64, usize) {
+pub(crate) fn progress(record: &JobRecord) -> (f64, usize) {
     let mut done = 0.0;
     let mut current = 0;
     for batch in &record.batches {
@@ -96,7 +100,7 @@ pub fn progress(record: &JobRecord) -> (f64, usize) {
     (percent, current.min(record.total_items))
 }
 
-pub fn view(record: &JobRecord) -> JobView {
+pub(crate) fn view(record: &JobRecord) -> JobView {
     let (progress_percent, current_item) = progress(record);
     JobView {
         job_id: record.id.to_string(),
@@ -114,6 +118,7 @@ pub fn view(record: &JobRecord) -> JobView {
                 status: b.state,
                 upstream_job_id: b.upstream_job_id.clone(),
                 attempts: b.attempts,
+                submits: b.submits,
                 error: b.error.clone(),
             })
             .collect(),
@@ -126,7 +131,7 @@ pub fn view(record: &JobRecord) -> JobView {
 }
 
 /// The job's status view as it stands once it ends in `state` (what a webhook carries).
-pub fn final_status(record: &JobRecord, state: JobState, error: Option<&str>) -> Value {
+pub(crate) fn final_status(record: &JobRecord, state: JobState, error: Option<&str>) -> Value {
     let mut view = serde_json::to_value(view(record)).unwrap_or(Value::Null);
     if let Some(obj) = view.as_object_mut() {
         obj.insert(
@@ -147,7 +152,7 @@ pub fn final_status(record: &JobRecord, state: JobState, error: Option<&str>) ->
 }
 
 /// The `evalgate` object added to every merged result: the batches and any failed ones.
-pub fn evalgate_section(record: &JobRecord) -> serde_json::Value {
+pub(crate) fn evalgate_section(record: &JobRecord) -> serde_json::Value {
     let batches: Vec<_> = record
         .batches
         .iter()

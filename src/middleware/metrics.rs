@@ -9,13 +9,13 @@ use crate::{http::error::ErrorCode, telemetry};
 /// The route template a response was produced for (a metric label): set by the Valiqor handler
 /// from its route table, and from the matched path on the native routes.
 #[derive(Debug, Clone)]
-pub struct RouteLabel(pub metrics::SharedString);
+pub(crate) struct RouteLabel(pub metrics::SharedString);
 
 /// Time spent waiting for the upstream's response headers (set by the handler when it called upstream).
 #[derive(Debug, Clone, Copy)]
-pub struct UpstreamElapsed(pub Duration);
+pub(crate) struct UpstreamElapsed(pub Duration);
 
-pub async fn layer(request: Request, next: Next) -> Response {
+pub(crate) async fn layer(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(request.method());
     let response = next.run(request).await;

@@ -1,5 +1,5 @@
 //! Cross-cutting request handling: rate limits, request ids, metrics, the shutdown cut-off.
-pub mod hard_stop;
-pub mod metrics;
-pub mod rate_limit;
-pub mod request_id;
+pub(crate) mod hard_stop;
+pub(crate) mod metrics;
+pub(crate) mod rate_limit;
+pub(crate) mod request_id;

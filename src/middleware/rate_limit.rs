@@ -12,7 +12,7 @@ use crate::{config::RateLimitConfig, http::error::ApiError};
 const DAY: Duration = Duration::from_hours(24);
 
 #[derive(Debug)]
-pub struct Limiters {
+pub(crate) struct Limiters {
     upstream: Option<DefaultDirectRateLimiter>,
     playground_minute: Option<DefaultDirectRateLimiter>,
     playground_day: Option<DefaultDirectRateLimiter>,
@@ -29,7 +29,7 @@ fn per_period(n: u32, period: Duration) -> Option<DefaultDirectRateLimiter> {
 // === impl Limiters ===
 
 impl Limiters {
-    pub fn new(config: &RateLimitConfig) -> Self {
+    pub(crate) fn new(config: &RateLimitConfig) -> Self {
         let upstream = NonZeroU32::new(config.upstream_per_second).map(|rate| {
             let burst = NonZeroU32::new(config.upstream_burst).unwrap_or(rate);
             RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
@@ -60,13 +60,13 @@ impl Limiters {
     }
 
     /// One request toward the upstream.
-    pub fn check_upstream(&self) -> Result<(), ApiError> {
+    pub(crate) fn check_upstream(&self) -> Result<(), ApiError> {
         self.check(self.upstream.as_ref(), "upstream_per_second")
     }
 
     /// One playground run. The minute window is checked first so that a burst refused by it
     /// does not use up the day's allowance.
-    pub fn check_playground(&self) -> Result<(), ApiError> {
+    pub(crate) fn check_playground(&self) -> Result<(), ApiError> {
         self.check(self.playground_minute.as_ref(), "playground_per_minute")?;
         self.check(self.playground_day.as_ref(), "playground_per_day")
     }

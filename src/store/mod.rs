@@ -4,12 +4,12 @@
 //! Every state change is committed before it is acknowledged (to a caller or to the engine's next
 //! step). A `PostgreSQL` store can implement the same trait; nothing outside `store/` changes.
 mod pool;
-pub mod sqlite;
+pub(crate) mod sqlite;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-pub use self::sqlite::SqliteStore;
+pub(crate) use self::sqlite::SqliteStore;
 use crate::types::{BatchState, JobId, JobKind, JobState};
 use crate::types::{Millis, Origin};
 
@@ -63,12 +63,12 @@ impl StoreError {
 }
 
 /// (job, batch index, state) of a batch that still needs work.
-pub type UnfinishedBatch = (JobId, u32, BatchState);
+pub(crate) type UnfinishedBatch = (JobId, u32, BatchState);
 /// (`item_start`, `item_count`, result JSON) of a completed batch.
-pub type CompletedBatch = (usize, usize, Bytes);
+pub(crate) type CompletedBatch = (usize, usize, Bytes);
 
 #[derive(Debug, Clone)]
-pub struct NewBatch {
+pub(crate) struct NewBatch {
     pub idx: u32,
     pub item_start: usize,
     pub item_end: usize,
@@ -77,7 +77,7 @@ pub struct NewBatch {
 }
 
 #[derive(Debug, Clone)]
-pub struct NewJob {
+pub(crate) struct NewJob {
     pub id: JobId,
     pub kind: JobKind,
     pub origin: Origin,
@@ -93,7 +93,7 @@ pub struct NewJob {
 }
 
 #[derive(Debug, Clone)]
-pub struct BatchRecord {
+pub(crate) struct BatchRecord {
     pub idx: u32,
     pub item_start: usize,
     pub item_end: usize,
@@ -104,14 +104,12 @@ pub struct BatchRecord {
     pub progress: f64,
     pub current_item: usize,
     pub error: Option<String>,
-    pub updated_at: Millis,
 }
 
 #[derive(Debug, Clone)]
-pub struct JobRecord {
+pub(crate) struct JobRecord {
     pub id: JobId,
     pub kind: JobKind,
-    pub origin: Origin,
     pub state: JobState,
     pub total_items: usize,
     pub error: Option<String>,
@@ -119,19 +117,14 @@ pub struct JobRecord {
     pub created_at: Millis,
     pub started_at: Option<Millis>,
     pub finished_at: Option<Millis>,
-    pub updated_at: Millis,
-    /// The last event sequence number (SSE ids).
-    pub seq: i64,
     /// Batches in dataset order (superseded `split` batches excluded).
     pub batches: Vec<BatchRecord>,
 }
 
 /// What the engine needs to submit or poll one batch.
 #[derive(Debug, Clone)]
-pub struct BatchWork {
-    pub job_id: JobId,
+pub(crate) struct BatchWork {
     pub kind: JobKind,
-    pub idx: u32,
     pub item_start: usize,
     pub item_end: usize,
     pub state: BatchState,
@@ -144,7 +137,7 @@ pub struct BatchWork {
 /// A conditional change to one batch: applied only while the batch is in `from`, so a late
 /// writer (a poll finishing after a cancel) cannot overwrite a newer state.
 #[derive(Debug, Clone)]
-pub struct BatchUpdate {
+pub(crate) struct BatchUpdate {
     pub job_id: JobId,
     pub idx: u32,
     pub from: Vec<BatchState>,
@@ -162,14 +155,14 @@ pub struct BatchUpdate {
 
 /// A job-level event, durable, for SSE replay after `Last-Event-ID`.
 #[derive(Debug, Clone)]
-pub struct StoredEvent {
+pub(crate) struct StoredEvent {
     pub seq: i64,
     pub name: String,
     pub data: String,
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct ListQuery<'a> {
+pub(crate) struct ListQuery<'a> {
     pub state: Option<JobState>,
     pub limit: usize,
     /// Job ids sort by creation (`UUIDv7`); the cursor is the last id of the previous page.
@@ -178,7 +171,7 @@ pub struct ListQuery<'a> {
 
 /// A webhook delivery to write to the outbox with a job's end.
 #[derive(Debug, Clone)]
-pub struct NewDelivery {
+pub(crate) struct NewDelivery {
     /// `msg_…`: the `webhook-id`, stable across retries.
     pub id: String,
     pub event: String,
@@ -190,7 +183,7 @@ pub struct NewDelivery {
 
 /// A due delivery, as the dispatcher works on it.
 #[derive(Debug, Clone)]
-pub struct DeliveryWork {
+pub(crate) struct DeliveryWork {
     pub id: String,
     pub job_id: JobId,
     pub event: String,
@@ -203,7 +196,7 @@ pub struct DeliveryWork {
 
 /// What one attempt ended in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryState {
+pub(crate) enum DeliveryState {
     Pending,
     Delivered,
     /// Every attempt of the schedule failed; kept for inspection and replay.
@@ -213,7 +206,7 @@ pub enum DeliveryState {
 }
 
 impl DeliveryState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Delivered => "delivered",
@@ -222,7 +215,7 @@ impl DeliveryState {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "pending" => Some(Self::Pending),
             "delivered" => Some(Self::Delivered),
@@ -235,7 +228,7 @@ impl DeliveryState {
 
 /// One attempt, recorded with the delivery's new state in one transaction.
 #[derive(Debug, Clone)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     pub delivery_id: String,
     pub at: Millis,
     pub status: Option<u16>,
@@ -248,7 +241,7 @@ pub struct Attempt {
 
 /// One recorded attempt of a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttemptRecord {
+pub(crate) struct AttemptRecord {
     /// 1 for the first attempt (restarts at 1 after a replay).
     pub n: u32,
     pub at: Millis,
@@ -260,7 +253,7 @@ pub struct AttemptRecord {
 
 /// A delivery of the outbox with every attempt, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryRecord {
+pub(crate) struct DeliveryRecord {
     pub id: String,
     pub job_id: JobId,
     pub event: String,
@@ -276,7 +269,7 @@ pub struct DeliveryRecord {
 
 /// What `replay_delivery` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplayOutcome {
+pub(crate) enum ReplayOutcome {
     /// Pending again, due now.
     Replayed,
     /// Unchanged: it is pending already.
@@ -287,7 +280,7 @@ pub enum ReplayOutcome {
 
 /// Outcome of `create_job` with an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Created {
+pub(crate) enum Created {
     New,
     /// Same key and same body within the window: the existing job.
     Existing(JobId),
@@ -296,7 +289,7 @@ pub enum Created {
 }
 
 /// Dyn-compatible, async access to persistent state.
-pub trait JobStore: Send + Sync + std::fmt::Debug {
+pub(crate) trait JobStore: Send + Sync + std::fmt::Debug {
     /// A cheap round trip proving the store answers (readiness).
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 

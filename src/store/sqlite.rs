@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     config::{StoreConfig, StorePath},
-    types::{BatchState, JobId, JobKind, JobState, Millis, Origin, now_millis},
+    types::{BatchState, JobId, JobKind, JobState, Millis, now_millis},
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -112,7 +112,7 @@ const MIGRATIONS: &[&str] = &[
 const READ_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
-pub struct SqliteStore {
+pub(crate) struct SqliteStore {
     /// Every write, and every read that must see the same state as a write of the same call.
     writer: Arc<Mutex<Connection>>,
     /// Pure reads; `None` for a `:memory:` store, whose data no second connection can see
@@ -125,7 +125,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the store, then opens its read connections. Fails
     /// startup on any problem.
-    pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+    pub(crate) async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
         Self::open_with(&config.path, config.read_connections, READ_WAIT).await
     }
 
@@ -300,13 +300,13 @@ fn parse_batch_state(s: &str) -> Result<BatchState, StoreError> {
     BatchState::parse(s).ok_or_else(|| corrupt("batch state", s))
 }
 
-const JOB_COLUMNS: &str = "id, kind, origin, state, total_items, error, webhook, created_at, started_at, finished_at, updated_at, seq";
+const JOB_COLUMNS: &str =
+    "id, kind, state, total_items, error, webhook, created_at, started_at, finished_at";
 
 /// The raw job row; states are parsed after the query (rusqlite rows cannot carry our errors).
 struct JobRow {
     id: String,
     kind: String,
-    origin: String,
     state: String,
     total_items: i64,
     error: Option<String>,
@@ -314,30 +314,25 @@ struct JobRow {
     created_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
-    updated_at: i64,
-    seq: i64,
 }
 
 fn job_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
     Ok(JobRow {
         id: row.get(0)?,
         kind: row.get(1)?,
-        origin: row.get(2)?,
-        state: row.get(3)?,
-        total_items: row.get(4)?,
-        error: row.get(5)?,
-        webhook: row.get(6)?,
-        created_at: row.get(7)?,
-        started_at: row.get(8)?,
-        finished_at: row.get(9)?,
-        updated_at: row.get(10)?,
-        seq: row.get(11)?,
+        state: row.get(2)?,
+        total_items: row.get(3)?,
+        error: row.get(4)?,
+        webhook: row.get(5)?,
+        created_at: row.get(6)?,
+        started_at: row.get(7)?,
+        finished_at: row.get(8)?,
     })
 }
 
 fn load_batches(conn: &Connection, job: &str) -> Result<Vec<BatchRecord>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT idx, item_start, item_end, state, upstream_job_id, attempts, submits, progress, current_item, error, updated_at
+        "SELECT idx, item_start, item_end, state, upstream_job_id, attempts, submits, progress, current_item, error
          FROM batches WHERE job_id = ?1 AND state != 'split' ORDER BY item_start",
     )?;
     let rows = stmt.query_map([job], |row| {
@@ -352,24 +347,11 @@ fn load_batches(conn: &Connection, job: &str) -> Result<Vec<BatchRecord>, StoreE
             row.get::<_, f64>(7)?,
             row.get::<_, i64>(8)?,
             row.get::<_, Option<String>>(9)?,
-            row.get::<_, i64>(10)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (
-            idx,
-            start,
-            end,
-            state,
-            upstream,
-            attempts,
-            submits,
-            progress,
-            current,
-            error,
-            updated,
-        ) = row?;
+        let (idx, start, end, state, upstream, attempts, submits, progress, current, error) = row?;
         out.push(BatchRecord {
             idx: to_u32(idx),
             item_start: to_usize(start),
@@ -381,7 +363,6 @@ fn load_batches(conn: &Connection, job: &str) -> Result<Vec<BatchRecord>, StoreE
             progress,
             current_item: to_usize(current),
             error,
-            updated_at: updated,
         });
     }
     Ok(out)
@@ -396,11 +377,6 @@ fn to_record(conn: &Connection, row: JobRow, with_batches: bool) -> Result<JobRe
     Ok(JobRecord {
         id: JobId::parse(&row.id).ok_or_else(|| corrupt("job id", &row.id))?,
         kind: JobKind::parse(&row.kind).ok_or_else(|| corrupt("job kind", &row.kind))?,
-        origin: match row.origin.as_str() {
-            "native" => Origin::Native,
-            "valiqor" => Origin::Valiqor,
-            other => return Err(corrupt("job origin", other)),
-        },
         state: parse_job_state(&row.state)?,
         total_items: to_usize(row.total_items),
         error: row.error,
@@ -408,8 +384,6 @@ fn to_record(conn: &Connection, row: JobRow, with_batches: bool) -> Result<JobRe
         created_at: row.created_at,
         started_at: row.started_at,
         finished_at: row.finished_at,
-        updated_at: row.updated_at,
-        seq: row.seq,
         batches,
     })
 }
@@ -615,8 +589,6 @@ impl JobStore for SqliteStore {
             };
             Ok(Some(BatchWork {
                 kind: JobKind::parse(&kind).ok_or_else(|| corrupt("job kind", &kind))?,
-                job_id: job,
-                idx,
                 item_start: to_usize(start),
                 item_end: to_usize(end),
                 state: parse_batch_state(&state)?,

@@ -10,10 +10,10 @@ use serde_json::value::RawValue;
 use crate::config::ByokMode;
 
 /// The field the Valiqor submit endpoints read the judge key from (reference §3).
-pub const FIELD: &str = "openai_api_key";
+pub(crate) const FIELD: &str = "openai_api_key";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ByokError {
+pub(crate) enum ByokError {
     #[error("request body must be a JSON object: {0}")]
     NotJson(String),
     #[error("request body must be a JSON object, not an array or a scalar")]
@@ -43,7 +43,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
 /// - `Off` or no key configured: the body is validated and left untouched.
 ///
 /// Returns the body to forward (the same `Bytes` when nothing changed).
-pub fn apply(body: Bytes, mode: ByokMode, key: Option<&str>) -> Result<Bytes, ByokError> {
+pub(crate) fn apply(body: Bytes, mode: ByokMode, key: Option<&str>) -> Result<Bytes, ByokError> {
     let first = body.iter().position(|b| !b.is_ascii_whitespace());
     if first.is_none_or(|i| body[i] != b'{') {
         // Distinguish "not JSON at all" from "JSON but not an object" for a clearer message.

@@ -4,7 +4,7 @@ use std::error::Error as _;
 /// A request that got no HTTP response from the upstream. (An upstream that answers, even with
 /// a 5xx, is not an error here: its answer is passed through unchanged.)
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// The connection was never established: nothing reached the upstream.
     #[error("could not connect to the upstream")]
     Connect(#[source] reqwest::Error),
@@ -29,7 +29,7 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// Classifies a reqwest failure. `body_limit` is the limit the streamed request body was held to.
-    pub fn from_reqwest(error: reqwest::Error, body_limit: usize) -> Self {
+    pub(crate) fn from_reqwest(error: reqwest::Error, body_limit: usize) -> Self {
         let mut source = error.source();
         while let Some(cause) = source {
             if cause.is::<http_body_util::LengthLimitError>() {
@@ -47,14 +47,8 @@ impl UpstreamError {
         }
     }
 
-    /// Whether the failed request certainly did not reach the upstream, so a replay cannot
-    /// repeat a side effect (the SDK replays a 503 once).
-    pub fn never_reached_upstream(&self) -> bool {
-        matches!(self, Self::Connect(_) | Self::NotAJsonObject(_))
-    }
-
     /// Low-cardinality label for metrics.
-    pub fn outcome(&self) -> &'static str {
+    pub(crate) fn outcome(&self) -> &'static str {
         match self {
             Self::Connect(_) => "connect_error",
             Self::Timeout(_) => "timeout",

@@ -11,7 +11,7 @@ use crate::{retry, types::JobKind};
 
 /// The upstream's answer to a batch submit.
 #[derive(Debug)]
-pub enum SubmitOutcome {
+pub(crate) enum SubmitOutcome {
     /// 202: an async job to poll.
     Accepted {
         upstream_job_id: String,
@@ -27,9 +27,8 @@ pub enum SubmitOutcome {
 
 /// The upstream's answer to a status poll.
 #[derive(Debug)]
-pub enum PollOutcome {
+pub(crate) enum PollOutcome {
     Pending {
-        running: bool,
         progress_percent: f64,
         current_item: usize,
         /// `estimated_remaining_seconds`, when the upstream gives one.
@@ -45,7 +44,7 @@ pub enum PollOutcome {
 
 /// A request that did not succeed.
 #[derive(Debug)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// Worth retrying: 5xx, 429, timeouts, resets.
     Transient {
         reason: String,
@@ -159,11 +158,6 @@ fn paths(kind: JobKind) -> Paths {
     }
 }
 
-/// The submit path of a kind (the transparent surface recognises these).
-pub fn submit_path(kind: JobKind) -> &'static str {
-    paths(kind).submit
-}
-
 /// Upstream ids go into URL paths: accept only plain tokens.
 fn safe_id(id: &str) -> Result<&str, Failure> {
     if !id.is_empty()
@@ -252,7 +246,7 @@ impl UpstreamClient {
     }
 
     /// Submits one batch body; the client applies the BYOK judge key to it.
-    pub async fn submit_batch(
+    pub(crate) async fn submit_batch(
         &self,
         kind: JobKind,
         body: Bytes,
@@ -304,7 +298,7 @@ impl UpstreamClient {
         ))
     }
 
-    pub async fn poll_batch(
+    pub(crate) async fn poll_batch(
         &self,
         kind: JobKind,
         upstream_id: &str,
@@ -349,9 +343,8 @@ impl UpstreamClient {
                     .unwrap_or_else(|| "upstream job failed".to_owned()),
             ),
             Some("cancelled") => PollOutcome::Cancelled,
-            other => PollOutcome::Pending {
-                // `processing` and unknown values are treated as still running.
-                running: other != Some("queued"),
+            // `queued`, `processing` and unknown values: not finished.
+            _ => PollOutcome::Pending {
                 progress_percent: status.progress_percent.unwrap_or(0.0).clamp(0.0, 100.0),
                 current_item: status
                     .current_item
@@ -366,7 +359,7 @@ impl UpstreamClient {
         }
     }
 
-    pub async fn fetch_result(
+    pub(crate) async fn fetch_result(
         &self,
         kind: JobKind,
         upstream_id: &str,
@@ -393,7 +386,7 @@ impl UpstreamClient {
         }
     }
 
-    pub async fn cancel_batch(
+    pub(crate) async fn cancel_batch(
         &self,
         kind: JobKind,
         upstream_id: &str,

@@ -1,9 +1,9 @@
 //! `UpstreamClient`: the one HTTP client toward the evaluation platform, with the platform key injected.
 //!
 //! It knows the base URL, timeouts, pooling and the credential; it does not know which caller asked.
-pub mod byok;
-pub mod error;
-pub mod jobs;
+pub(crate) mod byok;
+pub(crate) mod error;
+pub(crate) mod jobs;
 
 use std::{
     hash::{DefaultHasher, Hash, Hasher},
@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, header::AUTHORIZATION};
 use url::Url;
 
-pub use self::error::UpstreamError;
+pub(crate) use self::error::UpstreamError;
 use crate::{
     config::{ByokMode, ValiqorConfig},
     types::Secret,
@@ -23,11 +23,11 @@ use crate::{
 /// Opaque identity of the credential evalgate uses upstream (a hash, never the key), so that
 /// caches keep answers of different credentials apart once several keys exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CredentialId(u64);
+pub(crate) struct CredentialId(u64);
 
 /// A request to send upstream: everything but the credential, which the client adds.
 #[derive(Debug)]
-pub struct UpstreamRequest {
+pub(crate) struct UpstreamRequest {
     pub method: Method,
     /// Path as the caller sent it, starting with `/`.
     pub path: String,
@@ -42,7 +42,7 @@ pub struct UpstreamRequest {
 
 /// What a request carries.
 #[derive(Debug)]
-pub enum RequestBody {
+pub(crate) enum RequestBody {
     /// No body at all (GETs, body-less POSTs).
     Empty,
     /// Streamed as it arrives, byte for byte.
@@ -60,7 +60,7 @@ struct Judge {
 }
 
 #[derive(Debug, Clone)]
-pub struct UpstreamClient {
+pub(crate) struct UpstreamClient {
     http: reqwest::Client,
     judge: Judge,
     /// Base URL as a string without a trailing slash; paths are appended as-is.
@@ -81,7 +81,7 @@ pub enum BuildError {
 // === impl UpstreamClient ===
 
 impl UpstreamClient {
-    pub fn new(config: &ValiqorConfig) -> Result<Self, BuildError> {
+    pub(crate) fn new(config: &ValiqorConfig) -> Result<Self, BuildError> {
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.timeout)
@@ -124,12 +124,12 @@ impl UpstreamClient {
         byok::apply(body, self.judge.mode, key)
     }
 
-    pub fn credential(&self) -> CredentialId {
+    pub(crate) fn credential(&self) -> CredentialId {
         self.credential
     }
 
     /// The full upstream URL for a caller path and raw query.
-    pub fn url(&self, path: &str, query: Option<&str>) -> String {
+    pub(crate) fn url(&self, path: &str, query: Option<&str>) -> String {
         let mut url =
             String::with_capacity(self.base.len() + path.len() + 1 + query.map_or(0, str::len));
         url.push_str(&self.base);
@@ -142,7 +142,10 @@ impl UpstreamClient {
     }
 
     /// Sends one request with the platform credential; no retries (callers decide).
-    pub async fn send(&self, request: UpstreamRequest) -> Result<reqwest::Response, UpstreamError> {
+    pub(crate) async fn send(
+        &self,
+        request: UpstreamRequest,
+    ) -> Result<reqwest::Response, UpstreamError> {
         let url = self.url(&request.path, request.query.as_deref());
         let mut headers = request.headers;
         headers.insert(AUTHORIZATION, self.authorization.clone());

@@ -32,16 +32,16 @@ use crate::{
 
 /// Wakes the dispatcher after outbox rows commit.
 #[derive(Debug, Clone, Default)]
-pub struct WebhookWaker(Arc<Notify>);
+pub(crate) struct WebhookWaker(Arc<Notify>);
 
 impl WebhookWaker {
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         self.0.notify_one();
     }
 }
 
 #[derive(Debug)]
-pub struct WebhookDispatcher {
+pub(crate) struct WebhookDispatcher {
     store: Arc<dyn JobStore>,
     config: Arc<Config>,
     policy: Arc<TargetPolicy>,
@@ -54,7 +54,7 @@ const IDLE_CHECK: Duration = Duration::from_secs(5);
 
 impl WebhookDispatcher {
     /// Fails only when the HTTP client cannot be built (no TLS roots, say).
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn JobStore>,
         config: Arc<Config>,
         policy: Arc<TargetPolicy>,
@@ -73,7 +73,7 @@ impl WebhookDispatcher {
     /// Delivers until `shutdown`, then claims nothing new: attempts in flight may finish until
     /// `hard_stop` (the end of the shutdown grace period); the rest stay pending in the outbox
     /// and are retried on the next start.
-    pub async fn run(
+    pub(crate) async fn run(
         self,
         shutdown: CancellationToken,
         hard_stop: CancellationToken,
@@ -145,7 +145,7 @@ impl WebhookDispatcher {
             .collect()
     }
 
-    #[tracing::instrument(skip_all, fields(webhook_id = %work.id, job_id = %work.job_id, attempt = work.attempts + 1))]
+    #[tracing::instrument(skip_all, fields(webhook_id = %work.id, job_id = %work.job_id, event = %work.event, attempt = work.attempts + 1))]
     async fn attempt(&self, work: DeliveryWork) {
         let started_ms = now_millis();
         if work.attempts == 0 {

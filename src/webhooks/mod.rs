@@ -4,7 +4,7 @@
 //! transaction); [`dispatcher`] delivers it through the one [`client`], whose resolver applies
 //! the [`ssrf`] target policy to every address it connects to; [`signing`] signs.
 mod client;
-pub mod dispatcher;
-pub mod outbox;
+pub(crate) mod dispatcher;
+pub(crate) mod outbox;
 pub mod signing;
-pub mod ssrf;
+pub(crate) mod ssrf;

@@ -14,7 +14,7 @@ use crate::{
 /// A job's own webhook target, as given on submit and stored with the job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct JobWebhook {
+pub(crate) struct JobWebhook {
     pub url: String,
     /// One `whsec_…` secret, or several (rotation: one signature each).
     pub secret: OneOrMany,
@@ -24,13 +24,13 @@ pub struct JobWebhook {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
-pub enum OneOrMany {
+pub(crate) enum OneOrMany {
     One(String),
     Many(Vec<String>),
 }
 
 impl OneOrMany {
-    pub fn as_slice(&self) -> &[String] {
+    pub(crate) fn as_slice(&self) -> &[String] {
         match self {
             Self::One(one) => std::slice::from_ref(one),
             Self::Many(many) => many,
@@ -40,11 +40,11 @@ impl OneOrMany {
 
 impl JobWebhook {
     /// Reads a target as `validate` stored it.
-    pub fn from_stored(raw: &str) -> Result<Self, serde_json::Error> {
+    pub(crate) fn from_stored(raw: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(raw)
     }
 
-    pub fn secrets(&self) -> Result<Vec<signing::SigningSecret>, String> {
+    pub(crate) fn secrets(&self) -> Result<Vec<signing::SigningSecret>, String> {
         self.secret
             .as_slice()
             .iter()
@@ -62,7 +62,7 @@ impl JobWebhook {
 /// Validates a submitted webhook target: the URL passes the submit-time SSRF check (a literal
 /// refused address is rejected now), every secret parses, every event is known. Returns the
 /// JSON to store.
-pub fn validate(raw: &str, policy: &TargetPolicy) -> Result<String, String> {
+pub(crate) fn validate(raw: &str, policy: &TargetPolicy) -> Result<String, String> {
     let webhook: JobWebhook = serde_json::from_str(raw).map_err(|e| format!("webhook: {e}"))?;
     policy
         .check_url(&webhook.url)
@@ -84,7 +84,7 @@ pub fn validate(raw: &str, policy: &TargetPolicy) -> Result<String, String> {
 }
 
 /// The event a terminal state produces.
-pub fn event_for(state: JobState) -> &'static str {
+pub(crate) fn event_for(state: JobState) -> &'static str {
     match state {
         JobState::Failed => "job.failed",
         JobState::Cancelled => "job.cancelled",
@@ -113,7 +113,7 @@ struct Data<'a> {
 /// The outbox rows for job `job` ending in `state`: one per subscribed target (the job's own
 /// target, then every configured endpoint). `status` is the job's final status view; the result
 /// travels inline up to `max_inline_result_bytes`, else as a `result_url`.
-pub fn deliveries(
+pub(crate) fn deliveries(
     config: &WebhooksConfig,
     job: &JobId,
     job_target: Option<&JobWebhook>,

@@ -49,11 +49,15 @@
 //!
 //! Ports: any port but 0. Redirects are not this module's business: the delivery client must not
 //! follow them (a redirect would bypass both checks).
+#[cfg(test)]
 use std::{
     collections::HashMap,
-    io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::SocketAddr,
     sync::{Mutex, PoisonError},
+};
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use futures::future::BoxFuture;
@@ -64,7 +68,7 @@ use crate::config::AllowedHost;
 
 /// Why a target was refused. Messages never contain the URL (its query may carry a token).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error("the URL is not valid: {0}")]
     Malformed(String),
     #[error("only http and https targets are allowed")]
@@ -87,7 +91,7 @@ pub enum Refusal {
 
 /// Which webhook targets are allowed beyond the public internet.
 #[derive(Debug, Clone, Default)]
-pub struct TargetPolicy {
+pub(crate) struct TargetPolicy {
     allowed_cidrs: Vec<IpNet>,
     /// Lower-case ASCII (IDNA) names without a trailing dot; `*.suffix` entries are kept as
     /// `.suffix`.
@@ -96,7 +100,7 @@ pub struct TargetPolicy {
 
 /// A URL that passed [`TargetPolicy::check_url`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckedUrl {
+pub(crate) struct CheckedUrl {
     url: Url,
     host: CheckedHost,
     /// The host as connected to: the lower-case name, or the address (IPv6 without brackets).
@@ -116,21 +120,19 @@ enum CheckedHost {
 
 impl CheckedUrl {
     /// The parsed URL; send to this, not to the text it came from.
-    pub fn url(&self) -> &Url {
+    pub(crate) fn url(&self) -> &Url {
         &self.url
     }
 
-    pub fn as_str(&self) -> &str {
-        self.url.as_str()
-    }
-
     /// The host name, or the literal address (IPv6 without brackets).
-    pub fn host(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn host(&self) -> &str {
         &self.host_text
     }
 
     /// The literal address, when the host is one.
-    pub fn ip(&self) -> Option<IpAddr> {
+    #[cfg(test)]
+    pub(crate) fn ip(&self) -> Option<IpAddr> {
         match self.host {
             CheckedHost::Ip(addr) => Some(addr),
             CheckedHost::Name(_) => None,
@@ -138,7 +140,8 @@ impl CheckedUrl {
     }
 
     /// The explicit port, or the scheme's default.
-    pub fn port(&self) -> u16 {
+    #[cfg(test)]
+    pub(crate) fn port(&self) -> u16 {
         self.port
     }
 }
@@ -150,7 +153,7 @@ impl TargetPolicy {
     /// their class is refused. `allowed_hosts`: host names (`hooks.internal`, `*.svc.cluster.local`)
     /// whose addresses are all let through. Both come parsed and checked from the configuration
     /// ([`crate::config::parse_cidr`], [`AllowedHost`]).
-    pub fn new(allowed_cidrs: &[IpNet], allowed_hosts: &[AllowedHost]) -> Self {
+    pub(crate) fn new(allowed_cidrs: &[IpNet], allowed_hosts: &[AllowedHost]) -> Self {
         let allowed_hosts = allowed_hosts
             .iter()
             .map(|host| {
@@ -168,7 +171,7 @@ impl TargetPolicy {
     }
 
     /// The submit-time check; see the module documentation.
-    pub fn check_url(&self, url: &str) -> Result<CheckedUrl, Refusal> {
+    pub(crate) fn check_url(&self, url: &str) -> Result<CheckedUrl, Refusal> {
         let parsed = Url::parse(url).map_err(|error| self.parse_failure(url, error))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(Refusal::Scheme);
@@ -222,7 +225,11 @@ impl TargetPolicy {
 
     /// The per-attempt check: every address `host` resolved to must be allowed. Returns the
     /// addresses to connect to (all of `addrs`, in order); an empty answer is unresolvable.
-    pub fn check_resolved(&self, host: &str, addrs: &[IpAddr]) -> Result<Vec<IpAddr>, Refusal> {
+    pub(crate) fn check_resolved(
+        &self,
+        host: &str,
+        addrs: &[IpAddr],
+    ) -> Result<Vec<IpAddr>, Refusal> {
         if addrs.is_empty() {
             return Err(Refusal::Unresolvable(format!("{host}: no addresses")));
         }
@@ -232,10 +239,11 @@ impl TargetPolicy {
         Ok(addrs.to_vec())
     }
 
-    /// Resolves `url`'s host once with `resolver` and checks every address. The caller connects
-    /// to exactly these socket addresses (e.g. reqwest's `resolve_to_addrs`), never resolving
-    /// again. A literal address is not resolved.
-    pub async fn resolve_checked(
+    /// Resolves `url`'s host once with `resolver` and checks every address: what the delivery
+    /// client's resolver does for a name (see `webhooks::client`), here for the policy's tests.
+    /// A literal address is not resolved.
+    #[cfg(test)]
+    pub(crate) async fn resolve_checked(
         &self,
         resolver: &dyn Resolve,
         url: &CheckedUrl,
@@ -260,7 +268,7 @@ impl TargetPolicy {
     }
 
     /// The class an address is refused as by default, or `None` for a public address.
-    pub fn classify(addr: IpAddr) -> Option<&'static str> {
+    pub(crate) fn classify(addr: IpAddr) -> Option<&'static str> {
         match addr {
             IpAddr::V4(v4) => classify_v4(v4),
             IpAddr::V6(v6) => classify_v6(v6),
@@ -405,13 +413,13 @@ fn classify_v6(v6: Ipv6Addr) -> Option<&'static str> {
 }
 
 /// Name resolution, abstracted so tests can script the answers.
-pub trait Resolve: Send + Sync {
+pub(crate) trait Resolve: Send + Sync {
     fn resolve(&self, host: &str, port: u16) -> BoxFuture<'_, io::Result<Vec<IpAddr>>>;
 }
 
 /// The system resolver (`getaddrinfo` through `tokio::net::lookup_host`).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SystemResolver;
+pub(crate) struct SystemResolver;
 
 impl Resolve for SystemResolver {
     fn resolve(&self, host: &str, port: u16) -> BoxFuture<'_, io::Result<Vec<IpAddr>>> {
@@ -426,11 +434,13 @@ impl Resolve for SystemResolver {
 /// Scripted answers for tests. Each host has a list of answers; every lookup takes the next one
 /// and the last one repeats, so an answer that changes between lookups (DNS rebinding) is
 /// `with_answers(host, [first, second])`. Unknown hosts fail with `NotFound`.
+#[cfg(test)]
 #[derive(Debug, Default)]
-pub struct StaticResolver {
+pub(crate) struct StaticResolver {
     hosts: Mutex<HashMap<String, Answers>>,
 }
 
+#[cfg(test)]
 #[derive(Debug, Default)]
 struct Answers {
     answers: Vec<Vec<IpAddr>>,
@@ -439,20 +449,21 @@ struct Answers {
 
 // === impl StaticResolver ===
 
+#[cfg(test)]
 impl StaticResolver {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// `host` always resolves to `addrs`.
     #[must_use]
-    pub fn with(self, host: &str, addrs: &[IpAddr]) -> Self {
+    pub(crate) fn with(self, host: &str, addrs: &[IpAddr]) -> Self {
         self.with_answers(host, vec![addrs.to_vec()])
     }
 
     /// `host` resolves to each answer in turn, then keeps giving the last.
     #[must_use]
-    pub fn with_answers(self, host: &str, answers: Vec<Vec<IpAddr>>) -> Self {
+    pub(crate) fn with_answers(self, host: &str, answers: Vec<Vec<IpAddr>>) -> Self {
         self.lock().insert(
             host.to_ascii_lowercase(),
             Answers {
@@ -464,7 +475,7 @@ impl StaticResolver {
     }
 
     /// How many times `host` was looked up.
-    pub fn lookups(&self, host: &str) -> usize {
+    pub(crate) fn lookups(&self, host: &str) -> usize {
         self.lock()
             .get(&host.to_ascii_lowercase())
             .map_or(0, |a| a.lookups)
@@ -475,6 +486,7 @@ impl StaticResolver {
     }
 }
 
+#[cfg(test)]
 impl Resolve for StaticResolver {
     fn resolve(&self, host: &str, _port: u16) -> BoxFuture<'_, io::Result<Vec<IpAddr>>> {
         let answer = self

@@ -3,6 +3,7 @@ use std::sync::mpsc;
 use rusqlite::ErrorCode;
 
 use super::*;
+use crate::types::Origin;
 
 fn file_store_path(dir: &tempfile::TempDir) -> StorePath {
     StorePath::File(dir.path().join("evalgate.db"))
