@@ -521,3 +521,45 @@ async fn exhausted_attempts_fail_the_batch_and_say_so() {
             .all(|b| b["error"].as_str().unwrap().contains("3 attempts"))
     );
 }
+
+#[tokio::test]
+async fn an_unmergeable_batch_result_fails_the_job_with_the_reason_never_completes_it() {
+    // Inline results: each batch of 10 is answered 200 with its result at once.
+    let app = TestApp::spawn_with(
+        EmulatorConfig {
+            inline_max_items: 100,
+            ..emulator_config()
+        },
+        fast,
+    )
+    .await;
+    // The first batch's answer is cut short mid-JSON; the second is whole.
+    app.emulator().garble_next(1);
+    let id = submit(&app, 15).await;
+    let status = finished(&app, &id).await;
+
+    assert_eq!(status["status"], "failed", "{status}");
+    let error = status["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("merging the batch results failed"),
+        "{status}"
+    );
+    // Both batches completed upstream: the failure is the merge's, and it says so.
+    assert!(
+        batches(&status).iter().all(|b| b["status"] == "completed"),
+        "{status}"
+    );
+    // The result is not a placeholder success: it is the failed job's status and batches.
+    let result = json(
+        app.get(&format!("/v1/jobs/{id}/result"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(result["status"], "failed", "{result}");
+    assert_eq!(
+        result["evalgate"]["batches"].as_array().map(Vec::len),
+        Some(2)
+    );
+}

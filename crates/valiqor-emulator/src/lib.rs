@@ -189,6 +189,12 @@ impl EmulatorHandle {
         }
     }
 
+    /// The next `n` successful answers keep their status but carry a body cut short mid-JSON,
+    /// as a broken upstream or proxy might send. Calls add up.
+    pub fn garble_next(&self, n: usize) {
+        self.shared.control().garble_next += n;
+    }
+
     /// Duration of jobs submitted from now on.
     pub fn set_job_duration(&self, d: Duration) {
         self.shared.control().job_duration = d;

@@ -139,9 +139,26 @@ async fn handle(app: App, router: Router, req: Request<Incoming>) -> Result<Resp
             let Ok(res) = router
                 .oneshot(Request::from_parts(parts, Body::from(body)))
                 .await;
-            Ok(res)
+            Ok(garble(&app, res))
         }
     }
+}
+
+/// A successful answer cut short mid-JSON, while `garble_next` asks for it.
+fn garble(app: &Shared, res: Response) -> Response {
+    if !res.status().is_success() {
+        return res;
+    }
+    {
+        let mut c = app.control();
+        if c.garble_next == 0 {
+            return res;
+        }
+        c.garble_next -= 1;
+    }
+    let (mut parts, _) = res.into_parts();
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(r#"{"garbled": "#))
 }
 
 fn record(app: &Shared, parts: &Parts, body: Bytes) {

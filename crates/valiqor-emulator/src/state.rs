@@ -43,6 +43,8 @@ pub(crate) struct Control {
     pub(crate) faults: Faults,
     /// Scripted failures, served front to back: (remaining count, status).
     pub(crate) fail_next: VecDeque<(usize, StatusCode)>,
+    /// Successful answers still to be cut short (see `EmulatorHandle::garble_next`).
+    pub(crate) garble_next: usize,
     pub(crate) job_duration: Duration,
     pub(crate) requests: VecDeque<RecordedRequest>,
     /// Sum of the recorded bodies' lengths.
@@ -91,6 +93,7 @@ impl Shared {
             control: Mutex::new(Control {
                 faults: config.faults,
                 fail_next: VecDeque::new(),
+                garble_next: 0,
                 job_duration: config.job_duration,
                 requests: VecDeque::new(),
                 recorded_bytes: 0,
