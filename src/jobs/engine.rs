@@ -19,7 +19,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    finish::{Ending, Finisher},
+    finish::{Ending, Finisher, cancel_running_upstream},
     hub::{JobEvent, JobHub},
     limits::LearnedLimits,
     merge,
@@ -730,24 +730,7 @@ impl Ctx {
         if cancel_running {
             // Only the finalization that ended the job cancels what still runs upstream; the
             // store already marked those batches cancelled with the job.
-            for batch in record
-                .batches
-                .iter()
-                .filter(|b| b.state == BatchState::Running)
-            {
-                if let Some(id) = &batch.upstream_job_id
-                    && let Err(failure) = self
-                        .upstream
-                        .cancel_batch(record.kind, id, job.as_str())
-                        .await
-                {
-                    tracing::warn!(
-                        ?failure,
-                        upstream_job_id = id,
-                        "fail-fast: could not cancel a batch"
-                    );
-                }
-            }
+            cancel_running_upstream(&self.upstream, &record).await;
         }
         tracing::info!(
             state = state.as_str(),

@@ -16,7 +16,8 @@ use crate::{
     error::ErrorChain,
     store::{JobRecord, JobStore, StoreError},
     telemetry,
-    types::JobState,
+    types::{BatchState, JobState},
+    upstream::UpstreamClient,
     webhooks::{
         dispatcher::WebhookWaker,
         outbox::{self, JobWebhook},
@@ -87,5 +88,28 @@ impl Finisher {
             });
         }
         Ok(ended)
+    }
+}
+
+/// Cancels upstream every batch of `record` that was running there when its job ended (a cancel,
+/// or fail-fast). A cancel that fails is logged: the upstream job runs on, its result unused.
+pub(crate) async fn cancel_running_upstream(upstream: &UpstreamClient, record: &JobRecord) {
+    for batch in record
+        .batches
+        .iter()
+        .filter(|b| b.state == BatchState::Running)
+    {
+        if let Some(upstream_id) = &batch.upstream_job_id
+            && let Err(failure) = upstream
+                .cancel_batch(record.kind, upstream_id, record.id.as_str())
+                .await
+        {
+            tracing::warn!(
+                job_id = %record.id,
+                ?failure,
+                upstream_job_id = upstream_id,
+                "could not cancel a batch upstream"
+            );
+        }
     }
 }

@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 use super::{
     engine::{Command, EngineHandle},
     error::JobsError,
-    finish::{Ending, Finisher},
+    finish::{Ending, Finisher, cancel_running_upstream},
     hub::{JobEvent, JobHub},
     limits::LearnedLimits,
     view::evalgate_section,
@@ -19,7 +19,7 @@ use crate::{
     batching::{BatchLimits, Submission},
     config::Config,
     store::{Created, JobRecord, JobStore, ListQuery, NewBatch, NewJob, StoreError, StoredEvent},
-    types::{BatchState, JobId, JobKind, JobState, Origin, now_millis},
+    types::{JobId, JobKind, JobState, Origin, now_millis},
     upstream::UpstreamClient,
     webhooks::{outbox, ssrf::TargetPolicy},
 };
@@ -296,25 +296,7 @@ impl JobService {
             .map_err(|e| self.store_error(e))?;
         if ended {
             self.0.engine.send(Command::Forget(record.id.clone()));
-            for batch in record
-                .batches
-                .iter()
-                .filter(|b| b.state == BatchState::Running)
-            {
-                if let Some(upstream_id) = &batch.upstream_job_id
-                    && let Err(failure) = self
-                        .0
-                        .upstream
-                        .cancel_batch(record.kind, upstream_id, record.id.as_str())
-                        .await
-                {
-                    tracing::warn!(
-                        ?failure,
-                        upstream_job_id = upstream_id,
-                        "could not cancel a batch upstream"
-                    );
-                }
-            }
+            cancel_running_upstream(&self.0.upstream, &record).await;
             tracing::info!("job cancelled");
         }
         self.read(&record.id).await
