@@ -101,9 +101,9 @@ impl ApiError {
             }
             Self::Upstream(UpstreamError::Transport(_) | UpstreamError::Incomplete)
             | Self::ShuttingDown => StatusCode::BAD_GATEWAY,
-            Self::Jobs(JobsError::Store(_) | JobsError::CorruptResult { .. }) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Self::Jobs(
+                JobsError::Store(_) | JobsError::Finish(_) | JobsError::CorruptResult { .. },
+            ) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -133,7 +133,9 @@ impl ApiError {
             }
             Self::ShuttingDown => "shutting_down",
             Self::Jobs(JobsError::StoreUnavailable(..)) => "store_unavailable",
-            Self::Jobs(JobsError::Store(_) | JobsError::CorruptResult { .. }) => "internal",
+            Self::Jobs(
+                JobsError::Store(_) | JobsError::Finish(_) | JobsError::CorruptResult { .. },
+            ) => "internal",
         }
     }
 
@@ -166,7 +168,9 @@ impl ApiError {
             Self::Jobs(JobsError::StoreUnavailable(..)) => {
                 "the job store is unavailable; retry shortly".to_owned()
             }
-            Self::Jobs(JobsError::Store(_) | JobsError::CorruptResult { .. }) => {
+            Self::Jobs(
+                JobsError::Store(_) | JobsError::Finish(_) | JobsError::CorruptResult { .. },
+            ) => {
                 "internal error in evalgate".to_owned()
             }
             other => other.to_string(),

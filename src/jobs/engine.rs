@@ -19,7 +19,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    finish::{Ending, Finisher, cancel_running_upstream},
+    finish::{Ending, FinishError, Finisher, cancel_running_upstream},
     hub::{JobEvent, JobHub},
     limits::LearnedLimits,
     merge,
@@ -690,7 +690,7 @@ impl Ctx {
         }
     }
 
-    async fn try_finalize(&self, job: &JobId) -> Result<(), crate::store::StoreError> {
+    async fn try_finalize(&self, job: &JobId) -> Result<(), FinishError> {
         let Some(record) = self.store.job(job).await? else {
             return Ok(());
         };

@@ -2,6 +2,7 @@
 //! status in one place (`http::error`); every variant that wraps a failure keeps it as its source.
 use std::time::Duration;
 
+use super::finish::FinishError;
 use crate::{store::StoreError, types::JobId};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,9 @@ pub(crate) enum JobsError {
     /// The store failed for good (corrupt data, a bug).
     #[error("the job store failed")]
     Store(#[source] StoreError),
+    /// Ending the job failed for a reason that is not the store's.
+    #[error("the job could not be ended")]
+    Finish(#[source] FinishError),
     /// A stored result is not the JSON it was when it was stored.
     #[error("the stored result of job {id} is unreadable")]
     CorruptResult {

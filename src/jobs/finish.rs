@@ -24,6 +24,16 @@ use crate::{
     },
 };
 
+/// Why a job could not be ended; it stays unfinished and is ended again later.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FinishError {
+    #[error("the job's end could not be committed")]
+    Store(#[from] StoreError),
+    /// Serialising the webhook payload failed (a bug: it is built from plain JSON values).
+    #[error("the webhook payload could not be written")]
+    Payload(#[source] serde_json::Error),
+}
+
 /// What a job ends with.
 #[derive(Debug)]
 pub(crate) struct Ending {
@@ -46,7 +56,7 @@ impl Finisher {
         &self,
         record: &JobRecord,
         ending: Ending,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, FinishError> {
         let Ending {
             state,
             error,
@@ -70,7 +80,7 @@ impl Finisher {
             &status,
             result.as_ref(),
         )
-        .map_err(|e| StoreError::Corrupt(format!("webhook payload: {e}")))?;
+        .map_err(FinishError::Payload)?;
         let delivering = !deliveries.is_empty();
         let event = json!({"job_id": record.id.as_str(), "status": state.as_str(), "error": error})
             .to_string();

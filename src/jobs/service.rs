@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 use super::{
     engine::{Command, EngineHandle},
     error::JobsError,
-    finish::{Ending, Finisher, cancel_running_upstream},
+    finish::{Ending, FinishError, Finisher, cancel_running_upstream},
     hub::{JobEvent, JobHub},
     limits::LearnedLimits,
     view::evalgate_section,
@@ -293,7 +293,10 @@ impl JobService {
             .finisher
             .finish(&record, ending)
             .await
-            .map_err(|e| self.store_error(e))?;
+            .map_err(|error| match error {
+                FinishError::Store(e) => self.store_error(e),
+                other @ FinishError::Payload(_) => JobsError::Finish(other),
+            })?;
         if ended {
             self.0.engine.send(Command::Forget(record.id.clone()));
             cancel_running_upstream(&self.0.upstream, &record).await;
