@@ -462,3 +462,49 @@ async fn large_bodies_stream_through_byte_for_byte() {
         submit.as_slice()
     );
 }
+
+/// Sends `request_line` as written (no client-side URL normalisation) and returns the status and body.
+async fn raw_request(api: &str, method: &str, target: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = api.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {CALLER_KEY}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn encoded_dot_segments_never_reach_the_upstream() {
+    let app = TestApp::spawn().await;
+    for target in [
+        "/v2/admin/projects/%2e%2e/metrics",
+        "/v2/admin/projects/.%2E/metrics",
+        "/v2/failure-analysis/runs/%2E%2E/cancel",
+    ] {
+        let (status, body) = raw_request(&app.api, "POST", target).await;
+        assert_eq!(status, 404, "{target}: {body}");
+        assert!(body.contains("unknown_route"), "{target}: {body}");
+    }
+    assert!(
+        app.emulator().requests().is_empty(),
+        "{:?}",
+        app.emulator()
+            .requests()
+            .iter()
+            .map(|r| r.path.clone())
+            .collect::<Vec<_>>()
+    );
+}

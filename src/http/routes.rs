@@ -152,6 +152,12 @@ impl RouteTable {
     }
 
     pub(crate) fn resolve(&self, method: &Method, path: &str) -> Resolved {
+        // A dot segment in any spelling (`..`, `%2e%2e`, `.%2E`) or a backslash would be
+        // normalised away by the URL parser after matching, sending the platform key to a path
+        // the table does not list: such a path is not served at all.
+        if path.contains('\\') || path.split('/').any(is_dot_segment) {
+            return Resolved::NotFound;
+        }
         let Ok(matched) = self.0.at(path) else {
             return Resolved::NotFound;
         };
@@ -168,6 +174,12 @@ impl RouteTable {
     }
 }
 
+/// `.` or `..`, with any of the dots percent-encoded (`%2e`, `%2E`).
+fn is_dot_segment(segment: &str) -> bool {
+    let decoded = segment.replace("%2e", ".").replace("%2E", ".");
+    decoded == "." || decoded == ".."
+}
+
 impl Default for RouteTable {
     fn default() -> Self {
         Self::new()
@@ -177,6 +189,30 @@ impl Default for RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_segments_in_any_spelling_are_not_served() {
+        let table = RouteTable::new();
+        for path in [
+            "/v2/admin/projects/%2e%2e/metrics",
+            "/v2/admin/projects/%2E%2e/metrics",
+            "/v2/admin/projects/.%2E/metrics",
+            "/v2/admin/projects/../metrics",
+            "/v2/failure-analysis/runs/%2e/status",
+            "/v2/failure-analysis/runs/..\\x/status",
+        ] {
+            assert!(
+                matches!(table.resolve(&Method::POST, path), Resolved::NotFound)
+                    && matches!(table.resolve(&Method::GET, path), Resolved::NotFound),
+                "{path}"
+            );
+        }
+        // Dots inside an id are fine; only whole dot segments are refused.
+        assert!(matches!(
+            table.resolve(&Method::GET, "/v2/failure-analysis/runs/run.1..2/status"),
+            Resolved::Found(..)
+        ));
+    }
 
     #[test]
     fn every_template_compiles_and_resolves_to_itself() {
