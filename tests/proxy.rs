@@ -493,10 +493,11 @@ async fn encoded_dot_segments_never_reach_the_upstream() {
         "/v2/admin/projects/%2e%2e/metrics",
         "/v2/admin/projects/.%2E/metrics",
         "/v2/failure-analysis/runs/%2E%2E/cancel",
+        "/v2/failure-analysis/runs/run%00x/cancel",
     ] {
         let (status, body) = raw_request(&app.api, "POST", target).await;
-        assert_eq!(status, 404, "{target}: {body}");
-        assert!(body.contains("unknown_route"), "{target}: {body}");
+        assert_eq!(status, 400, "{target}: {body}");
+        assert!(body.contains("bad_path"), "{target}: {body}");
     }
     assert!(
         app.emulator().requests().is_empty(),

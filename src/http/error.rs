@@ -23,6 +23,9 @@ pub(crate) enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("no such route: evalgate serves the Valiqor v2 API paths")]
     UnknownRoute,
+    /// A path segment that is `.`/`..` in any spelling, or holds NUL or a backslash.
+    #[error("the path has a segment evalgate does not forward (a dot segment, NUL or a backslash)")]
+    BadPath,
     #[error("method not allowed on this path")]
     MethodNotAllowed,
     /// A local rate limit (upstream-wide or playground) said no.
@@ -77,6 +80,7 @@ impl ApiError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_)
+            | Self::BadPath
             | Self::Upstream(UpstreamError::NotAJsonObject(_))
             | Self::Jobs(JobsError::Invalid(_)) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } | Self::Upstream(UpstreamError::BodyTooLarge { .. }) => {
@@ -117,6 +121,7 @@ impl ApiError {
                 "payload_too_large"
             }
             Self::UnknownRoute => "unknown_route",
+            Self::BadPath => "bad_path",
             Self::NotFound(_) | Self::Jobs(JobsError::NotFound(_)) => "not_found",
             Self::Conflict(_)
             | Self::Jobs(JobsError::NotReady { .. } | JobsError::IdempotencyConflict(_)) => {

@@ -124,6 +124,8 @@ pub(crate) enum Resolved {
     Found(&'static str, Handling),
     MethodNotAllowed(&'static str),
     NotFound,
+    /// A segment that is a dot segment in any spelling, or holds NUL or a backslash.
+    BadPath,
 }
 
 /// The compiled route table.
@@ -154,9 +156,9 @@ impl RouteTable {
     pub(crate) fn resolve(&self, method: &Method, path: &str) -> Resolved {
         // A dot segment in any spelling (`..`, `%2e%2e`, `.%2E`) or a backslash would be
         // normalised away by the URL parser after matching, sending the platform key to a path
-        // the table does not list: such a path is not served at all.
-        if path.contains('\\') || path.split('/').any(is_dot_segment) {
-            return Resolved::NotFound;
+        // the table does not list; NUL has no business in a path: such a path is refused.
+        if path.split('/').any(is_bad_segment) {
+            return Resolved::BadPath;
         }
         let Ok(matched) = self.0.at(path) else {
             return Resolved::NotFound;
@@ -174,9 +176,21 @@ impl RouteTable {
     }
 }
 
-/// `.` or `..`, with any of the dots percent-encoded (`%2e`, `%2E`).
-fn is_dot_segment(segment: &str) -> bool {
-    let decoded = segment.replace("%2e", ".").replace("%2E", ".");
+/// `.` or `..` with any of the dots percent-encoded (`%2e`, `%2E`); or a segment holding NUL
+/// (`%00`) or a backslash, raw or encoded (URL parsers read `\` as `/` in http URLs).
+fn is_bad_segment(segment: &str) -> bool {
+    // Nearly every segment has none of these: no allocation on the request path for them.
+    if !segment
+        .bytes()
+        .any(|b| matches!(b, b'%' | b'.' | b'\\' | 0))
+    {
+        return false;
+    }
+    let lower = segment.to_ascii_lowercase();
+    if lower.contains("%00") || lower.contains("%5c") || segment.contains(['\\', '\0']) {
+        return true;
+    }
+    let decoded = lower.replace("%2e", ".");
     decoded == "." || decoded == ".."
 }
 
@@ -200,10 +214,12 @@ mod tests {
             "/v2/admin/projects/../metrics",
             "/v2/failure-analysis/runs/%2e/status",
             "/v2/failure-analysis/runs/..\\x/status",
+            "/v2/failure-analysis/runs/a%00b/status",
+            "/v2/failure-analysis/runs/a%5Cb/status",
         ] {
             assert!(
-                matches!(table.resolve(&Method::POST, path), Resolved::NotFound)
-                    && matches!(table.resolve(&Method::GET, path), Resolved::NotFound),
+                matches!(table.resolve(&Method::POST, path), Resolved::BadPath)
+                    && matches!(table.resolve(&Method::GET, path), Resolved::BadPath),
                 "{path}"
             );
         }

@@ -40,6 +40,7 @@ pub(crate) async fn handle(State(state): State<AppState>, request: Request) -> R
     let resolved = state.routes.resolve(request.method(), request.uri().path());
     let (template, response) = match resolved {
         Resolved::NotFound => ("unmatched", ApiError::UnknownRoute.into_response()),
+        Resolved::BadPath => ("unmatched", ApiError::BadPath.into_response()),
         Resolved::MethodNotAllowed(template) => {
             (template, ApiError::MethodNotAllowed.into_response())
         }
