@@ -469,7 +469,12 @@ async fn replaying_a_delivery_answers_404_409_or_202_and_listings_keep_their_sha
     assert_eq!(delivery["job_id"], job);
     assert_eq!(delivery["event"], "job.completed");
     assert_eq!(delivery["id"], header(&first, "webhook-id"));
-    assert_eq!(delivery["url"], format!("{}?…", ok.url), "query masked");
+    let origin = ok.url.rsplit_once('/').map(|(origin, _)| origin).unwrap();
+    assert_eq!(
+        delivery["url"],
+        format!("{origin}/…?…"),
+        "path and query masked"
+    );
     assert!(!delivery.to_string().contains("t0k3n"));
     assert_eq!(delivery["next_attempt_at"], Value::Null, "not pending");
     assert!(is_rfc3339(&delivery["created_at"]));

@@ -77,7 +77,7 @@ impl From<&DeliveryRecord> for DeliveryView {
             id: record.id.clone(),
             job_id: record.job_id.as_str().to_owned(),
             event: record.event.clone(),
-            url: mask_query(&record.url),
+            url: mask_target(&record.url),
             status: record.state.as_str(),
             attempts: record.attempts.iter().map(AttemptView::from).collect(),
             next_attempt_at: record.next_attempt_at.map(rfc3339),
@@ -100,11 +100,22 @@ impl From<&AttemptRecord> for AttemptView {
 }
 
 /// A URL with its query string masked: webhook URLs often carry a token there.
-fn mask_query(url: &str) -> String {
-    match url.split_once('?') {
-        Some((base, _)) => format!("{base}?…"),
-        None => url.to_owned(),
-    }
+/// A target URL as the API shows it: `scheme://host[:port]`, then `/…` for any path and `?…`
+/// for any query. Both often carry the secret (a Slack-style `/services/T…/B…/<token>` path, a
+/// `?token=` query), the origin does not.
+fn mask_target(url: &str) -> String {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return "…".to_owned();
+    };
+    let host = parsed.host_str().unwrap_or_default();
+    let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let path = if matches!(parsed.path(), "" | "/") {
+        "/"
+    } else {
+        "/…"
+    };
+    let query = if parsed.query().is_some() { "?…" } else { "" };
+    format!("{}://{host}{port}{path}{query}", parsed.scheme())
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,4 +219,24 @@ pub(super) async fn replay_job(State(state): State<AppState>, Path(id): Path<Str
             .into_response())
     };
     labelled(run.await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask_target;
+
+    #[test]
+    fn targets_show_their_origin_only() {
+        assert_eq!(
+            mask_target("https://hooks.slack.com/services/T000/B000/XXXXsecret"),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(
+            mask_target("http://10.0.0.7:8080/hook?token=t0k3n"),
+            "http://10.0.0.7:8080/…?…"
+        );
+        assert_eq!(mask_target("https://example.com"), "https://example.com/");
+        assert_eq!(mask_target("https://[::1]:9/"), "https://[::1]:9/");
+        assert_eq!(mask_target("not a url"), "…");
+    }
 }

@@ -83,7 +83,8 @@ pub(crate) enum Refusal {
     ZoneId,
     #[error("the host name is refused ({class})")]
     HostRefused { class: &'static str },
-    #[error("the address {addr} is refused ({class})")]
+    /// The address itself is never shown: it may be an internal one the target's name resolved to.
+    #[error("an address of the target is refused ({class})")]
     AddressRefused { addr: IpAddr, class: &'static str },
     #[error("cannot resolve the host: {0}")]
     Unresolvable(String),
