@@ -441,3 +441,99 @@ async fn sigterm_cuts_a_request_slower_than_the_grace_period_and_exits_0_in_time
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["code"], "shutting_down", "{body}");
 }
+
+/// A loopback listener that counts the connections made to it and drops them.
+async fn connection_counter() -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinSet<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&count);
+    let mut task = tokio::task::JoinSet::new();
+    task.spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (url, count, task)
+}
+
+#[tokio::test]
+async fn webhooks_never_go_through_a_proxy_from_the_environment() {
+    let emulator = Emulator::spawn(EmulatorConfig {
+        api_key: Some("vq_upstream".to_owned()),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let (proxy, proxied, _proxy_task) = connection_counter().await;
+    // The receiver answers 204 and counts what it got.
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver_port = receiver.local_addr().unwrap().port();
+    let deliveries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&deliveries);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let counted = std::sync::Arc::clone(&counted);
+            async move {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let mut receiver_task = tokio::task::JoinSet::new();
+    receiver_task.spawn(async move {
+        axum::serve(receiver, app).await.unwrap();
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut running = Running::start(
+        evalgate()
+            .env("EVALGATE__SERVER__LISTEN", "127.0.0.1:0")
+            .env("EVALGATE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+            .env("EVALGATE__VALIQOR__BASE_URL", emulator.handle().base_url())
+            .env("EVALGATE__VALIQOR__API_KEY", "vq_upstream")
+            .env("EVALGATE__STORE__PATH", dir.path().join("store.db"))
+            .env("EVALGATE__WEBHOOKS__ALLOWED_HOSTS", "[\"localhost\"]")
+            // Every proxy variable points at the counter; only the upstream (by address) is exempt.
+            .env("HTTP_PROXY", &proxy)
+            .env("http_proxy", &proxy)
+            .env("HTTPS_PROXY", &proxy)
+            .env("ALL_PROXY", &proxy)
+            .env("NO_PROXY", "127.0.0.1")
+            .env("no_proxy", "127.0.0.1"),
+    );
+    let listening = running.wait_for("listening").await;
+    let api = format!("http://{}", listening["listen"].as_str().unwrap());
+    let secret = evalgate::webhooks::signing::SigningSecret::generate().1;
+    let response = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+        .post(format!("{api}/v1/jobs"))
+        .json(&json!({
+            "kind": "failure_analysis",
+            "dataset": dataset(3),
+            "webhook": {"url": format!("http://localhost:{receiver_port}/hook"), "secret": secret},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    common::eventually(Duration::from_secs(20), || async {
+        deliveries.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    })
+    .await;
+    assert_eq!(
+        proxied.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a webhook went through the proxy"
+    );
+    let (code, log) = running.terminate(Duration::from_secs(5)).await;
+    assert_eq!(code, Some(0), "{}", log.join("\n"));
+}
