@@ -509,3 +509,44 @@ async fn encoded_dot_segments_never_reach_the_upstream() {
             .collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn writes_that_are_not_json_are_415_and_never_forwarded() {
+    let app = TestApp::spawn().await;
+    for (path, content_type, code_at) in [
+        ("/v2/failure-analysis/analyze", "text/plain", "/code"),
+        (
+            "/v2/admin/projects",
+            "application/x-www-form-urlencoded",
+            "/code",
+        ),
+        ("/v1/jobs", "text/plain", "/error/code"),
+    ] {
+        let response = app
+            .post(path)
+            .header("content-type", content_type)
+            .body(r#"{"dataset": []}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{path}"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body.pointer(code_at),
+            Some(&Value::from("unsupported_media_type")),
+            "{path}: {body}"
+        );
+    }
+    // A body-less POST needs no content type.
+    let response = app
+        .post("/v1/jobs/egj_00000000000000000000000000000000/cancel")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert!(app.emulator().requests().is_empty());
+}

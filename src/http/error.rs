@@ -23,6 +23,9 @@ pub(crate) enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("no such route: evalgate serves the Valiqor v2 API paths")]
     UnknownRoute,
+    /// A POST, PUT or PATCH body that is not declared JSON.
+    #[error("request bodies must be application/json")]
+    UnsupportedMediaType,
     /// A path segment that is `.`/`..` in any spelling, or holds NUL or a backslash.
     #[error("the path has a segment evalgate does not forward (a dot segment, NUL or a backslash)")]
     BadPath,
@@ -94,6 +97,7 @@ impl ApiError {
                 StatusCode::CONFLICT
             }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded { .. }
             | Self::Upstream(UpstreamError::Connect(_))
@@ -128,6 +132,7 @@ impl ApiError {
                 "conflict"
             }
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::UnsupportedMediaType => "unsupported_media_type",
             Self::RateLimited { .. } => "rate_limited",
             Self::Overloaded { .. } | Self::Jobs(JobsError::AtCapacity(..)) => "overloaded",
             Self::RequestTimeout => "request_timeout",

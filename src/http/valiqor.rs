@@ -155,7 +155,7 @@ async fn forward_submit(
     };
     let parts_headers = parts.headers.clone();
     let mut headers = headers::to_upstream(&parts.headers, false);
-    // The body was just validated as JSON, whatever the caller labelled it (curl -d sends a form type).
+    // Declared JSON (anything else was refused with 415); the client validates it as an object.
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let request = UpstreamRequest {
         headers,

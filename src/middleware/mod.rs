@@ -1,5 +1,7 @@
-//! Cross-cutting request handling: rate limits, request ids, metrics, the shutdown cut-off.
+//! Cross-cutting request handling: rate limits, request ids, metrics, the shutdown cut-off, and
+//! JSON-only writes.
 pub(crate) mod hard_stop;
+pub(crate) mod json_only;
 pub(crate) mod metrics;
 pub(crate) mod rate_limit;
 pub(crate) mod request_id;
