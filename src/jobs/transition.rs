@@ -1,13 +1,309 @@
-//! Pure decisions of the job engine, kept apart from its I/O so every case is unit-tested: what
-//! a failed upstream call or a `dataset_too_large` answer does to a batch, and whether a job has
-//! ended and how, given its batches and the failure policy.
+//! Pure decisions of the job engine, kept apart from its I/O so every case is unit-tested: given
+//! a batch as the engine read it and what the upstream answered (a submit, a status poll or a
+//! result fetch), which conditional change to commit, which event to publish and what comes next
+//! (a poll, a retry, the job's finalization, a re-split); and whether a job has ended and how,
+//! given its batches and the failure policy. The engine performs the I/O and executes the step.
 use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::json;
 
 use crate::{
     config::FailurePolicy,
+    retry::eta_from_progress,
     types::{BatchState, JobState},
-    upstream::jobs::Failure,
+    upstream::jobs::{Failure, PollOutcome, SubmitOutcome},
 };
+
+/// A batch as the engine read it before calling the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Batch {
+    pub item_start: usize,
+    pub item_end: usize,
+    /// Failed attempts of the current step so far.
+    pub attempts: u32,
+}
+
+impl Batch {
+    fn items(self) -> usize {
+        self.item_end - self.item_start
+    }
+}
+
+/// A conditional change to one batch: applied only while the batch is in `from`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Change {
+    pub from: &'static [BatchState],
+    pub to: BatchState,
+    pub upstream_job_id: Option<String>,
+    pub attempts: Option<u32>,
+    pub progress: Option<(f64, usize)>,
+    pub error: Option<String>,
+    pub result: Option<Bytes>,
+    /// A `batch` event committed with the change: its fields beside job, index, state and items.
+    pub event: Option<serde_json::Value>,
+}
+
+impl Change {
+    fn new(from: &'static [BatchState], to: BatchState) -> Self {
+        Self {
+            from,
+            to,
+            upstream_job_id: None,
+            attempts: None,
+            progress: None,
+            error: None,
+            result: None,
+            event: None,
+        }
+    }
+}
+
+/// What runs once a change applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Then {
+    /// Poll the upstream job; the delay comes from the poll count, `Retry-After` and the ETA.
+    Poll {
+        polls: u32,
+        eta: Option<Duration>,
+        retry_after: Option<Duration>,
+    },
+    /// The same step again after a retry backoff for `attempts`.
+    Retry {
+        attempts: u32,
+        retry_after: Option<Duration>,
+    },
+    /// The batch ended: see whether its job did.
+    Finalize,
+}
+
+/// Commit `change`; once it applied, publish `publish` and go on with `then`. When it did not
+/// apply the batch has moved on (its job ended): nothing more runs, except that an upstream job
+/// started meanwhile (`cancel_if_stale`) is cancelled.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Commit {
+    pub change: Change,
+    pub publish: Option<&'static str>,
+    pub then: Then,
+    pub cancel_if_stale: Option<String>,
+}
+
+/// The engine's next move after an upstream answer.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Step {
+    Commit(Box<Commit>),
+    /// `dataset_too_large`: record `limit` as the kind's learned limit (limits only tighten),
+    /// then re-split the batch to the learned limit.
+    Resplit {
+        limit: usize,
+    },
+}
+
+/// Whether a batch read for a submit is to be submitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BeforeSubmit {
+    /// Not (or no longer) waiting for a submit: nothing to do.
+    Skip,
+    /// Larger than a limit learned from an earlier `dataset_too_large`: re-split first.
+    Resplit {
+        limit: usize,
+    },
+    Submit,
+}
+
+const FROM_SUBMITTING: &[BatchState] = &[BatchState::Submitting];
+const FROM_RUNNING: &[BatchState] = &[BatchState::Running];
+const FROM_ACTIVE: &[BatchState] = &[BatchState::Submitting, BatchState::Running];
+const FROM_UNFINISHED: &[BatchState] = &[
+    BatchState::Pending,
+    BatchState::Submitting,
+    BatchState::Running,
+];
+
+/// A batch in `state` with `items` items, given the limit learned for its kind.
+pub(crate) fn before_submit(
+    state: BatchState,
+    items: usize,
+    learned: Option<usize>,
+) -> BeforeSubmit {
+    match (state, learned) {
+        (BatchState::Pending | BatchState::Submitting, Some(limit)) if items > limit => {
+            BeforeSubmit::Resplit { limit }
+        }
+        (BatchState::Pending | BatchState::Submitting, _) => BeforeSubmit::Submit,
+        _ => BeforeSubmit::Skip,
+    }
+}
+
+/// What a submit's answer does to the batch (marked `submitting` before the call).
+pub(crate) fn after_submit(batch: Batch, outcome: SubmitOutcome, max_attempts: u32) -> Step {
+    match outcome {
+        SubmitOutcome::Accepted { upstream_job_id } => {
+            let mut change = Change::new(FROM_SUBMITTING, BatchState::Running);
+            change.event = Some(json!({"upstream_job_id": upstream_job_id}));
+            change.upstream_job_id = Some(upstream_job_id.clone());
+            change.attempts = Some(0);
+            Step::Commit(Box::new(Commit {
+                change,
+                publish: Some("batch"),
+                then: Then::Poll {
+                    polls: 0,
+                    eta: None,
+                    retry_after: None,
+                },
+                cancel_if_stale: Some(upstream_job_id),
+            }))
+        }
+        SubmitOutcome::Inline(result) => Step::Commit(Box::new(complete(batch, result))),
+        SubmitOutcome::TooLarge { max_allowed } => {
+            match after_too_large(batch.items(), max_allowed) {
+                AfterTooLarge::Fail(reason) => Step::Commit(Box::new(fail(reason))),
+                AfterTooLarge::Resplit { limit } => Step::Resplit { limit },
+            }
+        }
+        SubmitOutcome::Failure(failure) => Step::Commit(Box::new(retry_or_fail(
+            batch,
+            failure,
+            max_attempts,
+            FROM_SUBMITTING,
+            BatchState::Pending,
+        ))),
+    }
+}
+
+/// What a status poll's answer does to a running batch.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum AfterPoll {
+    Commit(Box<Commit>),
+    /// The upstream job completed: fetch its result, then [`after_fetch`].
+    FetchResult,
+}
+
+/// What a status poll's answer does to a running batch: `polls` is how many polls preceded this
+/// one, `running_for` how long the upstream has had the batch (for an ETA from progress alone).
+pub(crate) fn after_poll(
+    batch: Batch,
+    outcome: PollOutcome,
+    polls: u32,
+    running_for: Duration,
+    max_attempts: u32,
+) -> AfterPoll {
+    let commit = match outcome {
+        PollOutcome::Pending {
+            progress_percent,
+            current_item,
+            eta,
+            retry_after,
+        } => {
+            let mut change = Change::new(FROM_RUNNING, BatchState::Running);
+            change.progress = Some((progress_percent, current_item));
+            change.attempts = Some(0);
+            Commit {
+                change,
+                publish: Some("progress"),
+                then: Then::Poll {
+                    polls: polls + 1,
+                    eta: eta.or_else(|| eta_from_progress(running_for, progress_percent)),
+                    retry_after,
+                },
+                cancel_if_stale: None,
+            }
+        }
+        PollOutcome::Completed => return AfterPoll::FetchResult,
+        PollOutcome::Failed(error) => fail(format!("upstream job failed: {error}")),
+        PollOutcome::Cancelled => {
+            let mut change = Change::new(FROM_RUNNING, BatchState::Cancelled);
+            change.error = Some("cancelled upstream".to_owned());
+            change.event = Some(json!({}));
+            ended(change)
+        }
+        PollOutcome::Failure(failure) => retry_or_fail(
+            batch,
+            failure,
+            max_attempts,
+            FROM_RUNNING,
+            BatchState::Running,
+        ),
+    };
+    AfterPoll::Commit(Box::new(commit))
+}
+
+/// What fetching a completed batch's result does to it; a failed fetch retries the poll.
+pub(crate) fn after_fetch(
+    batch: Batch,
+    fetched: Result<Bytes, Failure>,
+    max_attempts: u32,
+) -> Commit {
+    match fetched {
+        Ok(result) => complete(batch, result),
+        Err(failure) => retry_or_fail(
+            batch,
+            failure,
+            max_attempts,
+            FROM_RUNNING,
+            BatchState::Running,
+        ),
+    }
+}
+
+/// The batch completed with `result`.
+fn complete(batch: Batch, result: Bytes) -> Commit {
+    let mut change = Change::new(FROM_ACTIVE, BatchState::Completed);
+    change.progress = Some((100.0, batch.items()));
+    change.result = Some(result);
+    change.event = Some(json!({}));
+    ended(change)
+}
+
+/// The batch fails for good with `error`.
+pub(crate) fn fail(error: String) -> Commit {
+    let mut change = Change::new(FROM_UNFINISHED, BatchState::Failed);
+    change.event = Some(json!({"error": error}));
+    change.error = Some(error);
+    ended(change)
+}
+
+/// A terminal change: published as a `batch` event, then the job may end.
+fn ended(change: Change) -> Commit {
+    Commit {
+        change,
+        publish: Some("batch"),
+        then: Then::Finalize,
+        cancel_if_stale: None,
+    }
+}
+
+/// A failed upstream call: the batch goes from `from` back to `back_to` and the step is retried,
+/// or the batch fails (see [`after_failure`]).
+fn retry_or_fail(
+    batch: Batch,
+    failure: Failure,
+    max_attempts: u32,
+    from: &'static [BatchState],
+    back_to: BatchState,
+) -> Commit {
+    match after_failure(failure, batch.attempts, max_attempts) {
+        AfterFailure::Fail(reason) => fail(reason),
+        AfterFailure::Retry {
+            attempts,
+            reason,
+            retry_after,
+        } => {
+            let mut change = Change::new(from, back_to);
+            change.attempts = Some(attempts);
+            change.error = Some(reason);
+            Commit {
+                change,
+                publish: None,
+                then: Then::Retry {
+                    attempts,
+                    retry_after,
+                },
+                cancel_if_stale: None,
+            }
+        }
+    }
+}
 
 /// What a failed upstream call (submit, poll or result fetch) does to its batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
