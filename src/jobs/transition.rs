@@ -500,6 +500,321 @@ mod tests {
         assert!(matches!(after_too_large(0, None), AfterTooLarge::Fail(_)));
     }
 
+    const BATCH: Batch = Batch {
+        item_start: 10,
+        item_end: 14,
+        attempts: 1,
+    };
+
+    fn commit(step: Step) -> Commit {
+        match step {
+            Step::Commit(commit) => *commit,
+            Step::Resplit { limit } => panic!("expected a commit, got a re-split to {limit}"),
+        }
+    }
+
+    fn polled(outcome: PollOutcome) -> Commit {
+        match after_poll(BATCH, outcome, 4, Duration::from_secs(30), 3) {
+            AfterPoll::Commit(commit) => *commit,
+            AfterPoll::FetchResult => panic!("expected a commit, got a fetch"),
+        }
+    }
+
+    /// The batch fails for good: any unfinished state, the error in the change and its event.
+    fn failed(error: &str) -> Commit {
+        Commit {
+            change: Change {
+                from: &[Pending, BatchState::Submitting, Running],
+                to: Failed,
+                upstream_job_id: None,
+                attempts: None,
+                progress: None,
+                error: Some(error.to_owned()),
+                result: None,
+                event: Some(json!({"error": error})),
+            },
+            publish: Some("batch"),
+            then: Then::Finalize,
+            cancel_if_stale: None,
+        }
+    }
+
+    fn completed(result: &'static [u8]) -> Commit {
+        Commit {
+            change: Change {
+                from: &[BatchState::Submitting, Running],
+                to: Completed,
+                upstream_job_id: None,
+                attempts: None,
+                progress: Some((100.0, 4)),
+                error: None,
+                result: Some(Bytes::from_static(result)),
+                event: Some(json!({})),
+            },
+            publish: Some("batch"),
+            then: Then::Finalize,
+            cancel_if_stale: None,
+        }
+    }
+
+    /// A transient failure below the limit: back to `back_to` with the attempt counted, no event.
+    fn retried(from: &'static [BatchState], back_to: BatchState, reason: &str) -> Commit {
+        Commit {
+            change: Change {
+                from,
+                to: back_to,
+                upstream_job_id: None,
+                attempts: Some(2),
+                progress: None,
+                error: Some(reason.to_owned()),
+                result: None,
+                event: None,
+            },
+            publish: None,
+            then: Then::Retry {
+                attempts: 2,
+                retry_after: Some(Duration::from_secs(3)),
+            },
+            cancel_if_stale: None,
+        }
+    }
+
+    #[test]
+    fn only_pending_or_submitting_batches_are_submitted_and_a_learned_limit_resplits_first() {
+        for state in [Pending, BatchState::Submitting] {
+            assert_eq!(before_submit(state, 4, None), BeforeSubmit::Submit);
+            assert_eq!(before_submit(state, 4, Some(4)), BeforeSubmit::Submit);
+            assert_eq!(
+                before_submit(state, 4, Some(3)),
+                BeforeSubmit::Resplit { limit: 3 }
+            );
+        }
+        for state in [Running, Completed, Failed, Cancelled] {
+            assert_eq!(before_submit(state, 4, None), BeforeSubmit::Skip);
+            assert_eq!(before_submit(state, 4, Some(1)), BeforeSubmit::Skip);
+        }
+    }
+
+    #[test]
+    fn an_accepted_submit_runs_the_batch_and_schedules_the_first_poll() {
+        let step = after_submit(
+            BATCH,
+            SubmitOutcome::Accepted {
+                upstream_job_id: "up-1".to_owned(),
+            },
+            3,
+        );
+        assert_eq!(
+            commit(step),
+            Commit {
+                change: Change {
+                    from: &[BatchState::Submitting],
+                    to: Running,
+                    upstream_job_id: Some("up-1".to_owned()),
+                    attempts: Some(0),
+                    progress: None,
+                    error: None,
+                    result: None,
+                    event: Some(json!({"upstream_job_id": "up-1"})),
+                },
+                publish: Some("batch"),
+                then: Then::Poll {
+                    polls: 0,
+                    eta: None,
+                    retry_after: None
+                },
+                // Accepted after the job ended: what the upstream started is cancelled.
+                cancel_if_stale: Some("up-1".to_owned()),
+            }
+        );
+    }
+
+    #[test]
+    fn an_inline_answer_completes_the_batch() {
+        let step = after_submit(BATCH, SubmitOutcome::Inline(Bytes::from_static(b"{}")), 3);
+        assert_eq!(commit(step), completed(b"{}"));
+    }
+
+    #[test]
+    fn too_large_resplits_to_the_hint_or_half_and_fails_a_single_item() {
+        let too_large = |max_allowed| SubmitOutcome::TooLarge { max_allowed };
+        assert_eq!(
+            after_submit(BATCH, too_large(Some(3)), 3),
+            Step::Resplit { limit: 3 }
+        );
+        assert_eq!(
+            after_submit(BATCH, too_large(None), 3),
+            Step::Resplit { limit: 2 }
+        );
+        let single = Batch {
+            item_start: 7,
+            item_end: 8,
+            attempts: 0,
+        };
+        assert_eq!(
+            commit(after_submit(single, too_large(Some(1)), 3)),
+            failed("upstream rejects even a single item as too large")
+        );
+    }
+
+    #[test]
+    fn a_failed_submit_fails_for_good_or_goes_back_to_pending_until_the_last_attempt() {
+        let permanent = SubmitOutcome::Failure(Failure::Permanent("422 bad".to_owned()));
+        assert_eq!(commit(after_submit(BATCH, permanent, 3)), failed("422 bad"));
+        // One failed attempt before this one, three allowed: retried as attempt 2.
+        let step = after_submit(BATCH, SubmitOutcome::Failure(transient("503")), 3);
+        assert_eq!(
+            commit(step),
+            retried(&[BatchState::Submitting], Pending, "503")
+        );
+        // Two allowed: this failure was the last attempt.
+        let step = after_submit(BATCH, SubmitOutcome::Failure(transient("503")), 2);
+        assert_eq!(commit(step), failed("gave up after 2 attempts: 503"));
+    }
+
+    #[test]
+    fn a_pending_poll_records_progress_and_polls_again_with_the_upstreams_hints() {
+        let pending = PollOutcome::Pending {
+            progress_percent: 25.0,
+            current_item: 1,
+            eta: Some(Duration::from_secs(8)),
+            retry_after: Some(Duration::from_secs(5)),
+        };
+        let expected = |eta| Commit {
+            change: Change {
+                from: &[Running],
+                to: Running,
+                upstream_job_id: None,
+                attempts: Some(0),
+                progress: Some((25.0, 1)),
+                error: None,
+                result: None,
+                event: None,
+            },
+            publish: Some("progress"),
+            then: Then::Poll {
+                polls: 5,
+                eta,
+                retry_after: Some(Duration::from_secs(5)),
+            },
+            cancel_if_stale: None,
+        };
+        assert_eq!(polled(pending), expected(Some(Duration::from_secs(8))));
+        // Without an ETA from the upstream: the 30 s so far scaled by what remains (75 / 25).
+        let pending = PollOutcome::Pending {
+            progress_percent: 25.0,
+            current_item: 1,
+            eta: None,
+            retry_after: Some(Duration::from_secs(5)),
+        };
+        assert_eq!(polled(pending), expected(Some(Duration::from_secs(90))));
+    }
+
+    #[test]
+    fn a_pending_poll_without_hints_or_progress_leaves_the_delay_to_the_backoff() {
+        let pending = PollOutcome::Pending {
+            progress_percent: 0.0,
+            current_item: 0,
+            eta: None,
+            retry_after: None,
+        };
+        let got = polled(pending);
+        assert_eq!(
+            got.then,
+            Then::Poll {
+                polls: 5,
+                eta: None,
+                retry_after: None
+            }
+        );
+        assert_eq!(got.change.progress, Some((0.0, 0)));
+        assert_eq!(got.publish, Some("progress"));
+    }
+
+    #[test]
+    fn a_completed_poll_fetches_the_result_and_the_fetch_completes_or_retries_the_poll() {
+        assert_eq!(
+            after_poll(BATCH, PollOutcome::Completed, 4, Duration::ZERO, 3),
+            AfterPoll::FetchResult
+        );
+        assert_eq!(
+            after_fetch(BATCH, Ok(Bytes::from_static(b"[1]")), 3),
+            completed(b"[1]")
+        );
+        assert_eq!(
+            after_fetch(BATCH, Err(transient("reset")), 3),
+            retried(&[Running], Running, "reset")
+        );
+        assert_eq!(
+            after_fetch(BATCH, Err(transient("reset")), 2),
+            failed("gave up after 2 attempts: reset")
+        );
+        assert_eq!(
+            after_fetch(BATCH, Err(Failure::Permanent("not json".to_owned())), 3),
+            failed("not json")
+        );
+    }
+
+    #[test]
+    fn a_failed_upstream_job_fails_the_batch_and_a_cancelled_one_cancels_it() {
+        assert_eq!(
+            polled(PollOutcome::Failed("model crashed".to_owned())),
+            failed("upstream job failed: model crashed")
+        );
+        assert_eq!(
+            polled(PollOutcome::Cancelled),
+            Commit {
+                change: Change {
+                    from: &[Running],
+                    to: Cancelled,
+                    upstream_job_id: None,
+                    attempts: None,
+                    progress: None,
+                    error: Some("cancelled upstream".to_owned()),
+                    result: None,
+                    event: Some(json!({})),
+                },
+                publish: Some("batch"),
+                then: Then::Finalize,
+                cancel_if_stale: None,
+            }
+        );
+    }
+
+    #[test]
+    fn a_failed_poll_retries_the_poll_until_the_last_attempt_or_fails_for_good() {
+        assert_eq!(
+            polled(PollOutcome::Failure(transient("timeout"))),
+            retried(&[Running], Running, "timeout")
+        );
+        let last = after_poll(
+            Batch {
+                attempts: 2,
+                ..BATCH
+            },
+            PollOutcome::Failure(transient("timeout")),
+            4,
+            Duration::ZERO,
+            3,
+        );
+        assert_eq!(
+            last,
+            AfterPoll::Commit(Box::new(failed("gave up after 3 attempts: timeout")))
+        );
+        assert_eq!(
+            polled(PollOutcome::Failure(Failure::Permanent("404".to_owned()))),
+            failed("404")
+        );
+    }
+
+    #[test]
+    fn a_failure_outside_an_upstream_call_fails_the_batch() {
+        assert_eq!(
+            fail("batch payload unreadable: x".to_owned()),
+            failed("batch payload unreadable: x")
+        );
+    }
+
     fn end(batches: &[(BatchState, Option<&str>)], policy: FailurePolicy) -> Option<End> {
         end_of(batches, policy)
     }
