@@ -31,13 +31,10 @@ use crate::{
     batching::{BatchLimits, Submission},
     config::Config,
     error::ErrorChain,
-    retry::{Backoff, eta_from_progress},
-    store::{BatchUpdate, JobStore, NewBatch, StoreError},
+    retry::Backoff,
+    store::{BatchUpdate, BatchWork, JobStore, NewBatch, StoreError},
     types::{BatchState, JobId, JobKind, now_millis},
-    upstream::{
-        UpstreamClient,
-        jobs::{Failure, PollOutcome, SubmitOutcome},
-    },
+    upstream::UpstreamClient,
 };
 
 /// Commands from the API to the engine.
@@ -306,29 +303,37 @@ impl Ctx {
         });
     }
 
-    #[expect(clippy::too_many_lines, reason = "one match over every submit outcome")]
-    async fn submit(&self, work: &Work) -> Result<Next, crate::store::StoreError> {
-        let Some(batch) = self.ctx_batch(work).await? else {
+    /// The batch as the pure steps see it.
+    fn seen(batch: &BatchWork) -> transition::Batch {
+        transition::Batch {
+            item_start: batch.item_start,
+            item_end: batch.item_end,
+            attempts: batch.attempts,
+        }
+    }
+
+    async fn submit(&self, work: &Work) -> Result<Next, StoreError> {
+        let Some(batch) = self.store.batch_work(&work.job, work.idx).await? else {
             return Ok(Next::default());
         };
-        if !matches!(batch.state, BatchState::Pending | BatchState::Submitting) {
-            return Ok(Next::default());
-        }
         let items = batch.item_end - batch.item_start;
-        // A limit learned from an earlier `dataset_too_large` applies before asking again.
-        if let Some(limit) = self.learned.get(batch.kind)
-            && items > limit
-        {
-            return self.resplit(work, &batch, limit).await;
+        match transition::before_submit(batch.state, items, self.learned.get(batch.kind)) {
+            transition::BeforeSubmit::Skip => return Ok(Next::default()),
+            transition::BeforeSubmit::Resplit { limit } => {
+                return self.resplit(work, &batch, limit).await;
+            }
+            transition::BeforeSubmit::Submit => {}
         }
         self.throttle().await;
-        let mut mark = Self::update(
-            &work.job,
-            work.idx,
-            &[BatchState::Pending, BatchState::Submitting],
-            BatchState::Submitting,
-        );
-        mark.count_submit = true;
+        let mark = BatchUpdate {
+            count_submit: true,
+            ..Self::update(
+                &work.job,
+                work.idx,
+                &[BatchState::Pending, BatchState::Submitting],
+                BatchState::Submitting,
+            )
+        };
         if !self.store.update_batch(mark).await? {
             return Ok(Next::default());
         }
@@ -337,62 +342,11 @@ impl Ctx {
             .upstream
             .submit_batch(batch.kind, body, work.job.as_str())
             .await;
-        match outcome {
-            SubmitOutcome::Accepted { upstream_job_id } => {
-                let mut update = Self::update(
-                    &work.job,
-                    work.idx,
-                    &[BatchState::Submitting],
-                    BatchState::Running,
-                );
-                update.upstream_job_id = Some(upstream_job_id.clone());
-                update.attempts = Some(0);
-                update.event = Some(Self::batch_event(
-                    &work.job,
-                    work.idx,
-                    BatchState::Running,
-                    (batch.item_start, batch.item_end),
-                    json!({"upstream_job_id": upstream_job_id}),
-                ));
-                if self.store.update_batch(update).await? {
-                    self.publish(&work.job, "batch");
-                    let delay = self.backoff.next_poll(0, None, None, &mut rand::rng());
-                    return Ok(Next {
-                        schedule: vec![(
-                            Work {
-                                action: Action::Poll {
-                                    polls: 0,
-                                    since: now_millis(),
-                                },
-                                ..work.clone()
-                            },
-                            delay,
-                        )],
-                        finalize: None,
-                    });
-                }
-                // The job was cancelled while the submit was in flight: cancel what it started.
-                if let Err(failure) = self
-                    .upstream
-                    .cancel_batch(batch.kind, &upstream_job_id, work.job.as_str())
-                    .await
-                {
-                    tracing::warn!(
-                        ?failure,
-                        upstream_job_id,
-                        "could not cancel a batch accepted after its job was cancelled"
-                    );
-                }
-                Ok(Next::default())
-            }
-            SubmitOutcome::Inline(result) => self.complete_batch(work, &batch, result).await,
-            SubmitOutcome::TooLarge { max_allowed } => {
-                let limit = match transition::after_too_large(items, max_allowed) {
-                    transition::AfterTooLarge::Fail(reason) => {
-                        return self.fail_batch(work, &batch, reason).await;
-                    }
-                    transition::AfterTooLarge::Resplit { limit } => limit,
-                };
+        let step =
+            transition::after_submit(Self::seen(&batch), outcome, self.config.jobs.max_attempts);
+        match step {
+            transition::Step::Commit(commit) => self.commit(work, &batch, *commit).await,
+            transition::Step::Resplit { limit } => {
                 let limit = self
                     .learned
                     .learn(self.store.as_ref(), batch.kind, limit)
@@ -404,39 +358,20 @@ impl Ctx {
                 );
                 self.resplit(work, &batch, limit).await
             }
-            SubmitOutcome::Failure(failure) => {
-                self.retry_or_fail(
-                    work,
-                    &batch,
-                    failure,
-                    BatchState::Submitting,
-                    BatchState::Pending,
-                    Action::Submit,
-                )
-                .await
-            }
         }
-    }
-
-    async fn ctx_batch(
-        &self,
-        work: &Work,
-    ) -> Result<Option<crate::store::BatchWork>, crate::store::StoreError> {
-        self.store.batch_work(&work.job, work.idx).await
     }
 
     async fn resplit(
         &self,
         work: &Work,
-        batch: &crate::store::BatchWork,
+        batch: &BatchWork,
         limit: usize,
-    ) -> Result<Next, crate::store::StoreError> {
+    ) -> Result<Next, StoreError> {
         let parsed = match Submission::parse(Submission::batch_body(b"", &batch.payload)) {
             Ok(parsed) => parsed,
             Err(error) => {
-                return self
-                    .fail_batch(work, batch, format!("batch payload unreadable: {error}"))
-                    .await;
+                let reason = format!("batch payload unreadable: {error}");
+                return self.commit(work, batch, transition::fail(reason)).await;
             }
         };
         let mut limits = self.limits(batch.kind);
@@ -476,14 +411,8 @@ impl Ctx {
         })
     }
 
-    #[expect(clippy::too_many_lines, reason = "one match over every poll outcome")]
-    async fn poll(
-        &self,
-        work: &Work,
-        polls: u32,
-        since: i64,
-    ) -> Result<Next, crate::store::StoreError> {
-        let Some(batch) = self.ctx_batch(work).await? else {
+    async fn poll(&self, work: &Work, polls: u32, since: i64) -> Result<Next, StoreError> {
+        let Some(batch) = self.store.batch_work(&work.job, work.idx).await? else {
             return Ok(Next::default());
         };
         let (BatchState::Running, Some(upstream_id)) = (batch.state, batch.upstream_job_id.clone())
@@ -491,195 +420,128 @@ impl Ctx {
             return Ok(Next::default());
         };
         self.throttle().await;
-        match self
+        let outcome = self
             .upstream
             .poll_batch(batch.kind, &upstream_id, work.job.as_str())
-            .await
-        {
-            PollOutcome::Pending {
-                progress_percent,
-                current_item,
+            .await;
+        let running_for =
+            Duration::from_millis(u64::try_from(now_millis().saturating_sub(since)).unwrap_or(0));
+        let max_attempts = self.config.jobs.max_attempts;
+        let commit = match transition::after_poll(
+            Self::seen(&batch),
+            outcome,
+            polls,
+            running_for,
+            max_attempts,
+        ) {
+            transition::AfterPoll::Commit(commit) => *commit,
+            transition::AfterPoll::FetchResult => {
+                let fetched = self
+                    .upstream
+                    .fetch_result(batch.kind, &upstream_id, work.job.as_str())
+                    .await;
+                transition::after_fetch(Self::seen(&batch), fetched, max_attempts)
+            }
+        };
+        self.commit(work, &batch, commit).await
+    }
+
+    /// Executes a pure step's commit: the conditional batch change (with its `batch` event), then,
+    /// once it applied, the publication and what comes next. A change that did not apply means
+    /// the batch moved on (its job ended): only an upstream job started meanwhile is cancelled.
+    async fn commit(
+        &self,
+        work: &Work,
+        batch: &BatchWork,
+        commit: transition::Commit,
+    ) -> Result<Next, StoreError> {
+        let transition::Commit {
+            change,
+            publish,
+            then,
+            cancel_if_stale,
+        } = commit;
+        if change.to == BatchState::Failed {
+            tracing::warn!(error = change.error.as_deref(), "batch failed");
+        }
+        if let transition::Then::Retry { attempts, .. } = then {
+            tracing::warn!(
+                attempts,
+                reason = change.error.as_deref(),
+                "transient upstream failure; retrying"
+            );
+        }
+        let items = (batch.item_start, batch.item_end);
+        let update = BatchUpdate {
+            upstream_job_id: change.upstream_job_id,
+            attempts: change.attempts,
+            progress: change.progress,
+            error: change.error,
+            result: change.result,
+            event: change
+                .event
+                .map(|detail| Self::batch_event(&work.job, work.idx, change.to, items, detail)),
+            ..Self::update(&work.job, work.idx, change.from, change.to)
+        };
+        if !self.store.update_batch(update).await? {
+            if let Some(upstream_job_id) = cancel_if_stale {
+                // The job was cancelled while the submit was in flight: cancel what it started.
+                if let Err(failure) = self
+                    .upstream
+                    .cancel_batch(batch.kind, &upstream_job_id, work.job.as_str())
+                    .await
+                {
+                    tracing::warn!(
+                        ?failure,
+                        upstream_job_id,
+                        "could not cancel a batch accepted after its job was cancelled"
+                    );
+                }
+            }
+            return Ok(Next::default());
+        }
+        if let Some(name) = publish {
+            self.publish(&work.job, name);
+        }
+        let mut rng = rand::rng();
+        let next = match then {
+            transition::Then::Poll {
+                polls,
                 eta,
                 retry_after,
-                ..
             } => {
-                let mut update = Self::update(
-                    &work.job,
-                    work.idx,
-                    &[BatchState::Running],
-                    BatchState::Running,
-                );
-                update.progress = Some((progress_percent, current_item));
-                update.attempts = Some(0);
-                if !self.store.update_batch(update).await? {
-                    return Ok(Next::default());
-                }
-                self.publish(&work.job, "progress");
-                let running_for = Duration::from_millis(
-                    u64::try_from(now_millis().saturating_sub(since)).unwrap_or(0),
-                );
-                let eta = eta.or_else(|| eta_from_progress(running_for, progress_percent));
-                let delay = self
-                    .backoff
-                    .next_poll(polls + 1, retry_after, eta, &mut rand::rng());
-                Ok(Next {
+                let since = match work.action {
+                    Action::Poll { since, .. } => since,
+                    Action::Submit => now_millis(),
+                };
+                let delay = self.backoff.next_poll(polls, retry_after, eta, &mut rng);
+                Next {
                     schedule: vec![(
                         Work {
-                            action: Action::Poll {
-                                polls: polls + 1,
-                                since,
-                            },
+                            action: Action::Poll { polls, since },
                             ..work.clone()
                         },
                         delay,
                     )],
                     finalize: None,
-                })
-            }
-            PollOutcome::Completed => match self
-                .upstream
-                .fetch_result(batch.kind, &upstream_id, work.job.as_str())
-                .await
-            {
-                Ok(result) => self.complete_batch(work, &batch, result).await,
-                Err(failure) => {
-                    self.retry_or_fail(
-                        work,
-                        &batch,
-                        failure,
-                        BatchState::Running,
-                        BatchState::Running,
-                        Action::Poll { polls, since },
-                    )
-                    .await
                 }
-            },
-            PollOutcome::Failed(error) => {
-                self.fail_batch(work, &batch, format!("upstream job failed: {error}"))
-                    .await
             }
-            PollOutcome::Cancelled => {
-                self.end_batch(
-                    work,
-                    &batch,
-                    &[BatchState::Running],
-                    BatchState::Cancelled,
-                    json!({}),
-                    |u| {
-                        u.error = Some("cancelled upstream".to_owned());
-                    },
-                )
-                .await
-            }
-            PollOutcome::Failure(failure) => {
-                self.retry_or_fail(
-                    work,
-                    &batch,
-                    failure,
-                    BatchState::Running,
-                    BatchState::Running,
-                    Action::Poll { polls, since },
-                )
-                .await
-            }
-        }
-    }
-
-    async fn complete_batch(
-        &self,
-        work: &Work,
-        batch: &crate::store::BatchWork,
-        result: Bytes,
-    ) -> Result<Next, crate::store::StoreError> {
-        let items = batch.item_end - batch.item_start;
-        let from = [BatchState::Submitting, BatchState::Running];
-        self.end_batch(work, batch, &from, BatchState::Completed, json!({}), |u| {
-            u.progress = Some((100.0, items));
-            u.result = Some(result);
-        })
-        .await
-    }
-
-    async fn fail_batch(
-        &self,
-        work: &Work,
-        batch: &crate::store::BatchWork,
-        error: String,
-    ) -> Result<Next, crate::store::StoreError> {
-        tracing::warn!(error, "batch failed");
-        let from = [
-            BatchState::Pending,
-            BatchState::Submitting,
-            BatchState::Running,
-        ];
-        let detail = json!({"error": error});
-        self.end_batch(work, batch, &from, BatchState::Failed, detail, |u| {
-            u.error = Some(error);
-        })
-        .await
-    }
-
-    /// Moves a batch (while in `from`) to the terminal state `to`, committing its `batch` event
-    /// with it, publishes the event, and asks for the job to be finalized.
-    async fn end_batch(
-        &self,
-        work: &Work,
-        batch: &crate::store::BatchWork,
-        from: &[BatchState],
-        to: BatchState,
-        detail: serde_json::Value,
-        edit: impl FnOnce(&mut BatchUpdate),
-    ) -> Result<Next, crate::store::StoreError> {
-        let mut update = Self::update(&work.job, work.idx, from, to);
-        let items = (batch.item_start, batch.item_end);
-        update.event = Some(Self::batch_event(&work.job, work.idx, to, items, detail));
-        edit(&mut update);
-        let applied = self.store.update_batch(update).await?;
-        if applied {
-            self.publish(&work.job, "batch");
-        }
-        Ok(Next {
-            schedule: Vec::new(),
-            finalize: applied.then(|| work.job.clone()),
-        })
-    }
-
-    async fn retry_or_fail(
-        &self,
-        work: &Work,
-        batch: &crate::store::BatchWork,
-        failure: Failure,
-        from: BatchState,
-        back_to: BatchState,
-        action: Action,
-    ) -> Result<Next, crate::store::StoreError> {
-        match transition::after_failure(failure, batch.attempts, self.config.jobs.max_attempts) {
-            transition::AfterFailure::Fail(reason) => self.fail_batch(work, batch, reason).await,
-            transition::AfterFailure::Retry {
+            transition::Then::Retry {
                 attempts,
-                reason,
                 retry_after,
-            } => {
-                tracing::warn!(attempts, reason, "transient upstream failure; retrying");
-                let mut update = Self::update(&work.job, work.idx, &[from], back_to);
-                update.attempts = Some(attempts);
-                update.error = Some(reason);
-                if !self.store.update_batch(update).await? {
-                    return Ok(Next::default());
-                }
-                let delay = self.backoff.retry(attempts, retry_after, &mut rand::rng());
-                Ok(Next {
-                    schedule: vec![(
-                        Work {
-                            action,
-                            ..work.clone()
-                        },
-                        delay,
-                    )],
-                    finalize: None,
-                })
-            }
-        }
+            } => Next {
+                schedule: vec![(
+                    work.clone(),
+                    self.backoff.retry(attempts, retry_after, &mut rng),
+                )],
+                finalize: None,
+            },
+            transition::Then::Finalize => Next {
+                schedule: Vec::new(),
+                finalize: Some(work.job.clone()),
+            },
+        };
+        Ok(next)
     }
 
     /// Ends a job whose batches are all terminal: merge, then commit state + result + event.
