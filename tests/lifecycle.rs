@@ -216,3 +216,38 @@ async fn requests_still_running_at_the_deadline_get_502_shutting_down_and_run_re
     // The upstream was never taken away: the cut came from evalgate's deadline.
     assert!(!app.emulator().requests().is_empty());
 }
+
+#[tokio::test]
+async fn admin_actions_need_the_admin_token_when_one_is_configured() {
+    let app = TestApp::spawn_with(emulator_config(), |c| {
+        c.server.admin_token = Some(evalgate::types::Secret::new("adm1n-t0ken".to_owned()));
+    })
+    .await;
+    let purge = |token: Option<&'static str>| {
+        let mut request = app.client.post(format!("{}/admin/cache/purge", app.admin));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    for wrong in [None, Some("nope")] {
+        let response = purge(wrong).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{wrong:?}");
+        let body = response.text().await.unwrap();
+        assert!(!body.contains("adm1n-t0ken"), "{body}");
+    }
+    assert_eq!(
+        purge(Some("adm1n-t0ken")).await.unwrap().status(),
+        StatusCode::OK
+    );
+    // Probes and metrics stay open.
+    for path in ["/livez", "/readyz", "/metrics"] {
+        let response = app
+            .client
+            .get(format!("{}{path}", app.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+}

@@ -147,6 +147,8 @@ pub const ENGINE_COMMAND_CAPACITY: usize = 1024;
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Bearer token of the admin actions; `None`: served only on a loopback `admin_listen`.
+    pub admin_token: Option<Secret<String>>,
     pub max_body_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,

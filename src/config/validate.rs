@@ -85,7 +85,7 @@ pub(super) fn from_figment(figment: &Figment, env: &dyn EnvLookup) -> Result<Con
 
     let server = problems
         .section::<RawServer>(figment, "server")
-        .and_then(|raw| server(&raw, &mut problems));
+        .and_then(|raw| server(&raw, env, &mut problems));
     let valiqor = problems
         .section::<RawValiqor>(figment, "valiqor")
         .and_then(|raw| valiqor(&raw, env, &mut problems));
@@ -388,7 +388,7 @@ fn small_u32(key: &str, value: u64, problems: &mut Problems) -> Option<u32> {
     }
 }
 
-fn server(raw: &RawServer, problems: &mut Problems) -> Option<ServerConfig> {
+fn server(raw: &RawServer, env: &dyn EnvLookup, problems: &mut Problems) -> Option<ServerConfig> {
     let listen = socket_addr("server.listen", &raw.listen, problems);
     let admin_listen = socket_addr("server.admin_listen", &raw.admin_listen, problems);
     if let (Some(a), Some(b)) = (listen, admin_listen)
@@ -411,9 +411,15 @@ fn server(raw: &RawServer, problems: &mut Problems) -> Option<ServerConfig> {
         );
         None
     };
+    let admin_token = if raw.admin_token.is_empty() {
+        Some(None)
+    } else {
+        secret("server.admin_token", &raw.admin_token, env, problems).map(Some)
+    };
     Some(ServerConfig {
         listen: listen?,
         admin_listen: admin_listen?,
+        admin_token: admin_token?,
         max_body_bytes: max_body_bytes?,
         request_timeout: raw.request_timeout,
         max_in_flight: max_in_flight?,
