@@ -43,6 +43,19 @@ async fn json(response: reqwest::Response) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}"))
 }
 
+/// Posts a JSON body to `/v1/jobs`, asserts 202 and returns the answer.
+async fn submit_accepted(app: &TestApp, body: String) -> Value {
+    let response = app
+        .post("/v1/jobs")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    json(response).await
+}
+
 fn async_emulator() -> EmulatorConfig {
     EmulatorConfig {
         job_duration: Duration::from_millis(100),
@@ -60,15 +73,7 @@ async fn a_three_mebibyte_dataset_becomes_a_job_and_completes() {
     let body =
         json!({"kind": "failure_analysis", "dataset": big_items(35, 100 * 1024)}).to_string();
     assert!(body.len() > 3 * 1024 * 1024, "{}", body.len());
-    let response = app
-        .post("/v1/jobs")
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let accepted = json(response).await;
+    let accepted = submit_accepted(&app, body).await;
     assert_eq!(accepted["total_items"], 35);
     // 1 MiB batches of ~100 KiB items: several batches, none over the byte limit.
     assert!(accepted["batches"].as_u64().unwrap() >= 3, "{accepted}");
@@ -114,15 +119,7 @@ async fn a_hundred_megabyte_dataset_is_accepted_in_one_request() {
     .await;
     let body = json!({"kind": "evaluation", "dataset": big_items(1000, 100 * 1024)}).to_string();
     assert!(body.len() > 100_000_000, "{}", body.len());
-    let response = app
-        .post("/v1/jobs")
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let accepted = json(response).await;
+    let accepted = submit_accepted(&app, body).await;
     assert_eq!(accepted["total_items"], 1000);
     let id = accepted["job_id"].as_str().unwrap();
     // Accepted is enough here: stop the upstream work.
