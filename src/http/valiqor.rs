@@ -10,6 +10,7 @@ use axum::{
     extract::{Request, State},
     response::{IntoResponse, Response},
 };
+use bytes::Bytes;
 use futures::StreamExt;
 use http::{
     HeaderValue, Method, StatusCode,
@@ -169,7 +170,7 @@ async fn forward_submit(
     let (upstream, elapsed) = send_upstream(state, request).await?;
     let Some((kind, submission)) = managed.filter(|_| upstream.status() == StatusCode::BAD_REQUEST)
     else {
-        return Ok(stream_back(upstream, admitted, elapsed));
+        return answer_back(state, upstream, admitted, elapsed).await;
     };
     // A 400 may be `dataset_too_large`: then the dataset becomes a managed job split to fit.
     let status = upstream.status();
@@ -193,11 +194,12 @@ async fn forward_submit(
         )
         .await;
     }
-    let mut response = Response::new(Body::from(answer));
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    response.extensions_mut().insert(UpstreamElapsed(elapsed));
-    Ok(response)
+    Ok(buffered(
+        status,
+        headers,
+        state.upstream.scrub(answer),
+        elapsed,
+    ))
 }
 
 /// How much of a 400 answer is read to look for `dataset_too_large`.
@@ -227,7 +229,7 @@ async fn send(
     admitted: InFlight,
 ) -> Result<Response, ApiError> {
     let (upstream, elapsed) = send_upstream(state, request).await?;
-    Ok(stream_back(upstream, admitted, elapsed))
+    answer_back(state, upstream, admitted, elapsed).await
 }
 
 async fn send_upstream(
@@ -239,6 +241,52 @@ async fn send_upstream(
     let result = state.upstream.send(request).await;
     let elapsed = started.elapsed();
     Ok((record_outcome(result)?, elapsed))
+}
+
+/// Error answers read whole, at most this much (they are small; a larger one is not relayed).
+const ERROR_BODY_CAP: usize = 1024 * 1024;
+
+/// The upstream's answer to the caller: a success streams through unchanged; an error answer is
+/// read (bounded) and every configured key is scrubbed out of it first, since error answers may
+/// echo the request (a validation error quoting the body, BYOK key included).
+async fn answer_back(
+    state: &AppState,
+    upstream: reqwest::Response,
+    admitted: InFlight,
+    elapsed: std::time::Duration,
+) -> Result<Response, ApiError> {
+    if upstream.status().is_success() {
+        return Ok(stream_back(upstream, admitted, elapsed));
+    }
+    let status = upstream.status();
+    let headers = headers::to_caller(upstream.headers());
+    let body = Limited::new(http::Response::from(upstream).into_body(), ERROR_BODY_CAP)
+        .collect()
+        .await
+        .map_err(|_| ApiError::Upstream(UpstreamError::Incomplete))?
+        .to_bytes();
+    Ok(buffered(
+        status,
+        headers,
+        state.upstream.scrub(body),
+        elapsed,
+    ))
+}
+
+/// A fully read answer; the length is the new body's (scrubbing may change it).
+fn buffered(
+    status: StatusCode,
+    mut headers: http::HeaderMap,
+    body: Bytes,
+    elapsed: std::time::Duration,
+) -> Response {
+    headers.remove(CONTENT_LENGTH);
+    headers.remove(TRANSFER_ENCODING);
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response.extensions_mut().insert(UpstreamElapsed(elapsed));
+    response
 }
 
 fn stream_back(
@@ -333,6 +381,12 @@ async fn fetch_for_cache(state: &AppState, parts: &Parts) -> Result<StoredRespon
             ApiError::Upstream(UpstreamError::Incomplete)
         })?
         .to_bytes();
+    // Only 200s are cached; anything else is relayed once, scrubbed like every error answer.
+    let body = if status == StatusCode::OK {
+        body
+    } else {
+        state.upstream.scrub(body)
+    };
     Ok(StoredResponse {
         status,
         headers,

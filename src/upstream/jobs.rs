@@ -238,6 +238,12 @@ impl UpstreamClient {
             reason: format!("upstream answer broke off: {e}"),
             retry_after: None,
         })?;
+        // An error answer may echo what it was sent; its text ends up in stored batch errors.
+        let body = if status.is_success() {
+            body
+        } else {
+            self.scrub(body)
+        };
         Ok(Answer {
             status,
             headers,

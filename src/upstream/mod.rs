@@ -17,7 +17,7 @@ use url::Url;
 pub(crate) use self::error::UpstreamError;
 use crate::{
     config::{ByokMode, ValiqorConfig},
-    types::Secret,
+    types::{REDACTED, Secret},
 };
 
 /// Opaque identity of the credential evalgate uses upstream (a hash, never the key), so that
@@ -66,6 +66,8 @@ pub(crate) struct UpstreamClient {
     /// Base URL as a string without a trailing slash; paths are appended as-is.
     base: String,
     authorization: HeaderValue,
+    /// The platform key itself, only to scrub it out of error answers.
+    api_key: Secret<String>,
     credential: CredentialId,
 }
 
@@ -114,6 +116,7 @@ impl UpstreamClient {
             judge,
             base: base_string(&config.base_url),
             authorization,
+            api_key: config.api_key.clone(),
             credential: CredentialId(hasher.finish()),
         })
     }
@@ -122,6 +125,20 @@ impl UpstreamClient {
     fn with_judge_key(&self, body: Bytes) -> Result<Bytes, byok::ByokError> {
         let key = self.judge.key.as_ref().map(|k| k.expose().as_str());
         byok::apply(body, self.judge.mode, key)
+    }
+
+    /// `body` with every configured key (the platform key, the BYOK judge key) replaced by
+    /// `*****`: for upstream error answers, which may echo what they were sent (a validation
+    /// error quoting the request body), before they are returned or stored.
+    pub(crate) fn scrub(&self, body: Bytes) -> Bytes {
+        let mut secrets = vec![self.api_key.expose().as_bytes()];
+        if let Some(key) = &self.judge.key {
+            secrets.push(key.expose().as_bytes());
+        }
+        match redact(&body, &secrets) {
+            Some(redacted) => Bytes::from(redacted),
+            None => body,
+        }
     }
 
     pub(crate) fn credential(&self) -> CredentialId {
@@ -167,6 +184,31 @@ impl UpstreamClient {
     }
 }
 
+/// `haystack` with every occurrence of each secret replaced by the redaction mark; `None` when
+/// none occurs (nothing copied). Secrets shorter than 4 bytes are not looked for.
+fn redact(haystack: &[u8], secrets: &[&[u8]]) -> Option<Vec<u8>> {
+    fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+        haystack.windows(needle.len()).position(|w| w == needle)
+    }
+    let mut out: Option<Vec<u8>> = None;
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        let current = out.as_deref().unwrap_or(haystack);
+        if find(current, secret).is_none() {
+            continue;
+        }
+        let mut next = Vec::with_capacity(current.len());
+        let mut rest = current;
+        while let Some(at) = find(rest, secret) {
+            next.extend_from_slice(&rest[..at]);
+            next.extend_from_slice(REDACTED.as_bytes());
+            rest = &rest[at + secret.len()..];
+        }
+        next.extend_from_slice(rest);
+        out = Some(next);
+    }
+    out
+}
+
 /// `https://h/prefix/` → `https://h/prefix`, so that `base + "/v2/..."` keeps the prefix.
 fn base_string(url: &Url) -> String {
     url.as_str().trim_end_matches('/').to_owned()
@@ -184,6 +226,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_occurrence_of_every_secret_is_redacted() {
+        let body = br#"{"input": {"openai_api_key": "sk-judge-123", "again": "sk-judge-123"}, "auth": "Bearer vq_plat_9"}"#;
+        let redacted = redact(body, &[b"vq_plat_9", b"sk-judge-123"]).unwrap();
+        let text = String::from_utf8(redacted).unwrap();
+        assert_eq!(
+            text,
+            r#"{"input": {"openai_api_key": "*****", "again": "*****"}, "auth": "Bearer *****"}"#
+        );
+        // Nothing to hide: no copy; too-short secrets are not searched for.
+        assert!(redact(b"plain answer", &[b"vq_plat_9"]).is_none());
+        assert!(redact(b"abc", &[b"ab"]).is_none());
+    }
+
+    #[test]
     fn base_url_prefix_is_kept_and_query_is_byte_for_byte() {
         let url = Url::parse("https://api.example.com/prefix/").unwrap();
         let base = base_string(&url);
@@ -196,6 +252,7 @@ mod tests {
             },
             base,
             authorization: HeaderValue::from_static("Bearer x"),
+            api_key: Secret::new("x".to_owned()),
             credential: CredentialId(0),
         };
         assert_eq!(

@@ -195,6 +195,13 @@ impl EmulatorHandle {
         self.shared.control().garble_next += n;
     }
 
+    /// The next `n` requests are answered 422 the way `FastAPI`/`Pydantic` reports a validation
+    /// error: `{"detail": [{"type", "loc", "msg", "input": <the request body>}]}`, echoing whatever
+    /// the body carried. Calls add up.
+    pub fn echo_next(&self, n: usize) {
+        self.shared.control().echo_next += n;
+    }
+
     /// Duration of jobs submitted from now on.
     pub fn set_job_duration(&self, d: Duration) {
         self.shared.control().job_duration = d;

@@ -125,6 +125,9 @@ async fn handle(app: App, router: Router, req: Request<Incoming>) -> Result<Resp
         Err(_) => return Err(Dropped),
     };
     record(&app, &parts, body.clone());
+    if take_echo(&app) {
+        return Ok(echo_response(&body));
+    }
     let (fault, latency) = decide(&app);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -142,6 +145,29 @@ async fn handle(app: App, router: Router, req: Request<Incoming>) -> Result<Resp
             Ok(garble(&app, res))
         }
     }
+}
+
+/// Whether this request is one `echo_next` asked to answer with a validation error.
+fn take_echo(app: &Shared) -> bool {
+    let mut c = app.control();
+    if c.echo_next == 0 {
+        return false;
+    }
+    c.echo_next -= 1;
+    true
+}
+
+/// 422 in `FastAPI`'s shape, echoing the request body as `input`.
+fn echo_response(body: &[u8]) -> Response {
+    let input = serde_json::from_slice::<serde_json::Value>(body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(body).into_owned()));
+    let detail = serde_json::json!({"detail": [{
+        "type": "value_error",
+        "loc": ["body"],
+        "msg": "Value error, emulated validation failure",
+        "input": input,
+    }]});
+    (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(detail)).into_response()
 }
 
 /// A successful answer cut short mid-JSON, while `garble_next` asks for it.

@@ -45,6 +45,8 @@ pub(crate) struct Control {
     pub(crate) fail_next: VecDeque<(usize, StatusCode)>,
     /// Successful answers still to be cut short (see `EmulatorHandle::garble_next`).
     pub(crate) garble_next: usize,
+    /// Requests still to be answered with a validation error echoing their body.
+    pub(crate) echo_next: usize,
     pub(crate) job_duration: Duration,
     pub(crate) requests: VecDeque<RecordedRequest>,
     /// Sum of the recorded bodies' lengths.
@@ -94,6 +96,7 @@ impl Shared {
                 faults: config.faults,
                 fail_next: VecDeque::new(),
                 garble_next: 0,
+                echo_next: 0,
                 job_duration: config.job_duration,
                 requests: VecDeque::new(),
                 recorded_bytes: 0,
