@@ -251,3 +251,41 @@ async fn admin_actions_need_the_admin_token_when_one_is_configured() {
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
 }
+
+#[tokio::test]
+async fn with_allowed_hosts_set_another_host_is_refused_on_the_api_port() {
+    let app = TestApp::spawn_with(emulator_config(), |c| {
+        c.server.allowed_hosts = vec!["evalgate.internal".to_owned()];
+    })
+    .await;
+    let port = app.api.rsplit(':').next().unwrap().to_owned();
+    // The address itself is not a listed name.
+    let refused = app.get("/v1/jobs").send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "host_not_allowed", "{body}");
+    let refused = app
+        .get("/v2/failure-analysis/taxonomy")
+        .header("host", format!("rebound.example:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert!(app.emulator().requests().is_empty());
+    // The listed name, any port, any case.
+    let served = app
+        .get("/v1/jobs")
+        .header("host", format!("EvalGate.Internal:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    // The admin port does not check Host (probes come by address).
+    let ready = app
+        .client
+        .get(format!("{}/livez", app.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+}

@@ -149,6 +149,8 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     /// Bearer token of the admin actions; `None`: served only on a loopback `admin_listen`.
     pub admin_token: Option<Secret<String>>,
+    /// Host names the API port answers to (lower case, no port); empty: any.
+    pub allowed_hosts: Vec<String>,
     pub max_body_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,

@@ -27,6 +27,7 @@ pub(crate) struct RawServer {
     pub listen: String,
     pub admin_listen: String,
     pub admin_token: String,
+    pub allowed_hosts: Vec<String>,
     pub max_body_bytes: u64,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,

@@ -416,10 +416,27 @@ fn server(raw: &RawServer, env: &dyn EnvLookup, problems: &mut Problems) -> Opti
     } else {
         secret("server.admin_token", &raw.admin_token, env, problems).map(Some)
     };
+    let mut allowed_hosts = Vec::new();
+    for (i, host) in raw.allowed_hosts.iter().enumerate() {
+        let host = host.trim().to_ascii_lowercase();
+        let bracketed_v6 = host.starts_with('[') && host.ends_with(']');
+        if host.is_empty()
+            || host.contains(['/', '@', ' ', '?', '#'])
+            || (host.contains(':') && !bracketed_v6)
+        {
+            problems.push(
+                &format!("server.allowed_hosts[{i}]"),
+                "write a bare host name or address, no scheme, port or path",
+            );
+        } else {
+            allowed_hosts.push(host);
+        }
+    }
     Some(ServerConfig {
         listen: listen?,
         admin_listen: admin_listen?,
         admin_token: admin_token?,
+        allowed_hosts,
         max_body_bytes: max_body_bytes?,
         request_timeout: raw.request_timeout,
         max_in_flight: max_in_flight?,
@@ -689,6 +706,24 @@ mod tests {
             StorePath::File("./data/evalgate.db".into())
         );
         assert_eq!(config.store.read_connections, 4);
+    }
+
+    #[test]
+    fn allowed_hosts_are_bare_names_normalised_to_lower_case() {
+        let key = [("VALIQOR_API_KEY", "vq_live")];
+        let config = load(
+            "[server]\nallowed_hosts = [\"EvalGate.Internal\", \"[::1]\"]\n",
+            &key,
+        )
+        .unwrap();
+        assert_eq!(config.server.allowed_hosts, ["evalgate.internal", "[::1]"]);
+        for bad in ["https://x", "x:8080", "", "a/b"] {
+            let err = load(&format!("[server]\nallowed_hosts = [\"{bad}\"]\n"), &key).unwrap_err();
+            assert!(
+                err.to_string().contains("server.allowed_hosts[0]"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

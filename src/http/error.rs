@@ -23,6 +23,9 @@ pub(crate) enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("no such route: evalgate serves the Valiqor v2 API paths")]
     UnknownRoute,
+    /// The request's Host is not one of `server.allowed_hosts`.
+    #[error("this host name is not served here")]
+    HostNotAllowed,
     /// A POST, PUT or PATCH body that is not declared JSON.
     #[error("request bodies must be application/json")]
     UnsupportedMediaType,
@@ -84,6 +87,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_)
             | Self::BadPath
+            | Self::HostNotAllowed
             | Self::Upstream(UpstreamError::NotAJsonObject(_))
             | Self::Jobs(JobsError::Invalid(_)) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } | Self::Upstream(UpstreamError::BodyTooLarge { .. }) => {
@@ -126,6 +130,7 @@ impl ApiError {
             }
             Self::UnknownRoute => "unknown_route",
             Self::BadPath => "bad_path",
+            Self::HostNotAllowed => "host_not_allowed",
             Self::NotFound(_) | Self::Jobs(JobsError::NotFound(_)) => "not_found",
             Self::Conflict(_)
             | Self::Jobs(JobsError::NotReady { .. } | JobsError::IdempotencyConflict(_)) => {

@@ -1,5 +1,6 @@
 //! Cross-cutting request handling: rate limits, request ids, metrics, the shutdown cut-off, and
 //! JSON-only writes.
+pub(crate) mod allowed_hosts;
 pub(crate) mod hard_stop;
 pub(crate) mod json_only;
 pub(crate) mod metrics;
