@@ -204,6 +204,56 @@ impl Default for RouteTable {
 mod tests {
     use super::*;
 
+    /// Every template, every parameter replaced by a hostile id: what the table admits reaches
+    /// the upstream with exactly the segments it was admitted with (the URL parser normalises
+    /// nothing away), and what it would not keep intact is refused.
+    #[test]
+    fn admitted_paths_reach_the_upstream_segment_for_segment() {
+        let config = crate::config::Config::for_tests("https://up.example/prefix/", "k", |_| {});
+        let client = crate::upstream::UpstreamClient::new(&config.valiqor).unwrap();
+        let table = RouteTable::new();
+        let hostile = [
+            "a%2Fb",
+            "a%2Bb%3D%3D",
+            "%252e%252e",
+            "..%2F..%2Fadmin",
+            "%2e%2e",
+            ".%2E",
+            "a%00b",
+            "a%5Cb",
+            "...",
+            "%20x%09",
+            "a;b=c",
+            "%23frag",
+        ];
+        let mut admitted = 0;
+        for &(template, methods, _) in TABLE {
+            for id in hostile {
+                let path = template
+                    .split('/')
+                    .map(|seg| if seg.starts_with('{') { id } else { seg })
+                    .collect::<Vec<_>>()
+                    .join("/");
+                let Some(method) = methods.first() else {
+                    continue;
+                };
+                match table.resolve(method, &path) {
+                    Resolved::Found(..) => {
+                        admitted += 1;
+                        let url = reqwest::Url::parse(&client.url(&path, None)).unwrap();
+                        assert_eq!(url.path(), format!("/prefix{path}"), "{template} with {id}");
+                        assert_eq!(url.host_str(), Some("up.example"));
+                    }
+                    Resolved::BadPath | Resolved::NotFound | Resolved::MethodNotAllowed(_) => {}
+                }
+            }
+        }
+        assert!(
+            admitted > TABLE.len(),
+            "hostile ids were admitted {admitted} times"
+        );
+    }
+
     #[test]
     fn dot_segments_in_any_spelling_are_not_served() {
         let table = RouteTable::new();
