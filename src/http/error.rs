@@ -216,6 +216,18 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The error in the shape of the API `path` belongs to: the `/v1` shape on the native API,
+    /// the Valiqor shape everywhere else (for middleware that answers before routing).
+    pub(crate) fn response_for_path(self, path: &str) -> Response {
+        if path == "/v1" || path.starts_with("/v1/") {
+            V1Error(self).into_response()
+        } else {
+            self.into_response()
+        }
+    }
+}
+
 /// The native `/v1` API's error shape: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug)]
 pub(crate) struct V1Error(pub ApiError);

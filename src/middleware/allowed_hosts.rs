@@ -4,26 +4,18 @@
 use axum::{
     extract::{Request, State},
     middleware::Next,
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use http::header;
 
-use crate::{
-    http::error::{ApiError, V1Error},
-    state::AppState,
-};
+use crate::{http::error::ApiError, state::AppState};
 
 pub(crate) async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let allowed = &state.config.server.allowed_hosts;
     if allowed.is_empty() || host_of(&request).is_some_and(|host| allowed.contains(&host)) {
         return next.run(request).await;
     }
-    let path = request.uri().path();
-    if path == "/v1" || path.starts_with("/v1/") {
-        V1Error(ApiError::HostNotAllowed).into_response()
-    } else {
-        ApiError::HostNotAllowed.into_response()
-    }
+    ApiError::HostNotAllowed.response_for_path(request.uri().path())
 }
 
 /// The request's host, lower case, without its port: the URI's authority (HTTP/2) or `Host`.

@@ -5,14 +5,11 @@
 use axum::{
     extract::{Request, State},
     middleware::Next,
-    response::{IntoResponse, Response},
+    response::Response,
 };
 
 use crate::{
-    http::{
-        error::{ApiError, V1Error},
-        routes::Resolved,
-    },
+    http::{error::ApiError, routes::Resolved},
     middleware::metrics::RouteLabel,
     state::AppState,
 };
@@ -28,10 +25,7 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
 }
 
 fn cut(state: &AppState, method: &http::Method, path: &str) -> Response {
-    if path == "/v1" || path.starts_with("/v1/") {
-        return V1Error(ApiError::ShuttingDown).into_response();
-    }
-    let mut response = ApiError::ShuttingDown.into_response();
+    let mut response = ApiError::ShuttingDown.response_for_path(path);
     if let Resolved::Found(template, _) = state.routes.resolve(method, path) {
         response
             .extensions_mut()

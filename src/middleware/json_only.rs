@@ -2,14 +2,10 @@
 //! preflight, carrying whatever ambient access the network gives it. Every API route takes JSON,
 //! so a POST, PUT or PATCH whose body is not declared `application/json` (or `+json`) is refused
 //! with 415 before it is routed; body-less requests pass.
-use axum::{
-    extract::Request,
-    middleware::Next,
-    response::{IntoResponse, Response},
-};
+use axum::{extract::Request, middleware::Next, response::Response};
 use http::{HeaderMap, Method, header};
 
-use crate::http::error::{ApiError, V1Error};
+use crate::http::error::ApiError;
 
 pub(crate) async fn layer(request: Request, next: Next) -> Response {
     let writes = matches!(
@@ -17,13 +13,7 @@ pub(crate) async fn layer(request: Request, next: Next) -> Response {
         Method::POST | Method::PUT | Method::PATCH
     );
     if writes && has_body(request.headers()) && !is_json(request.headers()) {
-        let error = ApiError::UnsupportedMediaType;
-        let path = request.uri().path();
-        return if path == "/v1" || path.starts_with("/v1/") {
-            V1Error(error).into_response()
-        } else {
-            error.into_response()
-        };
+        return ApiError::UnsupportedMediaType.response_for_path(request.uri().path());
     }
     next.run(request).await
 }
