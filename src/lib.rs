@@ -31,6 +31,7 @@ pub(crate) mod store;
 pub mod submit;
 pub(crate) mod tasks;
 pub mod telemetry;
+pub(crate) mod tenants;
 pub mod types;
 pub(crate) mod upstream;
 pub mod webhooks;
@@ -133,6 +134,10 @@ pub async fn run(
         workers.dispatcher.run(shutdown.clone(), hard_stop.clone()),
     );
     tasks.spawn(
+        "tenant-reloader",
+        tenants::watch::run(state.tenants.clone(), shutdown.clone()),
+    );
+    tasks.spawn(
         "api-server",
         serve::serve(
             listeners.api,
@@ -153,6 +158,8 @@ pub async fn run(
         upstream = %state.config.valiqor.base_url,
         byok = ?state.config.valiqor.byok,
         byok_key_configured = state.config.valiqor.openai_api_key.is_some(),
+        auth = ?state.tenants.mode(),
+        tenants = state.config.auth.tenants.tenants.len(),
         "evalgate ready"
     );
 

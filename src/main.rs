@@ -39,6 +39,7 @@ fn sources(args: &Args, overrides: Overrides) -> Sources {
         file: args.config.clone(),
         env: true,
         overrides,
+        toml: None,
     }
 }
 

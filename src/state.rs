@@ -24,6 +24,7 @@ use crate::{
     shutdown::Readiness,
     store::{JobStore, SqliteStore},
     telemetry,
+    tenants::Tenants,
     upstream::UpstreamClient,
     webhooks::{
         dispatcher::{WebhookDispatcher, WebhookWaker},
@@ -36,7 +37,8 @@ pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub(crate) config: Config,
-    pub(crate) upstream: UpstreamClient,
+    /// Callers: who a request is, with which keys and limits.
+    pub(crate) tenants: Tenants,
     pub(crate) routes: RouteTable,
     pub(crate) cache: TaxonomyCache,
     pub(crate) limiters: Limiters,
@@ -87,6 +89,7 @@ impl AppState {
     /// Builds the state and the workers that run beside it.
     pub async fn build(config: Config) -> Result<(Self, Workers), StartupError> {
         let upstream = UpstreamClient::new(&config.valiqor)?;
+        let tenants = Tenants::new(&config, upstream.clone())?;
         let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&config.store).await?);
         let hub = JobHub::new();
         let learned = Arc::new(LearnedLimits::load(store.as_ref()).await?);
@@ -128,7 +131,7 @@ impl AppState {
             webhook_policy,
         });
         let state = Self(Arc::new(Inner {
-            upstream,
+            tenants,
             jobs,
             webhooks: waker,
             routes: RouteTable::new(),

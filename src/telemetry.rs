@@ -36,6 +36,12 @@ pub const WEBHOOK_FIRST_ATTEMPT: &str = "evalgate_webhook_first_attempt_delay_se
 pub const WEBHOOK_LATENCY: &str = "evalgate_webhook_attempt_duration_seconds";
 /// Requests refused by a local rate limit, by `limit`.
 pub const RATE_LIMITED: &str = "evalgate_rate_limited_total";
+/// Tenants configured now.
+pub const TENANTS: &str = "evalgate_tenants";
+/// Reloads of the tenants and `file:` secrets, by `outcome` (`applied`, `unchanged`, `rejected`).
+pub const TENANT_RELOADS: &str = "evalgate_tenant_reloads_total";
+/// API requests refused with 401, by `reason` (`missing`, `unknown`).
+pub const AUTH_FAILURES: &str = "evalgate_auth_failures_total";
 
 /// Installs the global tracing subscriber. `filter_override` (e.g. `RUST_LOG`) wins over config.
 pub fn init_logging(
@@ -113,6 +119,9 @@ fn describe() {
     metrics::describe_gauge!(IN_FLIGHT, "API requests being served");
     metrics::describe_counter!(SHED, "Requests shed at max_in_flight");
     metrics::describe_counter!(RATE_LIMITED, "Requests refused by a local rate limit");
+    metrics::describe_gauge!(TENANTS, "Tenants configured");
+    metrics::describe_counter!(TENANT_RELOADS, "Tenant and secret reloads by outcome");
+    metrics::describe_counter!(AUTH_FAILURES, "API requests refused with 401 by reason");
     metrics::describe_counter!(WEBHOOK_DELIVERIES, "Webhook attempts by outcome");
     metrics::describe_gauge!(WEBHOOK_DEPTH, "Webhook outbox rows by state");
     metrics::describe_histogram!(

@@ -24,6 +24,10 @@ const RULES: &[(&str, Rule)] = &[
         "upstream",
         Rule::Not(&["http", "state", "jobs", "store", "webhooks"]),
     ),
+    (
+        "tenants",
+        Rule::Not(&["http", "state", "jobs", "store", "webhooks"]),
+    ),
     ("webhooks", Rule::Not(&["http", "state", "jobs"])),
     ("jobs", Rule::Not(&["http", "state"])),
 ];

@@ -4,9 +4,10 @@
 //! This module is the only place that reads the environment.
 mod allowlist;
 mod raw;
+mod tenants;
 mod validate;
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use figment::{
     Figment,
@@ -15,7 +16,13 @@ use figment::{
 use serde::Serialize;
 use url::Url;
 
-pub use self::allowlist::{AllowedHost, parse_cidr};
+pub use self::{
+    allowlist::{AllowedHost, parse_cidr},
+    tenants::{
+        AuthConfig, AuthMode, MIN_TOKEN_LEN, TenantConfig, TenantRate, TenantSource, TenantsConfig,
+        UpstreamKeys,
+    },
+};
 use crate::types::Secret;
 
 /// The documented defaults, compiled in. `config/default.toml` is the reference for every key.
@@ -36,6 +43,7 @@ pub struct Config {
     pub batching: BatchingConfig,
     pub jobs: JobsConfig,
     pub webhooks: WebhooksConfig,
+    pub auth: AuthConfig,
 }
 
 /// The webhook events a target can subscribe to.
@@ -155,6 +163,8 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     pub max_in_flight: usize,
+    /// SSE event streams held open at once (they also count toward `max_in_flight`).
+    pub max_event_streams: usize,
     pub retry_after_secs: u32,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace_period: Duration,
@@ -254,6 +264,8 @@ pub struct Sources {
     pub env: bool,
     /// Final overrides as (dotted key, value), e.g. set by `--demo`; they win over everything.
     pub overrides: Vec<(String, String)>,
+    /// TOML merged after the file and before the environment (tests: tables such as `[[tenants]]`).
+    pub toml: Option<String>,
 }
 
 // === impl Config ===
@@ -270,18 +282,31 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
+        if let Some(text) = &sources.toml {
+            figment = figment.merge(Toml::string(text));
+        }
         if sources.env {
             figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
         }
         for (key, value) in &sources.overrides {
             figment = figment.merge(Serialized::default(key, value));
         }
-        validate::from_figment(&figment, &ProcessEnv)
+        validate::from_figment(&figment, &(Arc::new(ProcessEnv) as Arc<_>))
     }
 
     /// A valid configuration for tests: loopback port 0 everywhere, an in-memory store, the given
     /// upstream and key, no environment. `edit` adjusts the validated values.
     pub fn for_tests(base_url: &str, api_key: &str, edit: impl FnOnce(&mut Config)) -> Self {
+        Self::for_tests_with(base_url, api_key, "", edit)
+    }
+
+    /// `for_tests` with more TOML merged in (e.g. `[auth]` and `[[tenants]]`).
+    pub fn for_tests_with(
+        base_url: &str,
+        api_key: &str,
+        toml: &str,
+        edit: impl FnOnce(&mut Config),
+    ) -> Self {
         let overrides = [
             ("server.listen", "127.0.0.1:0"),
             ("server.admin_listen", "127.0.0.1:0"),
@@ -292,6 +317,7 @@ impl Config {
         let sources = Sources {
             file: None,
             env: false,
+            toml: Some(toml.to_owned()),
             overrides: overrides
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

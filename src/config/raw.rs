@@ -19,6 +19,8 @@ pub(crate) const SECTIONS: &[&str] = &[
     "batching",
     "jobs",
     "webhooks",
+    "auth",
+    "tenants",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -32,6 +34,7 @@ pub(crate) struct RawServer {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     pub max_in_flight: u64,
+    pub max_event_streams: u64,
     pub retry_after_secs: u64,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace_period: Duration,
@@ -150,4 +153,38 @@ pub(crate) struct RawWebhooks {
     pub allowed_hosts: Vec<String>,
     pub max_pending: u64,
     pub endpoints: Vec<RawEndpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAuth {
+    pub mode: String,
+    pub tenants_file: String,
+    pub allow_unauthenticated: bool,
+}
+
+/// One `[[tenants]]` entry, inline or in the tenants file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTenant {
+    pub name: String,
+    pub tokens: Vec<String>,
+    #[serde(default)]
+    pub valiqor_api_key: Option<String>,
+    #[serde(default)]
+    pub openai_api_key: Option<String>,
+    #[serde(default)]
+    pub requests_per_second: Option<u64>,
+    #[serde(default)]
+    pub burst: Option<u64>,
+    #[serde(default)]
+    pub max_active_jobs: Option<u64>,
+}
+
+/// The tenants file: `[[tenants]]` entries and nothing else.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTenantsFile {
+    #[serde(default)]
+    pub tenants: Vec<RawTenant>,
 }

@@ -2,6 +2,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
+    sync::Arc,
 };
 
 use figment::Figment;
@@ -14,18 +15,19 @@ use super::{
     ServerConfig, StoreConfig, StorePath, TaxonomyCacheConfig, TelemetryConfig, ValiqorConfig,
     WEBHOOK_EVENTS, WebhookEndpoint, WebhooksConfig, parse_cidr,
     raw::{
-        self, RawBatchLimits, RawBatching, RawJobs, RawRateLimit, RawServer, RawStore,
-        RawTaxonomyCache, RawTelemetry, RawValiqor, RawWebhooks,
+        self, RawAuth, RawBatchLimits, RawBatching, RawJobs, RawRateLimit, RawServer, RawStore,
+        RawTaxonomyCache, RawTelemetry, RawTenant, RawValiqor, RawWebhooks,
     },
+    tenants,
 };
 use crate::types::{Secret, WebhookSecretKey};
 
 /// Collected problems, each naming the key it is about.
 #[derive(Default)]
-struct Problems(Vec<String>);
+pub(super) struct Problems(pub(super) Vec<String>);
 
 impl Problems {
-    fn push(&mut self, key: &str, message: impl std::fmt::Display) {
+    pub(super) fn push(&mut self, key: &str, message: impl std::fmt::Display) {
         self.0.push(format!("{key}: {message}"));
     }
 
@@ -63,25 +65,14 @@ fn describe(section: &str, error: &figment::Error) -> String {
     format!("{key}: {}{source}", error.kind)
 }
 
-pub(super) fn from_figment(figment: &Figment, env: &dyn EnvLookup) -> Result<Config, ConfigError> {
+pub(super) fn from_figment(
+    figment: &Figment,
+    shared_env: &Arc<dyn EnvLookup + Send + Sync>,
+) -> Result<Config, ConfigError> {
+    let env = shared_env.as_ref();
     let mut problems = Problems::default();
 
-    match figment.extract::<figment::value::Dict>() {
-        Ok(top) => {
-            for key in top.keys() {
-                if !raw::SECTIONS.contains(&key.as_str()) {
-                    problems.push(
-                        key,
-                        format!(
-                            "unknown section (expected one of: {})",
-                            raw::SECTIONS.join(", ")
-                        ),
-                    );
-                }
-            }
-        }
-        Err(error) => problems.push("(root)", error),
-    }
+    unknown_sections(figment, &mut problems);
 
     let server = problems
         .section::<RawServer>(figment, "server")
@@ -111,6 +102,12 @@ pub(super) fn from_figment(figment: &Figment, env: &dyn EnvLookup) -> Result<Con
     let webhooks = problems
         .section::<RawWebhooks>(figment, "webhooks")
         .and_then(|raw| webhooks(&raw, env, &mut problems));
+    let auth = auth(
+        figment,
+        server.as_ref().map(|s| s.listen.ip().is_loopback()),
+        shared_env,
+        &mut problems,
+    );
     if let (Some(server), Some(batching)) = (&server, &batching) {
         for (kind, limits) in [
             ("failure_analysis", batching.failure_analysis),
@@ -136,6 +133,7 @@ pub(super) fn from_figment(figment: &Figment, env: &dyn EnvLookup) -> Result<Con
         batching,
         jobs,
         webhooks,
+        auth,
     ) {
         (
             Some(server),
@@ -147,6 +145,7 @@ pub(super) fn from_figment(figment: &Figment, env: &dyn EnvLookup) -> Result<Con
             Some(batching),
             Some(jobs),
             Some(webhooks),
+            Some(auth),
         ) if problems.0.is_empty() => Ok(Config {
             server,
             valiqor,
@@ -157,11 +156,63 @@ pub(super) fn from_figment(figment: &Figment, env: &dyn EnvLookup) -> Result<Con
             batching,
             jobs,
             webhooks,
+            auth,
         }),
-        _ => Err(ConfigError {
-            problems: problems.0,
-        }),
+        _ => {
+            // The default keys are resolved by `[valiqor]` and again with the tenants: one
+            // problem, reported once.
+            let mut seen = std::collections::HashSet::new();
+            let mut problems = problems.0;
+            problems.retain(|p| seen.insert(p.clone()));
+            Err(ConfigError { problems })
+        }
     }
+}
+
+/// Every top-level key that is not a known section is a problem.
+fn unknown_sections(figment: &Figment, problems: &mut Problems) {
+    match figment.extract::<figment::value::Dict>() {
+        Ok(top) => {
+            for key in top.keys() {
+                if !raw::SECTIONS.contains(&key.as_str()) {
+                    problems.push(
+                        key,
+                        format!(
+                            "unknown section (expected one of: {})",
+                            raw::SECTIONS.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        Err(error) => problems.push("(root)", error),
+    }
+}
+
+/// `[auth]` and the inline `[[tenants]]`; the default keys come from `[valiqor]` as written.
+fn auth(
+    figment: &Figment,
+    listen_is_loopback: Option<bool>,
+    env: &Arc<dyn EnvLookup + Send + Sync>,
+    problems: &mut Problems,
+) -> Option<crate::config::AuthConfig> {
+    let inline_tenants = if figment.contains("tenants") {
+        problems
+            .section::<Vec<RawTenant>>(figment, "tenants")
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let raw_valiqor = figment.extract_inner::<RawValiqor>("valiqor").ok()?;
+    let raw = problems.section::<RawAuth>(figment, "auth")?;
+    tenants::auth(
+        &raw,
+        inline_tenants,
+        (&raw_valiqor.api_key, &raw_valiqor.openai_api_key),
+        listen_is_loopback,
+        env,
+        problems,
+    )
 }
 
 fn webhooks(
@@ -399,6 +450,8 @@ fn server(raw: &RawServer, env: &dyn EnvLookup, problems: &mut Problems) -> Opti
     }
     let max_body_bytes = positive_usize("server.max_body_bytes", raw.max_body_bytes, problems);
     let max_in_flight = positive_usize("server.max_in_flight", raw.max_in_flight, problems);
+    let max_event_streams =
+        positive_usize("server.max_event_streams", raw.max_event_streams, problems);
     if raw.request_timeout.is_zero() {
         problems.push("server.request_timeout", "must be greater than 0");
     }
@@ -440,13 +493,14 @@ fn server(raw: &RawServer, env: &dyn EnvLookup, problems: &mut Problems) -> Opti
         max_body_bytes: max_body_bytes?,
         request_timeout: raw.request_timeout,
         max_in_flight: max_in_flight?,
+        max_event_streams: max_event_streams?,
         retry_after_secs: retry_after_secs?,
         shutdown_grace_period: raw.shutdown_grace_period,
     })
 }
 
 /// Resolves a secret reference: a literal, `env:NAME` or `file:/path`.
-fn secret(
+pub(super) fn secret(
     key: &str,
     value: &str,
     env: &dyn EnvLookup,
@@ -475,7 +529,47 @@ fn secret(
     Some(Secret::new(value.to_owned()))
 }
 
-fn is_loopback_host(url: &Url) -> bool {
+/// An upstream API key: a secret reference that must resolve to a non-empty header-safe value.
+pub(super) fn upstream_key(
+    key: &str,
+    value: &str,
+    env: &dyn EnvLookup,
+    problems: &mut Problems,
+) -> Option<Secret<String>> {
+    let resolved = secret(key, value, env, problems)?;
+    if resolved.is_empty() {
+        problems.push(key, "must not be empty");
+        None
+    } else if resolved
+        .expose()
+        .bytes()
+        .any(|b| b.is_ascii_control() || b == b' ' || !b.is_ascii())
+    {
+        problems.push(key, "contains whitespace, control or non-ASCII characters");
+        None
+    } else {
+        Some(resolved)
+    }
+}
+
+/// An optional secret reference: empty (or resolving to empty) is `Some(None)`; `None` on a problem.
+#[expect(
+    clippy::option_option,
+    reason = "the outer None means a problem was recorded, as everywhere in this module"
+)]
+pub(super) fn optional_secret(
+    key: &str,
+    value: &str,
+    env: &dyn EnvLookup,
+    problems: &mut Problems,
+) -> Option<Option<Secret<String>>> {
+    if value.is_empty() {
+        return Some(None);
+    }
+    secret(key, value, env, problems).map(|resolved| (!resolved.is_empty()).then_some(resolved))
+}
+
+pub(super) fn is_loopback_host(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
@@ -521,30 +615,9 @@ fn valiqor(
             None
         }
     };
-    let api_key = secret("valiqor.api_key", &raw.api_key, env, problems).and_then(|key| {
-        if key.is_empty() {
-            problems.push("valiqor.api_key", "must not be empty");
-            None
-        } else if key
-            .expose()
-            .bytes()
-            .any(|b| b.is_ascii_control() || b == b' ')
-        {
-            problems.push(
-                "valiqor.api_key",
-                "contains whitespace or control characters",
-            );
-            None
-        } else {
-            Some(key)
-        }
-    });
-    let openai_api_key = if raw.openai_api_key.is_empty() {
-        Some(None)
-    } else {
-        secret("valiqor.openai_api_key", &raw.openai_api_key, env, problems)
-            .map(|key| (!key.is_empty()).then_some(key))
-    };
+    let api_key = upstream_key("valiqor.api_key", &raw.api_key, env, problems);
+    let openai_api_key =
+        optional_secret("valiqor.openai_api_key", &raw.openai_api_key, env, problems);
     let byok = match raw.byok.as_str() {
         "caller-first" => Some(ByokMode::CallerFirst),
         "force" => Some(ByokMode::Force),
@@ -679,7 +752,7 @@ mod tests {
     use figment::providers::{Format, Toml};
 
     use super::*;
-    use crate::config::DEFAULTS;
+    use crate::config::{AuthMode, DEFAULTS};
 
     struct FakeEnv(HashMap<&'static str, &'static str>);
     impl EnvLookup for FakeEnv {
@@ -690,7 +763,10 @@ mod tests {
 
     fn load(extra: &str, env: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
         let figment = Figment::from(Toml::string(DEFAULTS)).merge(Toml::string(extra));
-        from_figment(&figment, &FakeEnv(env.iter().copied().collect()))
+        from_figment(
+            &figment,
+            &(Arc::new(FakeEnv(env.iter().copied().collect())) as Arc<_>),
+        )
     }
 
     #[test]
@@ -722,6 +798,71 @@ mod tests {
             assert!(
                 err.to_string().contains("server.allowed_hosts[0]"),
                 "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unauthenticated_on_a_non_loopback_address_needs_an_explicit_opt_in() {
+        let env = [
+            ("VALIQOR_API_KEY", "vq_live"),
+            ("TEAM_A_TOKEN", "vq_team_a_0123456789"),
+        ];
+        let error = load("[server]\nlisten = \"0.0.0.0:8080\"\n", &env).unwrap_err();
+        assert!(
+            error
+                .problems
+                .iter()
+                .any(|p| p.starts_with("auth.mode:") && p.contains("auth.allow_unauthenticated")),
+            "{:?}",
+            error.problems
+        );
+        let opted_in = load(
+            "[server]\nlisten = \"0.0.0.0:8080\"\n[auth]\nallow_unauthenticated = true\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(opted_in.auth.mode, AuthMode::None);
+        let tokens = load(
+            "[server]\nlisten = \"0.0.0.0:8080\"\n[auth]\nmode = \"tokens\"\n[[tenants]]\nname = \"team-a\"\ntokens = [\"env:TEAM_A_TOKEN\"]\nmax_active_jobs = 5\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(tokens.auth.mode, AuthMode::Tokens);
+        let team_a = &tokens.auth.tenants.tenants[0];
+        assert_eq!(team_a.name.as_str(), "team-a");
+        assert_eq!(
+            team_a.tokens,
+            vec![crate::types::TokenDigest::of("vq_team_a_0123456789")]
+        );
+        assert_eq!(team_a.max_active_jobs, Some(5));
+        // check-config never prints a token.
+        assert!(!tokens.to_toml().contains("vq_team_a_0123456789"));
+        // Tenants without tokens mode would be silently unused: refused.
+        let unused = load(
+            "[[tenants]]\nname = \"team-a\"\ntokens = [\"env:TEAM_A_TOKEN\"]\n",
+            &env,
+        )
+        .unwrap_err();
+        assert!(
+            unused.problems.iter().any(|p| p.contains("never be used")),
+            "{:?}",
+            unused.problems
+        );
+        let bad = load(
+            "[auth]\nmode = \"open\"\n[[tenants]]\nname = \"x\"\ntokens = []\nburst = 3\n",
+            &env,
+        )
+        .unwrap_err();
+        for expected in [
+            "auth.mode: \"open\"",
+            "tenants[0].tokens: list at least one",
+            "tenants[0].burst: needs requests_per_second",
+        ] {
+            assert!(
+                bad.problems.iter().any(|p| p.contains(expected)),
+                "{expected}: {:?}",
+                bad.problems
             );
         }
     }

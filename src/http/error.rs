@@ -12,7 +12,9 @@ use axum::{
 use http::{HeaderValue, StatusCode, header::RETRY_AFTER};
 use serde::Serialize;
 
-use crate::{error::ErrorChain, jobs::error::JobsError, upstream::UpstreamError};
+use crate::{
+    error::ErrorChain, jobs::error::JobsError, tenants::AuthError, upstream::UpstreamError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ApiError {
@@ -34,6 +36,9 @@ pub(crate) enum ApiError {
     BadPath,
     #[error("method not allowed on this path")]
     MethodNotAllowed,
+    /// `auth.mode = "tokens"` and the request has no known token.
+    #[error("{0}")]
+    Unauthenticated(#[from] AuthError),
     /// A local rate limit (upstream-wide or playground) said no.
     #[error("rate limit exceeded: {limit}; retry after {} s", retry_after_secs(*.retry_after))]
     RateLimited {
@@ -101,6 +106,7 @@ impl ApiError {
                 StatusCode::CONFLICT
             }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded { .. }
@@ -137,6 +143,7 @@ impl ApiError {
                 "conflict"
             }
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unauthenticated(_) => "unauthenticated",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::RateLimited { .. } => "rate_limited",
             Self::Overloaded { .. } | Self::Jobs(JobsError::AtCapacity(..)) => "overloaded",
@@ -210,6 +217,12 @@ impl ApiError {
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Self::Unauthenticated(_) = self {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
         }
         response.extensions_mut().insert(ErrorCode(self.code()));
         response

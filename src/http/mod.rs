@@ -39,9 +39,11 @@ use crate::{
 /// 5. hard stop: at the end of the shutdown grace period a request still running is answered
 ///    502 `shutting_down`;
 /// 6. allowed hosts: with `server.allowed_hosts` set, any other `Host` is 400 `host_not_allowed`;
-/// 7. JSON only: a POST, PUT or PATCH body not declared `application/json` is 415 (a cross-site
+/// 7. caller: the request's tenant (`auth.mode = "tokens"`: from its bearer token, else 401
+///    `unauthenticated`), and the tenant's own request rate (429);
+/// 8. JSON only: a POST, PUT or PATCH body not declared `application/json` is 415 (a cross-site
 ///    form or `text/plain` post never reaches a handler);
-/// 8. the native routes (labelled by their matched template), else the Valiqor handler, which
+/// 9. the native routes (labelled by their matched template), else the Valiqor handler, which
 ///    applies, in order: route table, admission (max in flight), rate limits, body limit, BYOK,
 ///    cache, forward (all under `server.request_timeout`).
 pub fn api_router(state: AppState) -> Router {
@@ -53,6 +55,10 @@ pub fn api_router(state: AppState) -> Router {
         .fallback(valiqor::handle)
         .with_state(state.clone())
         .layer(middleware::from_fn(mw::json_only::layer))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            mw::auth::layer,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             mw::allowed_hosts::layer,

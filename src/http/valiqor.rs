@@ -29,9 +29,13 @@ use super::{
 use crate::{
     batching::Submission,
     cache::{CacheKey, StoredResponse},
-    middleware::metrics::{RouteLabel, UpstreamElapsed},
+    middleware::{
+        auth::Caller,
+        metrics::{RouteLabel, UpstreamElapsed},
+    },
     state::{AppState, InFlight},
     telemetry,
+    tenants::{AuthError, Tenant},
     upstream::{RequestBody, UpstreamError, UpstreamRequest},
 };
 
@@ -74,6 +78,14 @@ async fn serve(
     handling: Handling,
     request: Request,
 ) -> Result<Response, ApiError> {
+    // The auth middleware runs before every route and always sets the caller; without one,
+    // nothing is forwarded (fail closed).
+    let caller = request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or(ApiError::Unauthenticated(AuthError::Missing))?;
+    let tenant = caller.0.as_ref();
     let admitted = state.admit()?;
     // evalgate's own job ids are answered here; every other id passes through.
     if let Some(id) = valiqor_jobs::evalgate_id(request.uri().path()) {
@@ -86,13 +98,13 @@ async fn serve(
         return Err(ApiError::PayloadTooLarge { limit });
     }
     match handling {
-        Handling::Forward => forward_streaming(state, parts, body, admitted).await,
+        Handling::Forward => forward_streaming(state, tenant, parts, body, admitted).await,
         Handling::Playground => {
             state.limiters.check_playground()?;
-            forward_streaming(state, parts, body, admitted).await
+            forward_streaming(state, tenant, parts, body, admitted).await
         }
-        Handling::Submit => forward_submit(state, template, parts, body, admitted).await,
-        Handling::Cached => serve_cached(state, parts, admitted).await,
+        Handling::Submit => forward_submit(state, tenant, template, parts, body, admitted).await,
+        Handling::Cached => serve_cached(state, tenant, parts, admitted).await,
     }
 }
 
@@ -109,6 +121,7 @@ fn declared_length(parts: &Parts) -> Option<usize> {
 /// Forwards with the body streamed through unchanged (held to the body limit).
 async fn forward_streaming(
     state: &AppState,
+    tenant: &Tenant,
     parts: Parts,
     body: Body,
     admitted: InFlight,
@@ -130,12 +143,13 @@ async fn forward_streaming(
         body,
         body_limit: limit,
     };
-    send(state, request, admitted).await
+    send(state, tenant, request, admitted).await
 }
 
 /// Reads a submit body, applies the BYOK key, and forwards it.
 async fn forward_submit(
     state: &AppState,
+    tenant: &Tenant,
     template: &'static str,
     parts: Parts,
     body: Body,
@@ -167,10 +181,10 @@ async fn forward_submit(
         body: RequestBody::Submit(original),
         body_limit: limit,
     };
-    let (upstream, elapsed) = send_upstream(state, request).await?;
+    let (upstream, elapsed) = send_upstream(state, tenant, request).await?;
     let Some((kind, submission)) = managed.filter(|_| upstream.status() == StatusCode::BAD_REQUEST)
     else {
-        return answer_back(state, upstream, admitted, elapsed).await;
+        return answer_back(tenant, upstream, admitted, elapsed).await;
     };
     // A 400 may be `dataset_too_large`: then the dataset becomes a managed job split to fit.
     let status = upstream.status();
@@ -197,7 +211,7 @@ async fn forward_submit(
     Ok(buffered(
         status,
         headers,
-        state.upstream.scrub(answer),
+        tenant.upstream.scrub(answer),
         elapsed,
     ))
 }
@@ -225,20 +239,22 @@ fn dataset_too_large(body: &[u8]) -> Option<usize> {
 /// Sends upstream and streams the answer back; the admission slot is held until the body ends.
 async fn send(
     state: &AppState,
+    tenant: &Tenant,
     request: UpstreamRequest,
     admitted: InFlight,
 ) -> Result<Response, ApiError> {
-    let (upstream, elapsed) = send_upstream(state, request).await?;
-    answer_back(state, upstream, admitted, elapsed).await
+    let (upstream, elapsed) = send_upstream(state, tenant, request).await?;
+    answer_back(tenant, upstream, admitted, elapsed).await
 }
 
 async fn send_upstream(
     state: &AppState,
+    tenant: &Tenant,
     request: UpstreamRequest,
 ) -> Result<(reqwest::Response, std::time::Duration), ApiError> {
     state.limiters.check_upstream()?;
     let started = Instant::now();
-    let result = state.upstream.send(request).await;
+    let result = tenant.upstream.send(request).await;
     let elapsed = started.elapsed();
     Ok((record_outcome(result)?, elapsed))
 }
@@ -250,7 +266,7 @@ const ERROR_BODY_CAP: usize = 1024 * 1024;
 /// read (bounded) and every configured key is scrubbed out of it first, since error answers may
 /// echo the request (a validation error quoting the body, BYOK key included).
 async fn answer_back(
-    state: &AppState,
+    tenant: &Tenant,
     upstream: reqwest::Response,
     admitted: InFlight,
     elapsed: std::time::Duration,
@@ -268,7 +284,7 @@ async fn answer_back(
     Ok(buffered(
         status,
         headers,
-        state.upstream.scrub(body),
+        tenant.upstream.scrub(body),
         elapsed,
     ))
 }
@@ -321,15 +337,16 @@ fn record_outcome(
 /// Catalog GETs: answered from the taxonomy cache, fetched (once per key) on a miss.
 async fn serve_cached(
     state: &AppState,
+    tenant: &Tenant,
     parts: Parts,
     _admitted: InFlight,
 ) -> Result<Response, ApiError> {
     let path = parts.uri.path();
     let query = parts.uri.query();
-    let key = CacheKey::new(state.upstream.credential(), path, query);
+    let key = CacheKey::new(tenant.upstream.credential(), path, query);
     let served = state
         .cache
-        .get_or_fetch(key, || fetch_for_cache(state, &parts))
+        .get_or_fetch(key, || fetch_for_cache(state, tenant, &parts))
         .await;
     metrics::counter!(telemetry::CACHE_LOOKUPS, "result" => served.status.as_str()).increment(1);
     let stored = served.outcome?;
@@ -357,7 +374,11 @@ async fn serve_cached(
     Ok(response)
 }
 
-async fn fetch_for_cache(state: &AppState, parts: &Parts) -> Result<StoredResponse, ApiError> {
+async fn fetch_for_cache(
+    state: &AppState,
+    tenant: &Tenant,
+    parts: &Parts,
+) -> Result<StoredResponse, ApiError> {
     state.limiters.check_upstream()?;
     let request = UpstreamRequest {
         method: Method::GET,
@@ -368,7 +389,7 @@ async fn fetch_for_cache(state: &AppState, parts: &Parts) -> Result<StoredRespon
         body_limit: 0,
     };
     let started = Instant::now();
-    let upstream = record_outcome(state.upstream.send(request).await)?;
+    let upstream = record_outcome(tenant.upstream.send(request).await)?;
     let upstream_elapsed = started.elapsed();
     let status = upstream.status();
     let headers = headers::to_caller(upstream.headers());
@@ -385,7 +406,7 @@ async fn fetch_for_cache(state: &AppState, parts: &Parts) -> Result<StoredRespon
     let body = if status == StatusCode::OK {
         body
     } else {
-        state.upstream.scrub(body)
+        tenant.upstream.scrub(body)
     };
     Ok(StoredResponse {
         status,

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use axum::{extract::Request, middleware::Next, response::Response};
 
+use super::auth::TenantLabel;
 use crate::{http::error::ErrorCode, telemetry};
 
 /// The route template a response was produced for (a metric label): set by the Valiqor handler
@@ -27,7 +28,14 @@ pub(crate) async fn layer(request: Request, next: Next) -> Response {
             r.0.clone()
         });
     let status = status_label(response.status());
-    metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status)
+    // Configured tenant names only; "-" when the request had none (refused before auth).
+    let tenant = response
+        .extensions()
+        .get::<TenantLabel>()
+        .map_or(metrics::SharedString::const_str("-"), |t| {
+            metrics::SharedString::from(t.0.as_str().to_owned())
+        });
+    metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status, "tenant" => tenant)
         .increment(1);
     metrics::histogram!(telemetry::HTTP_DURATION, "route" => route.clone())
         .record(total.as_secs_f64());

@@ -5,6 +5,7 @@
 mod ids;
 mod secret;
 mod states;
+mod tenant;
 mod time;
 mod webhook_secret;
 
@@ -12,6 +13,7 @@ pub use self::{
     ids::{JOB_ID_PREFIX, JobId},
     secret::{REDACTED, Secret},
     states::{BatchState, JobKind, JobState, Origin},
+    tenant::{DEFAULT_TENANT, TenantName, TokenDigest},
     time::{Millis, now_millis, rfc3339},
     webhook_secret::{WEBHOOK_SECRET_PREFIX, WebhookSecretError, WebhookSecretKey},
 };

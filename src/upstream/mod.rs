@@ -1,14 +1,19 @@
 //! `UpstreamClient`: the one HTTP client toward the evaluation platform, with the platform key injected.
 //!
-//! It knows the base URL, timeouts, pooling and the credential; it does not know which caller asked.
+//! It knows the base URL, timeouts and pooling; each clone carries one caller's credentials
+//! (`with_credentials`), and all of them share the redactor that keeps keys out of error answers.
 pub(crate) mod byok;
 pub(crate) mod error;
 pub(crate) mod jobs;
 
 use std::{
     hash::{DefaultHasher, Hash, Hasher},
+    sync::Arc,
     time::Duration,
 };
+
+use aho_corasick::AhoCorasick;
+use arc_swap::ArcSwapOption;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, header::AUTHORIZATION};
@@ -16,12 +21,12 @@ use url::Url;
 
 pub(crate) use self::error::UpstreamError;
 use crate::{
-    config::{ByokMode, ValiqorConfig},
+    config::{ByokMode, UpstreamKeys, ValiqorConfig},
     types::{REDACTED, Secret},
 };
 
 /// Opaque identity of the credential evalgate uses upstream (a hash, never the key), so that
-/// caches keep answers of different credentials apart once several keys exist.
+/// caches keep answers of different credentials apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct CredentialId(u64);
 
@@ -59,30 +64,102 @@ struct Judge {
     key: Option<Secret<String>>,
 }
 
+/// One caller's upstream credentials: the platform key (as the `Authorization` header) and the
+/// BYOK judge key.
+#[derive(Debug)]
+pub(crate) struct Credentials {
+    authorization: HeaderValue,
+    judge: Judge,
+    id: CredentialId,
+}
+
+/// Replaces every configured key (the defaults and every tenant's) in upstream error answers.
+/// Shared by every client; the tenant registry sets the keys on each (re)load.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Redactor(Arc<ArcSwapOption<AhoCorasick>>);
+
+/// The one HTTP client toward the upstream, with one caller's credentials. Clones share the
+/// connection pool and the redactor; `with_credentials` makes the client of another caller.
 #[derive(Debug, Clone)]
 pub(crate) struct UpstreamClient {
     http: reqwest::Client,
-    judge: Judge,
     /// Base URL as a string without a trailing slash; paths are appended as-is.
-    base: String,
-    authorization: HeaderValue,
-    /// The platform key itself, only to scrub it out of error answers.
-    api_key: Secret<String>,
-    credential: CredentialId,
+    base: Arc<str>,
+    credentials: Arc<Credentials>,
+    redactor: Redactor,
 }
 
 /// The upstream client could not be built at startup.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("the upstream API key is not a valid header value")]
+    #[error("an upstream API key is not a valid header value")]
     InvalidKey,
     #[error("could not build the HTTP client")]
     Client(#[source] reqwest::Error),
 }
 
+// === impl Credentials ===
+
+impl Credentials {
+    pub(crate) fn new(keys: &UpstreamKeys, byok: ByokMode) -> Result<Self, BuildError> {
+        let mut authorization = HeaderValue::try_from(format!("Bearer {}", keys.api_key.expose()))
+            .map_err(|_| BuildError::InvalidKey)?;
+        authorization.set_sensitive(true);
+        let mut hasher = DefaultHasher::new();
+        keys.api_key.expose().hash(&mut hasher);
+        let key = keys.openai_api_key.clone();
+        Ok(Self {
+            authorization,
+            judge: Judge {
+                mode: if key.is_some() { byok } else { ByokMode::Off },
+                key,
+            },
+            id: CredentialId(hasher.finish()),
+        })
+    }
+}
+
+// === impl Redactor ===
+
+impl Redactor {
+    /// Sets the secrets to look for (values shorter than 4 bytes are not looked for).
+    pub(crate) fn set<'a>(&self, secrets: impl IntoIterator<Item = &'a Secret<String>>) {
+        let patterns: Vec<&str> = secrets
+            .into_iter()
+            .map(|s| s.expose().as_str())
+            .filter(|s| s.len() >= 4)
+            .collect();
+        let automaton = if patterns.is_empty() {
+            None
+        } else {
+            // Leftmost-longest: a key that contains another is replaced whole.
+            AhoCorasick::builder()
+                .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+                .build(&patterns)
+                .map_err(|error| tracing::error!(%error, "cannot build the key redactor"))
+                .ok()
+                .map(Arc::new)
+        };
+        self.0.store(automaton);
+    }
+
+    /// `body` with every occurrence of every key replaced by `*****`.
+    pub(crate) fn scrub(&self, body: Bytes) -> Bytes {
+        let guard = self.0.load();
+        let Some(automaton) = guard.as_deref() else {
+            return body;
+        };
+        match redact(&body, automaton) {
+            Some(redacted) => Bytes::from(redacted),
+            None => body,
+        }
+    }
+}
+
 // === impl UpstreamClient ===
 
 impl UpstreamClient {
+    /// The client with the default keys of `[valiqor]`.
     pub(crate) fn new(config: &ValiqorConfig) -> Result<Self, BuildError> {
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
@@ -96,53 +173,49 @@ impl UpstreamClient {
             .user_agent(concat!("evalgate/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(BuildError::Client)?;
-        let mut authorization =
-            HeaderValue::try_from(format!("Bearer {}", config.api_key.expose()))
-                .map_err(|_| BuildError::InvalidKey)?;
-        authorization.set_sensitive(true);
-        let mut hasher = DefaultHasher::new();
-        config.api_key.expose().hash(&mut hasher);
-        let key = config.openai_api_key.clone();
-        let judge = Judge {
-            mode: if key.is_some() {
-                config.byok
-            } else {
-                ByokMode::Off
-            },
-            key,
+        let keys = UpstreamKeys {
+            api_key: config.api_key.clone(),
+            openai_api_key: config.openai_api_key.clone(),
         };
+        let redactor = Redactor::default();
+        redactor.set([&keys.api_key].into_iter().chain(&keys.openai_api_key));
         Ok(Self {
             http,
-            judge,
-            base: base_string(&config.base_url),
-            authorization,
-            api_key: config.api_key.clone(),
-            credential: CredentialId(hasher.finish()),
+            base: Arc::from(base_string(&config.base_url)),
+            credentials: Arc::new(Credentials::new(&keys, config.byok)?),
+            redactor,
         })
+    }
+
+    /// The same client (pool, base URL, redactor) with other credentials.
+    pub(crate) fn with_credentials(&self, credentials: Credentials) -> Self {
+        Self {
+            credentials: Arc::new(credentials),
+            ..self.clone()
+        }
+    }
+
+    /// The redactor every clone of this client shares.
+    pub(crate) fn redactor(&self) -> &Redactor {
+        &self.redactor
     }
 
     /// Applies the BYOK judge key to a submit body (validating it as a JSON object).
     fn with_judge_key(&self, body: Bytes) -> Result<Bytes, byok::ByokError> {
-        let key = self.judge.key.as_ref().map(|k| k.expose().as_str());
-        byok::apply(body, self.judge.mode, key)
+        let judge = &self.credentials.judge;
+        let key = judge.key.as_ref().map(|k| k.expose().as_str());
+        byok::apply(body, judge.mode, key)
     }
 
-    /// `body` with every configured key (the platform key, the BYOK judge key) replaced by
+    /// `body` with every configured key (every platform key, every BYOK judge key) replaced by
     /// `*****`: for upstream error answers, which may echo what they were sent (a validation
     /// error quoting the request body), before they are returned or stored.
     pub(crate) fn scrub(&self, body: Bytes) -> Bytes {
-        let mut secrets = vec![self.api_key.expose().as_bytes()];
-        if let Some(key) = &self.judge.key {
-            secrets.push(key.expose().as_bytes());
-        }
-        match redact(&body, &secrets) {
-            Some(redacted) => Bytes::from(redacted),
-            None => body,
-        }
+        self.redactor.scrub(body)
     }
 
     pub(crate) fn credential(&self) -> CredentialId {
-        self.credential
+        self.credentials.id
     }
 
     /// The full upstream URL for a caller path and raw query.
@@ -165,7 +238,7 @@ impl UpstreamClient {
     ) -> Result<reqwest::Response, UpstreamError> {
         let url = self.url(&request.path, request.query.as_deref());
         let mut headers = request.headers;
-        headers.insert(AUTHORIZATION, self.authorization.clone());
+        headers.insert(AUTHORIZATION, self.credentials.authorization.clone());
         let mut builder = self.http.request(request.method, url).headers(headers);
         match request.body {
             RequestBody::Empty => {}
@@ -184,29 +257,20 @@ impl UpstreamClient {
     }
 }
 
-/// `haystack` with every occurrence of each secret replaced by the redaction mark; `None` when
-/// none occurs (nothing copied). Secrets shorter than 4 bytes are not looked for.
-fn redact(haystack: &[u8], secrets: &[&[u8]]) -> Option<Vec<u8>> {
-    fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-        haystack.windows(needle.len()).position(|w| w == needle)
+/// `haystack` with every match of `automaton` replaced by the redaction mark; `None` when none
+/// occurs (nothing copied).
+fn redact(haystack: &[u8], automaton: &AhoCorasick) -> Option<Vec<u8>> {
+    let mut matches = automaton.find_iter(haystack).peekable();
+    matches.peek()?;
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut last = 0;
+    for found in matches {
+        out.extend_from_slice(&haystack[last..found.start()]);
+        out.extend_from_slice(REDACTED.as_bytes());
+        last = found.end();
     }
-    let mut out: Option<Vec<u8>> = None;
-    for secret in secrets.iter().filter(|s| s.len() >= 4) {
-        let current = out.as_deref().unwrap_or(haystack);
-        if find(current, secret).is_none() {
-            continue;
-        }
-        let mut next = Vec::with_capacity(current.len());
-        let mut rest = current;
-        while let Some(at) = find(rest, secret) {
-            next.extend_from_slice(&rest[..at]);
-            next.extend_from_slice(REDACTED.as_bytes());
-            rest = &rest[at + secret.len()..];
-        }
-        next.extend_from_slice(rest);
-        out = Some(next);
-    }
-    out
+    out.extend_from_slice(&haystack[last..]);
+    Some(out)
 }
 
 /// `https://h/prefix/` → `https://h/prefix`, so that `base + "/v2/..."` keeps the prefix.
@@ -228,15 +292,26 @@ mod tests {
     #[test]
     fn every_occurrence_of_every_secret_is_redacted() {
         let body = br#"{"input": {"openai_api_key": "sk-judge-123", "again": "sk-judge-123"}, "auth": "Bearer vq_plat_9"}"#;
-        let redacted = redact(body, &[b"vq_plat_9", b"sk-judge-123"]).unwrap();
-        let text = String::from_utf8(redacted).unwrap();
+        let redactor = Redactor::default();
+        let keys = [
+            Secret::new("vq_plat_9".to_owned()),
+            Secret::new("sk-judge-123".to_owned()),
+            Secret::new("ab".to_owned()),
+        ];
+        redactor.set(&keys);
+        let redacted = redactor.scrub(Bytes::from_static(body));
+        let text = String::from_utf8(redacted.to_vec()).unwrap();
         assert_eq!(
             text,
             r#"{"input": {"openai_api_key": "*****", "again": "*****"}, "auth": "Bearer *****"}"#
         );
-        // Nothing to hide: no copy; too-short secrets are not searched for.
-        assert!(redact(b"plain answer", &[b"vq_plat_9"]).is_none());
-        assert!(redact(b"abc", &[b"ab"]).is_none());
+        // Nothing to hide: the same bytes; too-short secrets are not searched for.
+        let plain = Bytes::from_static(b"plain answer abc");
+        assert_eq!(redactor.scrub(plain.clone()).as_ptr(), plain.as_ptr());
+        // Keys set by a later load replace the earlier ones.
+        redactor.set(&[Secret::new("sk-other-456".to_owned())]);
+        let text = redactor.scrub(Bytes::from_static(b"sk-judge-123 sk-other-456"));
+        assert_eq!(&text[..], b"sk-judge-123 *****");
     }
 
     #[test]
@@ -244,17 +319,9 @@ mod tests {
         let url = Url::parse("https://api.example.com/prefix/").unwrap();
         let base = base_string(&url);
         assert_eq!(base, "https://api.example.com/prefix");
-        let client = UpstreamClient {
-            http: reqwest::Client::builder().build().unwrap(),
-            judge: Judge {
-                mode: ByokMode::Off,
-                key: None,
-            },
-            base,
-            authorization: HeaderValue::from_static("Bearer x"),
-            api_key: Secret::new("x".to_owned()),
-            credential: CredentialId(0),
-        };
+        let config =
+            crate::config::Config::for_tests("https://api.example.com/prefix/", "k", |_| {});
+        let client = UpstreamClient::new(&config.valiqor).unwrap();
         assert_eq!(
             client.url("/v2/evaluate/compare", Some("run_ids=a&run_ids=b%2Cc")),
             "https://api.example.com/prefix/v2/evaluate/compare?run_ids=a&run_ids=b%2Cc"
