@@ -3,7 +3,8 @@
 # evalgate container image.
 #
 #   podman build -t evalgate:dev .            (or: docker build -t evalgate:dev .)
-#   podman run --rm -p 127.0.0.1:8080:8080 -p 127.0.0.1:9090:9090 evalgate:dev --demo
+#   podman run --rm -p 127.0.0.1:8080:8080 -p 127.0.0.1:9090:9090 \
+#     -e EVALGATE__AUTH__ALLOW_UNAUTHENTICATED=true evalgate:dev --demo     (local trial)
 #
 # Offline machines without an image registry: scripts/podman-smoke.sh builds local
 # stand-ins for the two base images and smoke-tests the result.
@@ -58,7 +59,14 @@ COPY --from=builder /out/evalgate /usr/local/bin/evalgate
 # Store directory, owned by the runtime user. The image works with a read-only root
 # filesystem: mount a volume here (emptyDir / PVC / `-v` / `--tmpfs`).
 COPY --from=builder --chown=65532:65532 /out/var/lib/evalgate /var/lib/evalgate
-# Inside a container both ports listen on all interfaces (the binary defaults to loopback).
+# Inside a container both ports listen on all interfaces (the binary defaults to loopback): a
+# published port reaches nothing else. The API therefore needs auth: with the built-in
+# auth.mode "none" on a non-loopback address evalgate refuses to start (exit 78). Either
+#   - give it tenants: -e EVALGATE__AUTH__MODE=tokens and a config file with [[tenants]]
+#     (-e EVALGATE_CONFIG=...) or -e EVALGATE__AUTH__TENANTS_FILE=/path/tenants.toml, mounted in;
+#   - or, for a local trial on a loopback-published port only,
+#     -e EVALGATE__AUTH__ALLOW_UNAUTHENTICATED=true.
+# The Helm chart sets listen and renders [auth] itself, so it does not depend on this default.
 ENV EVALGATE__SERVER__LISTEN=0.0.0.0:8080 \
     EVALGATE__SERVER__ADMIN_LISTEN=0.0.0.0:9090 \
     EVALGATE__STORE__PATH=/var/lib/evalgate/evalgate.db

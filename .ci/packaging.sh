@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Packaging checks: the Dockerfile (hadolint) and the Helm chart (helm lint --strict,
-# helm template | kubernetes-validate --strict, render assertions, config/default.toml sync).
+# helm template | kubernetes-validate --strict, render assertions: secrets, tenants, auth,
+# NetworkPolicy, sidecar shapes; config/default.toml sync).
 #
 #   bash .ci/packaging.sh
 #
@@ -160,7 +161,7 @@ pycheck() { "$VENV/bin/python" - "$@"; }
 # (an unknown key makes evalgate exit 78). Keys the chart does not know yet are a warning.
 config_in_sync() {
   pycheck "$OUT/sync.yaml" config/default.toml "$CHART/values.yaml" "$CHART/values.schema.json" <<'PY'
-import json, sys, tomllib, yaml
+import json, re, sys, tomllib, yaml
 rendered, default_toml, values_yaml, schema_json = sys.argv[1:]
 def keys(d, prefix=""):
     out = set()
@@ -180,8 +181,25 @@ def schema_keys(s, prefix=""):
     return out
 cms = [d for d in yaml.safe_load_all(open(rendered)) if d and d.get("kind") == "ConfigMap"]
 cfg = tomllib.loads(cms[0]["data"]["config.toml"])
-ref = keys(tomllib.load(open(default_toml, "rb")))
-managed = {"valiqor.api_key", "valiqor.openai_api_key"}  # filled in from `secrets`
+tenants = cfg.pop("tenants", [])
+ref_doc = tomllib.load(open(default_toml, "rb"))
+ref_tenants = set()
+for t in ref_doc.pop("tenants", []):
+    ref_tenants |= set(t)
+if not ref_tenants:
+    # [[tenants]] documented as a commented-out example: its "# key = value" lines.
+    block = False
+    for line in open(default_toml).read().splitlines():
+        text = line.lstrip("#").strip()
+        if text == "[[tenants]]":
+            block = True
+        elif block and text.startswith("["):
+            block = False
+        elif block and line.startswith("#") and re.match(r"^[a-z_]+ = \S", text):
+            ref_tenants.add(text.split(" ", 1)[0])
+ref = keys(ref_doc)
+# Filled in by the chart: the keys from `secrets`, [auth] from `auth`.
+managed = {"valiqor.api_key", "valiqor.openai_api_key", "auth.mode", "auth.allow_unauthenticated", "auth.tenants_file"}
 sets = {
     "rendered config.toml": keys(cfg),
     "values.yaml config": keys(yaml.safe_load(open(values_yaml))["config"]) | managed,
@@ -194,6 +212,11 @@ for name, got in sets.items():
     if ref - got:
         # Not fatal: missing keys keep their compiled-in defaults. Printed by the caller.
         print(f"WARNING {name}: config/default.toml keys not in the chart yet (add them to values.yaml and values.schema.json): {sorted(ref - got)}")
+if not tenants:
+    ok = False; print("the render under test has no [[tenants]]")
+for t in tenants:
+    if set(t) - ref_tenants:
+        ok = False; print(f"[[tenants]] {t.get('name')}: keys not in config/default.toml's [[tenants]]: {sorted(set(t) - ref_tenants)}")
 for key in ("valiqor.api_key", "valiqor.openai_api_key"):
     section, name = key.split(".")
     if not str(cfg[section][name]).startswith("file:/var/run/secrets/evalgate/"):
@@ -238,6 +261,9 @@ for doc in yaml.safe_load_all(open(sys.argv[1])):
         if get.get("path") != path or get.get("port") != "admin":
             problems.append(f"{where}: {probe} is not GET {path} on the admin port")
     mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+    for m in mounts.values():
+        if "subPath" in m or "subPathExpr" in m:
+            problems.append(f"{where}: {m['name']} is a subPath mount (never updated: no hot reload)")
     if not mounts.get("evalgate-config", {}).get("readOnly"):
         problems.append(f"{where}: config not mounted readOnly")
     if "evalgate-store" not in mounts:
@@ -255,39 +281,216 @@ sys.exit(1 if problems else 0)
 PY
 }
 
+# Every file: reference in the rendered config.toml (valiqor keys, tenant tokens and keys) and the
+# tenants file are files of a Secret/ConfigMap volume mounted into each evalgate container, without
+# subPath (so the kubelet's updates reach evalgate), and no environment variable reads a tenant
+# Secret.
+refs_mounted() {
+  pycheck "$1" <<'PY'
+import sys, tomllib, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+cms = [d for d in docs if d["kind"] == "ConfigMap" and "config.toml" in d.get("data", {})]
+cfg = tomllib.loads(cms[0]["data"]["config.toml"])
+refs = []
+def walk(v, where):
+    if isinstance(v, dict):
+        for k, x in v.items():
+            walk(x, f"{where}.{k}" if where else k)
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            walk(x, f"{where}[{i}]")
+    elif isinstance(v, str) and v.startswith("file:"):
+        refs.append((where, v[len("file:"):]))
+walk(cfg, "")
+if cfg.get("auth", {}).get("tenants_file"):
+    refs.append(("auth.tenants_file", cfg["auth"]["tenants_file"]))
+problems = []
+deps = [d for d in docs if d["kind"] == "Deployment"]
+if not deps:
+    problems.append("no Deployment to check")
+for dep in deps:
+    spec = dep["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in spec.get("volumes", [])}
+    c = next(c for c in spec.get("containers", []) + spec.get("initContainers", []) if c["name"] == "evalgate")
+    provided = {}
+    for m in c.get("volumeMounts", []):
+        v = vols.get(m["name"], {})
+        files = []
+        sources = v["projected"]["sources"] if "projected" in v else [v]
+        for src in sources:
+            for kind in ("secret", "configMap"):
+                if kind in src:
+                    obj = src[kind]
+                    name = obj.get("name") or obj.get("secretName")
+                    files += [(kind, name, it["key"], it["path"]) for it in obj.get("items", [])]
+        for kind, name, key, path in files:
+            full = m["mountPath"].rstrip("/") + "/" + path
+            provided[full] = (kind, name, key, "subPath" in m or "subPathExpr" in m)
+    tenant_secrets = set()
+    for where, path in refs:
+        got = provided.get(path)
+        if not got:
+            problems.append(f"{dep['metadata']['name']}: {where} = file:{path} is not a mounted Secret/ConfigMap key")
+        elif got[3]:
+            problems.append(f"{dep['metadata']['name']}: {where} comes from a subPath mount")
+        elif where.startswith("tenants") or where == "auth.tenants_file":
+            tenant_secrets.add(got[1])
+    for e in c.get("env", []):
+        name = e.get("valueFrom", {}).get("secretKeyRef", {}).get("name")
+        if name in tenant_secrets:
+            problems.append(f"{dep['metadata']['name']}: env {e['name']} reads the tenant Secret {name}")
+    for e in c.get("envFrom", []):
+        name = e.get("secretRef", {}).get("name")
+        if name in tenant_secrets:
+            problems.append(f"{dep['metadata']['name']}: envFrom reads the tenant Secret {name}")
+print("\n".join(problems) or f"{len(refs)} file references, each a mounted key")
+sys.exit(1 if problems else 0)
+PY
+}
+
+# netpol RENDERED VALUES...: the one NetworkPolicy selects the evalgate pods, admits the API port
+# from networkPolicy.api.from and the admin port from networkPolicy.admin.from (the monitoring
+# selector) as given by the chart's values.yaml overridden by VALUES..., and has no other rule and
+# no rule without `from` (which would admit every source).
+netpol() {
+  pycheck "$1" "$CHART/values.yaml" "${@:2}" <<'PY'
+import sys, yaml
+rendered, *values_files = sys.argv[1:]
+want = {}
+for f in values_files:
+    np = (yaml.safe_load(open(f)) or {}).get("networkPolicy", {})
+    for part in ("api", "admin"):
+        if "from" in np.get(part, {}):
+            want[part] = np[part]["from"]
+docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
+nps = [d for d in docs if d["kind"] == "NetworkPolicy"]
+dep = next(d for d in docs if d["kind"] == "Deployment")
+problems = []
+if len(nps) != 1:
+    print(f"{len(nps)} NetworkPolicies"); sys.exit(1)
+spec = nps[0]["spec"]
+if spec["podSelector"] != dep["spec"]["selector"]:
+    problems.append(f"podSelector {spec['podSelector']} is not the Deployment's selector")
+if spec.get("policyTypes") != ["Ingress"]:
+    problems.append(f"policyTypes {spec.get('policyTypes')}")
+c = next(c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "evalgate")
+ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+by_port = {}
+for rule in spec.get("ingress", []):
+    if not rule.get("from"):
+        problems.append(f"rule without from (admits everyone): {rule}")
+    if not rule.get("ports"):
+        problems.append(f"rule without ports (admits every port): {rule}")
+    for p in rule.get("ports", []):
+        by_port[p["port"]] = rule.get("from")
+if by_port.get(ports["http"]) != want["api"]:
+    problems.append(f"API port {ports['http']} from {by_port.get(ports['http'])}, want {want['api']}")
+if want["admin"]:
+    if by_port.get(ports["admin"]) != want["admin"]:
+        problems.append(f"admin port {ports['admin']} from {by_port.get(ports['admin'])}, want the monitoring selector {want['admin']}")
+elif ports["admin"] in by_port:
+    problems.append("admin port admitted although networkPolicy.admin.from is empty")
+if set(by_port) - {ports["http"], ports["admin"]}:
+    problems.append(f"rules for other ports: {sorted(set(by_port) - set(ports.values()))}")
+print("\n".join(problems) or "ok")
+sys.exit(1 if problems else 0)
+PY
+}
+
+# The tenants of ci/standalone-tenants-values.yaml, rendered as [auth] + [[tenants]] with file:
+# references into the tenant Secrets' projected volume, sha256 digests as they are.
+tenants_rendered() {
+  pycheck "$OUT/standalone-tenants-values.yaml" <<'PY'
+import sys, tomllib, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+cfg = tomllib.loads(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["config.toml"])
+d = "/var/run/secrets/evalgate"
+want_auth = {"mode": "tokens", "allow_unauthenticated": False, "tenants_file": f"{d}/tenants.toml"}
+want = [
+    {"name": "team-a",
+     "tokens": [f"file:{d}/tenants/team-a/token", f"file:{d}/tenants/team-a/token-next"],
+     "valiqor_api_key": f"file:{d}/tenants/team-a/valiqor-api-key",
+     "requests_per_second": 50, "burst": 100, "max_active_jobs": 100},
+    {"name": "team-b",
+     "tokens": [f"file:{d}/tenants/team-b/token", "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
+     "openai_api_key": f"file:{d}/tenants/team-b/openai-api-key"},
+]
+ok = True
+if cfg.get("auth") != want_auth:
+    ok = False; print(f"[auth] is {cfg.get('auth')}, want {want_auth}")
+if cfg.get("tenants") != want:
+    ok = False; print(f"[[tenants]] is {cfg.get('tenants')}\nwant {want}")
+dep = next(d for d in docs if d["kind"] == "Deployment")
+vol = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "evalgate-secrets")
+names = [next(iter(s.values()))["name"] for s in vol["projected"]["sources"]]
+for n in ("evalgate-team-a", "evalgate-team-b", "evalgate-tenants"):
+    if n not in names:
+        ok = False; print(f"{n} is not a source of the secrets volume: {names}")
+print("ok" if ok else "")
+sys.exit(0 if ok else 1)
+PY
+}
+
 # With a built binary at hand, `evalgate check-config` must accept the rendered config.toml.
+# ARGS select the render; every file: reference gets a file with a test value (and the tenants
+# file one sha256 tenant), and check-config must not print any of those values.
 check_config_with_binary() {
-  local bin="$1" dir="$CACHE/check-config"
+  local bin="$1" dir="$CACHE/check-config"; shift
   rm -rf "$dir"; mkdir -p "$dir/secrets"
-  printf 'test-api-key\n' >"$dir/secrets/api-key"
-  printf 'test-openai-key\n' >"$dir/secrets/openai-api-key"
-  helm template evalgate "$CHART" --show-only templates/configmap.yaml \
-    --set secrets.apiKey.existingSecret=s --set secrets.openaiApiKey.existingSecret=s \
+  helm template evalgate "$CHART" --show-only templates/configmap.yaml "$@" \
     --set secrets.mountPath="$dir/secrets" --set config.store.path="$dir/store/evalgate.db" \
     >"$dir/configmap.yaml"
   pycheck "$dir/configmap.yaml" "$dir/config.toml" <<'PY'
-import sys, yaml
-doc = yaml.safe_load(open(sys.argv[1]))
-open(sys.argv[2], "w").write(doc["data"]["config.toml"])
+import os, sys, tomllib, yaml
+text = yaml.safe_load(open(sys.argv[1]))["data"]["config.toml"]
+open(sys.argv[2], "w").write(text)
+cfg = tomllib.loads(text)
+n = 0
+def walk(v):
+    global n
+    if isinstance(v, dict):
+        for x in v.values():
+            walk(x)
+    elif isinstance(v, list):
+        for x in v:
+            walk(x)
+    elif isinstance(v, str) and v.startswith("file:"):
+        n += 1
+        os.makedirs(os.path.dirname(v[5:]), exist_ok=True)
+        with open(v[5:], "w") as f:
+            # evalgate wants tokens of 16+ printable characters.
+            f.write(f"test-secret-{n:02d}-0123456789abcdef\n")
+walk(cfg)
+if cfg.get("auth", {}).get("tenants_file"):
+    with open(cfg["auth"]["tenants_file"], "w") as f:
+        f.write('[[tenants]]\nname = "team-c"\ntokens = ["sha256:' + "ab" * 32 + '"]\n')
 PY
   cat "$dir/config.toml"
-  env -u EVALGATE_CONFIG "$bin" check-config --config "$dir/config.toml"
+  env -u EVALGATE_CONFIG "$bin" check-config --config "$dir/config.toml" >"$dir/check-config.txt" 2>&1 \
+    || { cat "$dir/check-config.txt"; return 1; }
+  cat "$dir/check-config.txt"
+  ! grep -n 'test-secret-' "$dir/check-config.txt" || { echo "check-config printed a secret"; return 1; }
 }
 
 log "checks"
 check "Dockerfile builder matches rust-toolchain.toml" toolchain_pinned
 check "hadolint Dockerfile" hadolint Dockerfile
 
-check "helm lint --strict (defaults + required secret)" \
-  helm lint --strict "$CHART" --set secrets.apiKey.existingSecret=evalgate
-check "render+validate defaults" \
-  render_and_validate defaults --set secrets.apiKey.existingSecret=evalgate
-check "defaults: Deployment, Service, ConfigMap; file: ref; integers stay integers" \
-  has defaults 'kind: Deployment' 'kind: Service' 'kind: ConfigMap' \
-  'api_key = "file:/var/run/secrets/evalgate/api-key"' 'max_body_bytes = 134217728$' 'terminationGracePeriodSeconds: 30$'
-check "defaults: no float in config.toml, no PVC/PDB/ServiceMonitor" \
-  lacks defaults '= [0-9]+\.0$' 'kind: PersistentVolumeClaim' 'kind: PodDisruptionBudget' 'kind: ServiceMonitor'
+check "helm lint --strict (defaults)" helm lint --strict "$CHART"
+check "render+validate defaults" render_and_validate defaults
+check "defaults: Deployment, Service, ConfigMap, NetworkPolicy; API key from Secret evalgate-valiqor; integers stay integers" \
+  has defaults 'kind: Deployment' 'kind: Service' 'kind: ConfigMap' 'kind: NetworkPolicy' \
+  'api_key = "file:/var/run/secrets/evalgate/api-key"' 'name: evalgate-valiqor$' \
+  'max_body_bytes = 134217728$' 'terminationGracePeriodSeconds: 30$'
+check "defaults: tokens mode, no tenants, API on 0.0.0.0:8080" \
+  has defaults '^    mode = "tokens"$' '^    allow_unauthenticated = false$' '^    listen = "0.0.0.0:8080"$' 'value: "0.0.0.0:8080"$'
+check "defaults: no float in config.toml, no tenants, no PVC/PDB/ServiceMonitor, no admin port on the Service" \
+  lacks defaults '= [0-9]+\.0$' '\[\[tenants\]\]' 'kind: PersistentVolumeClaim' 'kind: PodDisruptionBudget' 'kind: ServiceMonitor' \
+  'targetPort: admin'
 check "defaults: pod invariants" pod_invariants "$OUT/defaults.yaml"
+check "defaults: file: references are mounted keys" refs_mounted "$OUT/defaults.yaml"
+check "defaults: NetworkPolicy (API from the release namespace, admin from the monitoring selector)" \
+  netpol "$OUT/defaults.yaml"
 
 # NOTES.txt is not rendered by `helm template`: render it as a template of a scratch copy.
 NOTES_CHART="$CACHE/notes-chart"
@@ -308,14 +511,17 @@ for values in "$CHART"/ci/*values*.yaml; do
   check "helm lint --strict -f ci/$name.yaml" helm lint --strict "$CHART" -f "$values"
   check "render+validate ci/$name.yaml" render_and_validate "$name" -f "$values"
   check "pod invariants ci/$name.yaml" pod_invariants "$OUT/$name.yaml"
+  check "file: references are mounted keys, ci/$name.yaml" refs_mounted "$OUT/$name.yaml"
   check "NOTES.txt renders with ci/$name.yaml" notes_render -f "$values"
 done
 
 if [ -f "$OUT/sidecar-native-values.yaml" ]; then
   check "sidecar native: initContainers, no Deployment/Service of its own" \
     has sidecar-native-values 'initContainers:' 'restartPolicy: Always' 'name: evalgate-example-app'
-  check "sidecar native: no standalone objects" \
-    lacks sidecar-native-values 'kind: Service$' 'kind: PersistentVolumeClaim' 'kind: PodDisruptionBudget'
+  check "sidecar native: no standalone objects, no NetworkPolicy" \
+    lacks sidecar-native-values 'kind: Service$' 'kind: PersistentVolumeClaim' 'kind: PodDisruptionBudget' 'kind: NetworkPolicy'
+  check "sidecar native: empty listen -> 127.0.0.1:8080, auth mode none" \
+    has sidecar-native-values '^    listen = "127.0.0.1:8080"$' 'value: "127.0.0.1:8080"$' 'containerPort: 8080$' '^    mode = "none"$'
 fi
 if [ -f "$OUT/sidecar-classic-values.yaml" ]; then
   check "sidecar classic: plain container, custom ports" \
@@ -323,18 +529,51 @@ if [ -f "$OUT/sidecar-classic-values.yaml" ]; then
   check "sidecar classic: no initContainers" lacks sidecar-classic-values 'initContainers:' 'restartPolicy: Always'
 fi
 if [ -f "$OUT/standalone-pvc-values.yaml" ]; then
-  check "standalone+pvc: PVC, PDB, ServiceMonitor, Recreate, extra secret" \
+  check "standalone+pvc: PVC, PDB, ServiceMonitor, Recreate, extra secret, admin port on the Service" \
     has standalone-pvc-values 'kind: PersistentVolumeClaim' 'kind: PodDisruptionBudget' 'kind: ServiceMonitor' \
-    'type: Recreate' 'claimName: evalgate-store' 'path: webhooks/signing-secret' 'mountPath: /data/evalgate$'
+    'type: Recreate' 'claimName: evalgate-store' 'path: webhooks/signing-secret' 'mountPath: /data/evalgate$' \
+    'targetPort: admin'
+  check "standalone+pvc: NetworkPolicy admin rule is the values' monitoring selector" \
+    netpol "$OUT/standalone-pvc-values.yaml" "$CHART/ci/standalone-pvc-values.yaml"
+fi
+if [ -f "$OUT/standalone-tenants-values.yaml" ]; then
+  check "tenants: tokens mode, [[tenants]] with file: refs and sha256 digests, tenants file" tenants_rendered
+  check "tenants: projected from the tenant Secrets, never through env" \
+    has standalone-tenants-values '^    \[\[tenants\]\]$' 'path: tenants/team-a/token$' 'path: tenants/team-b/openai-api-key$'
+  check "tenants: no subPath, no secretKeyRef, no admin port on the Service" \
+    lacks standalone-tenants-values 'subPath' 'secretKeyRef' 'targetPort: admin'
+  check "tenants: NetworkPolicy API rule from the values' peers" \
+    netpol "$OUT/standalone-tenants-values.yaml" "$CHART/ci/standalone-tenants-values.yaml"
+fi
+if [ -f "$OUT/demo-values.yaml" ]; then
+  check "demo: unauthenticated opt-in rendered, no API key Secret mounted" \
+    has demo-values '^    mode = "none"$' '^    allow_unauthenticated = true$' '- --demo$'
+  check "demo: no API key" lacks demo-values 'api_key' 'evalgate-valiqor'
+  check "demo: NetworkPolicy still on" netpol "$OUT/demo-values.yaml"
 fi
 only_configmap() {
-  render sidecar-bare --set mode=sidecar --set secrets.apiKey.existingSecret=s || return 1
+  render sidecar-bare --set mode=sidecar || return 1
   local kinds
   kinds="$(grep '^kind:' "$OUT/sidecar-bare.yaml" | sort -u | tr '\n' ' ')"
   echo "kinds: $kinds"
   [ "$kinds" = "kind: ConfigMap " ]
 }
 check "sidecar mode without example app renders only the ConfigMap" only_configmap
+check "sidecar defaults: API on 127.0.0.1:8080, auth mode none" \
+  has sidecar-bare '^    listen = "127.0.0.1:8080"$' '^    mode = "none"$' '^    allow_unauthenticated = false$'
+check "unauthenticated opt-in: render+validate, allow_unauthenticated = true" \
+  render_and_validate unauthenticated --set auth.mode=none --set auth.allowUnauthenticated=true
+check "unauthenticated opt-in: rendered" \
+  has unauthenticated '^    mode = "none"$' '^    allow_unauthenticated = true$' 'kind: NetworkPolicy'
+check "NetworkPolicy off: not rendered" render no-netpol --set networkPolicy.enabled=false
+check "NetworkPolicy off: no NetworkPolicy" lacks no-netpol 'kind: NetworkPolicy'
+# Empty peer lists (a values file: --set cannot write an empty list).
+printf 'networkPolicy:\n  admin:\n    from: []\n' >"$OUT/admin-closed.values.yaml"
+printf 'networkPolicy:\n  api:\n    from: []\n' >"$OUT/api-closed.values.yaml"
+check "NetworkPolicy: no admin peers -> render+validate" \
+  render_and_validate netpol-closed-admin -f "$OUT/admin-closed.values.yaml"
+check "NetworkPolicy: no admin peers -> no admin rule (never a rule without from)" \
+  netpol "$OUT/netpol-closed-admin.yaml" "$OUT/admin-closed.values.yaml"
 
 # An application chart with evalgate as a dependency, including the sidecar templates through
 # .Subcharts.evalgate (the usage docs/kubernetes.md shows).
@@ -357,9 +596,6 @@ evalgate:
   secrets:
     apiKey:
       existingSecret: evalgate
-  config:
-    server:
-      listen: "127.0.0.1:8080"
 YAML
   cat >"$dir/templates/deployment.yaml" <<'YAML'
 {{- $evalgate := .Subcharts.evalgate }}
@@ -398,27 +634,53 @@ YAML
   validate "$OUT/parent-chart.yaml" || return 1
   pod_invariants "$OUT/parent-chart.yaml" || return 1
   # The subchart's ConfigMap name, and evalgate's appVersion (not the parent's) as the image tag.
-  has parent-chart 'name: rel-evalgate-config' 'image: "evalgate:0.1.0"' 'restartPolicy: Always'
+  has parent-chart 'name: rel-evalgate-config' 'image: "evalgate:0.1.0"' 'restartPolicy: Always' \
+    '^    listen = "127.0.0.1:8080"$' '^    mode = "none"$' || return 1
+  refs_mounted "$OUT/parent-chart.yaml"
 }
 check "parent chart includes evalgate.sidecar via .Subcharts (native + classic)" parent_chart
 
 check "fails without the API key secret" \
-  expect_fail "the upstream API key is required"
+  expect_fail "the upstream API key is required" --set secrets.apiKey.existingSecret=
 check "fails on a grace period shorter than the drain" \
-  expect_fail "must be larger than preStopSleepSeconds" --set secrets.apiKey.existingSecret=s --set terminationGracePeriodSeconds=20
+  expect_fail "must be larger than preStopSleepSeconds" --set terminationGracePeriodSeconds=20
 check "fails on an unknown config key (schema)" \
-  expect_fail "Additional property bogus is not allowed" --set secrets.apiKey.existingSecret=s --set config.server.bogus=1
+  expect_fail "Additional property bogus is not allowed" --set config.server.bogus=1
 check "fails on a secret literal in config (schema)" \
-  expect_fail "Additional property api_key is not allowed" --set secrets.apiKey.existingSecret=s --set config.valiqor.api_key=sk-123
+  expect_fail "Additional property api_key is not allowed" --set config.valiqor.api_key=sk-123
+check "fails on auth in config (schema)" \
+  expect_fail "Additional property auth is not allowed" --set config.auth.mode=none
 check "fails on a loopback admin address" \
-  expect_fail "admin_listen must not be a loopback" --set secrets.apiKey.existingSecret=s --set config.server.admin_listen=127.0.0.1:9090
+  expect_fail "admin_listen must not be a loopback" --set config.server.admin_listen=127.0.0.1:9090
+check "fails on a loopback API address in standalone mode" \
+  expect_fail "in standalone mode config.server.listen must not be a loopback" --set config.server.listen=127.0.0.1:8080
+check "fails on a non-loopback API address in sidecar mode" \
+  expect_fail "in sidecar mode config.server.listen must be a loopback address" --set mode=sidecar --set config.server.listen=0.0.0.0:8080
+check "fails on standalone auth.mode=none without the opt-in" \
+  expect_fail "standalone mode with auth.mode=none would serve every pod" --set auth.mode=none
+check "fails on tenants with auth.mode=none" \
+  expect_fail "auth.tenants and auth.tenantsFile need auth.mode=tokens" -f "$CHART/ci/standalone-tenants-values.yaml" \
+  --set auth.mode=none --set auth.allowUnauthenticated=true
+check "fails on a tenant without a token" \
+  expect_fail 'tenant "team-a" has no token' --set 'auth.tenants[0].name=team-a'
+check "fails on a tenant key without its Secret" \
+  expect_fail 'tenant "team-a" names keys (token) but no existingSecret' --set 'auth.tenants[0].name=team-a' --set 'auth.tenants[0].tokenKeys[0]=token'
+check "fails on a Secret key used as token and upstream key" \
+  expect_fail 'tenant "team-a" uses one key of its Secret twice' --set 'auth.tenants[0].name=team-a' \
+  --set 'auth.tenants[0].existingSecret=s' --set 'auth.tenants[0].tokenKeys[0]=token' --set 'auth.tenants[0].valiqorApiKeyKey=token'
+check "fails on a tenant listed twice" \
+  expect_fail 'lists the tenant "team-a" twice' -f "$CHART/ci/standalone-tenants-values.yaml" --set 'auth.tenants[1].name=team-a'
+check "fails on a bad tenant name (schema)" \
+  expect_fail "auth.tenants.0.name: Does not match pattern" --set 'auth.tenants[0].name=Team_A' --set 'auth.tenants[0].tokenSha256[0]=00'
+check "fails on an empty NetworkPolicy API peer list" \
+  expect_fail "networkPolicy.api.from must list at least one peer" -f "$OUT/api-closed.values.yaml"
 check "fails on persistence with 2 replicas" \
-  expect_fail "persistence.enabled needs replicaCount 1" --set secrets.apiKey.existingSecret=s --set persistence.enabled=true --set replicaCount=2
+  expect_fail "persistence.enabled needs replicaCount 1" --set persistence.enabled=true --set replicaCount=2
 check "fails on a PDB that blocks every drain" \
-  expect_fail "must be below replicaCount" --set secrets.apiKey.existingSecret=s --set podDisruptionBudget.enabled=true --set podDisruptionBudget.minAvailable=1
+  expect_fail "must be below replicaCount" --set podDisruptionBudget.enabled=true --set podDisruptionBudget.minAvailable=1
 
-check "render config with both secrets" \
-  render sync --set secrets.apiKey.existingSecret=s --set secrets.openaiApiKey.existingSecret=s
+check "render config with both secrets and tenants" \
+  render sync -f "$CHART/ci/standalone-tenants-values.yaml" --set secrets.openaiApiKey.existingSecret=s
 check "config.toml / values.yaml / values.schema.json mirror config/default.toml" config_in_sync
 grep '^WARNING' "$OUT/check.log" || true
 
@@ -430,7 +692,9 @@ if [ -z "$evalgate_bin" ]; then
   done
 fi
 if [ -n "$evalgate_bin" ] && "$evalgate_bin" check-config --help >/dev/null 2>&1; then
-  check "evalgate check-config accepts the rendered config.toml ($evalgate_bin)" check_config_with_binary "$evalgate_bin"
+  check "evalgate check-config accepts the rendered defaults ($evalgate_bin)" check_config_with_binary "$evalgate_bin"
+  check "evalgate check-config accepts the rendered tenants, masks their secrets" \
+    check_config_with_binary "$evalgate_bin" -f "$CHART/ci/standalone-tenants-values.yaml" --set secrets.openaiApiKey.existingSecret=s
 else
   log "skipped: evalgate check-config on the rendered config (no built binary with check-config; set EVALGATE_BIN)"
 fi

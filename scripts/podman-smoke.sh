@@ -20,9 +20,14 @@
 # Tests, each against a container on published loopback ports:
 #   1. `--demo` with a read-only root filesystem, all capabilities dropped, no-new-privileges:
 #      /readyz and /livez answer 200, the API port answers HTTP, the image HEALTHCHECK passes,
-#      `podman stop` (SIGTERM) ends it with exit code 0 within the grace period.
-#   2. Kubernetes-like: the config.toml the Helm chart renders, mounted read-only, the API key as
-#      a secret file, the store on a volume: /readyz answers 200 and the SQLite file is created.
+#      `podman stop` (SIGTERM) ends it with exit code 0 within the grace period. The image's API
+#      listens on 0.0.0.0, so this local trial opts in with EVALGATE__AUTH__ALLOW_UNAUTHENTICATED.
+#   2. Kubernetes-like: the config.toml the Helm chart renders (tokens mode, one tenant), mounted
+#      read-only, the API key and the tenant's token as secret files laid out the way the kubelet
+#      lays out a projected volume (..data symlink), the store on a volume: /readyz answers 200,
+#      the SQLite file is created, the API answers 401 without the token and not 401 with it,
+#      and after the kubelet-style swap of ..data to a rotated token the new token is accepted
+#      and the old one refused, without a restart.
 #      (Skipped when helm is not found; `bash .ci/packaging.sh` installs it into .ci/bin/.)
 #
 # Environment:
@@ -209,7 +214,8 @@ ports=(-p "127.0.0.1:$API_PORT:8080" -p "127.0.0.1:$ADMIN_PORT:9090")
 log "test 1: --demo (read-only root, no capabilities)"
 cleanup
 # podman's stderr (healthcheck timers need systemd, absent in many build containers) goes to a log.
-podman run -d --name "$CONTAINER" "${hardening[@]}" "${ports[@]}" "$IMAGE" --demo >/dev/null 2>>"$WORKDIR/podman.log"
+podman run -d --name "$CONTAINER" "${hardening[@]}" "${ports[@]}" \
+  -e EVALGATE__AUTH__ALLOW_UNAUTHENTICATED=true "$IMAGE" --demo >/dev/null 2>>"$WORKDIR/podman.log"
 if wait_200 "http://127.0.0.1:$ADMIN_PORT/readyz" 60; then ok "/readyz 200 on 127.0.0.1:$ADMIN_PORT"; else bad "/readyz did not answer 200"; fi
 if wait_200 "http://127.0.0.1:$ADMIN_PORT/livez" 5; then ok "/livez 200"; else bad "/livez did not answer 200"; fi
 code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$API_PORT/" || true)"
@@ -227,14 +233,24 @@ if [ "$failures" -gt 0 ]; then podman logs "$CONTAINER" 2>&1 | tail -n 20; fi
 HELM="$(command -v helm || true)"
 if [ -z "$HELM" ] && [ -x "$ROOT/.ci/bin/helm" ]; then HELM="$ROOT/.ci/bin/helm"; fi
 if [ -n "$HELM" ]; then
-  log "test 2: config.toml from the Helm chart, secret file, store volume"
+  log "test 2: config.toml from the Helm chart, tenant token, secret files, store volume"
   k8s="$WORKDIR/k8s"
-  rm -rf "$k8s"; mkdir -p "$k8s/secrets" "$k8s/store"
-  printf 'smoke-test-key\n' >"$k8s/secrets/api-key"
-  chmod 0444 "$k8s/secrets/api-key"
+  secrets="$k8s/secrets"
+  old_token=vq_smoke_tenant_token_0123456789
+  new_token=vq_smoke_tenant_token_rotated_42
+  rm -rf "$k8s"; mkdir -p "$secrets/..v1/tenants/smoke" "$k8s/store"
+  # The kubelet's layout of a projected volume: files in a timestamped directory, ..data
+  # pointing at it, and top-level entries pointing through ..data.
+  printf 'smoke-test-key\n' >"$secrets/..v1/api-key"
+  printf '%s\n' "$old_token" >"$secrets/..v1/tenants/smoke/token"
+  ln -s ..v1 "$secrets/..data"
+  ln -s ..data/api-key "$secrets/api-key"
+  ln -s ..data/tenants "$secrets/tenants"
+  chmod -R a+rX "$secrets"
   chown 65532:65532 "$k8s/store"
   "$HELM" template evalgate helm/evalgate --show-only templates/configmap.yaml \
-    --set secrets.apiKey.existingSecret=evalgate >"$k8s/configmap.yaml"
+    --set 'auth.tenants[0].name=smoke' --set 'auth.tenants[0].existingSecret=evalgate-smoke' \
+    --set 'auth.tenants[0].tokenKeys[0]=token' >"$k8s/configmap.yaml"
   # The ConfigMap's config.toml block (4-space indented under "config.toml: |").
   sed -n '/^  config.toml: |/,$p' "$k8s/configmap.yaml" | tail -n +2 | sed 's/^    //' >"$k8s/config.toml"
   cleanup
@@ -246,9 +262,33 @@ if [ -n "$HELM" ]; then
     "$IMAGE" >/dev/null 2>>"$WORKDIR/podman.log"
   if wait_200 "http://127.0.0.1:$ADMIN_PORT/readyz" 60; then ok "/readyz 200 with the chart's config"; else bad "/readyz did not answer 200 with the chart's config"; fi
   if [ -f "$k8s/store/evalgate.db" ]; then ok "store created on the volume (evalgate.db)"; else bad "no evalgate.db on the store volume"; fi
+  # api_status TOKEN: HTTP status of GET /v1/jobs with that bearer token ("" = no header).
+  api_status() {
+    local auth=()
+    [ -n "$1" ] && auth=(-H "Authorization: Bearer $1")
+    curl -s -o /dev/null -w '%{http_code}' --max-time 5 "${auth[@]}" "http://127.0.0.1:$API_PORT/v1/jobs" || true
+  }
+  code="$(api_status "")"
+  if [ "$code" = 401 ]; then ok "API without a token -> 401"; else bad "API without a token -> $code, want 401"; fi
+  code="$(api_status "$old_token")"
+  if [ "$code" != 401 ] && [ "$code" != 000 ]; then ok "API with the tenant's token -> $code"; else bad "API with the tenant's token -> $code"; fi
+  # Rotate the way the kubelet does after a Secret update: new directory, atomic ..data swap.
+  mkdir -p "$secrets/..v2/tenants/smoke"
+  cp "$secrets/..v1/api-key" "$secrets/..v2/api-key"
+  printf '%s\n' "$new_token" >"$secrets/..v2/tenants/smoke/token"
+  chmod -R a+rX "$secrets/..v2"
+  ln -s ..v2 "$secrets/..data_tmp" && mv -T "$secrets/..data_tmp" "$secrets/..data" && rm -rf "$secrets/..v1"
+  deadline=$(( $(date +%s) + 30 ))
+  while [ "$(api_status "$new_token")" = 401 ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.5; done
+  code="$(api_status "$new_token")"; old_code="$(api_status "$old_token")"
+  if [ "$code" != 401 ] && [ "$code" != 000 ] && [ "$old_code" = 401 ]; then
+    ok "rotated token accepted and the old one refused without a restart"
+  else
+    bad "after rotation: new token -> $code, old token -> $old_code (want not 401, 401)"
+  fi
   if podman exec "$CONTAINER" /usr/local/bin/evalgate check-config >"$k8s/check-config.txt" 2>&1 \
-    && ! grep -q smoke-test-key "$k8s/check-config.txt"; then
-    ok "check-config accepts it and masks the key"
+    && ! grep -q -e smoke-test-key -e "$new_token" "$k8s/check-config.txt"; then
+    ok "check-config accepts it and masks the key and the token"
   else
     bad "check-config: $(head -c 400 "$k8s/check-config.txt")"
   fi

@@ -100,9 +100,30 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- trimPrefix ":" $m }}
 {{- end }}
 
-{{/* Container port of the API (from config.server.listen). */}}
+{{/* Non-empty when a "host:port" listen address is a loopback address. */}}
+{{- define "evalgate.isLoopback" -}}
+{{- if regexMatch "^(127\\.|localhost:|\\[::1\\]:)" (toString .) }}true{{ end }}
+{{- end }}
+
+{{/*
+The API address: config.server.listen, or when that is empty the mode's default:
+0.0.0.0:8080 in standalone mode (the Service reaches the pod IP), 127.0.0.1:8080 in sidecar
+mode (the API stays on the pod's loopback).
+*/}}
+{{- define "evalgate.listen" -}}
+{{- $l := toString (.Values.config.server.listen | default "") }}
+{{- if $l }}
+{{- $l }}
+{{- else if eq .Values.mode "sidecar" }}
+{{- "127.0.0.1:8080" }}
+{{- else }}
+{{- "0.0.0.0:8080" }}
+{{- end }}
+{{- end }}
+
+{{/* Container port of the API (from the API address). */}}
 {{- define "evalgate.apiPort" -}}
-{{- include "evalgate.portOf" .Values.config.server.listen }}
+{{- include "evalgate.portOf" (include "evalgate.listen" .) }}
 {{- end }}
 
 {{/* Container port of the admin endpoints (from config.server.admin_listen). */}}
@@ -160,19 +181,82 @@ preStopSleepSeconds + ceil(shutdown_grace_period) + 10.
 {{- end }}
 {{- end }}
 
+{{/* auth.mode, or when empty the mode's default: "tokens" standalone, "none" sidecar. */}}
+{{- define "evalgate.authMode" -}}
+{{- if .Values.auth.mode }}
+{{- .Values.auth.mode }}
+{{- else if eq .Values.mode "sidecar" }}
+{{- "none" }}
+{{- else }}
+{{- "tokens" }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the Secret holding the upstream API key; empty in demo mode (the emulator needs none). */}}
+{{- define "evalgate.apiKeySecret" -}}
+{{- if not .Values.demo }}{{ .Values.secrets.apiKey.existingSecret }}{{ end }}
+{{- end }}
+
+{{/* Keys of a tenant's Secret that are mounted, in order: token keys, then the upstream keys. */}}
+{{- define "evalgate.tenantKeys" -}}
+{{- $keys := concat (.tokenKeys | default list) (compact (list (.valiqorApiKeyKey | default "") (.openaiApiKeyKey | default ""))) }}
+{{- toJson $keys }}
+{{- end }}
+
+{{/* The auth and tenant checks of evalgate.validate. */}}
+{{- define "evalgate.validateAuth" -}}
+{{- $mode := include "evalgate.authMode" . }}
+{{- $file := .Values.auth.tenantsFile }}
+{{- if and (eq .Values.mode "standalone") (eq $mode "none") (not .Values.auth.allowUnauthenticated) }}
+{{- fail "evalgate: standalone mode with auth.mode=none would serve every pod that reaches the Service without authentication, and evalgate refuses to start that way. Use auth.mode=tokens with auth.tenants (Secrets holding bearer tokens), or set auth.allowUnauthenticated=true to accept it (trials only; the NetworkPolicy is then the only gate)" }}
+{{- end }}
+{{- if and (eq $mode "none") (or .Values.auth.tenants $file.existingConfigMap $file.existingSecret) }}
+{{- fail "evalgate: auth.tenants and auth.tenantsFile need auth.mode=tokens (with mode none every caller is tenant \"default\")" }}
+{{- end }}
+{{- if and $file.existingConfigMap $file.existingSecret }}
+{{- fail "evalgate: set auth.tenantsFile.existingConfigMap or auth.tenantsFile.existingSecret, not both" }}
+{{- end }}
+{{- if and (or $file.existingConfigMap $file.existingSecret) (not $file.key) }}
+{{- fail "evalgate: auth.tenantsFile.key must name the tenants file inside the ConfigMap or Secret" }}
+{{- end }}
+{{- $names := dict }}
+{{- range $t := .Values.auth.tenants }}
+{{- if hasKey $names $t.name }}
+{{- fail (printf "evalgate: auth.tenants lists the tenant %q twice" $t.name) }}
+{{- end }}
+{{- $_ := set $names $t.name true }}
+{{- $keys := include "evalgate.tenantKeys" $t | fromJsonArray }}
+{{- if not (or $t.tokenKeys $t.tokenSha256) }}
+{{- fail (printf "evalgate: tenant %q has no token: list Secret keys in tokenKeys or digests in tokenSha256" $t.name) }}
+{{- end }}
+{{- if and $keys (not $t.existingSecret) }}
+{{- fail (printf "evalgate: tenant %q names keys (%s) but no existingSecret holding them" $t.name (join ", " $keys)) }}
+{{- end }}
+{{- if ne (len $keys) (len (uniq $keys)) }}
+{{- fail (printf "evalgate: tenant %q uses one key of its Secret twice (%s): each token and each upstream key needs a key of its own" $t.name (join ", " $keys)) }}
+{{- end }}
+{{- if and (not (kindIs "invalid" $t.burst)) (kindIs "invalid" $t.requestsPerSecond) }}
+{{- fail (printf "evalgate: tenant %q sets burst without requestsPerSecond" $t.name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/*
 Checks that fail the render with a clear message. Included by every template that renders
 evalgate's pod parts or ConfigMap.
 */}}
 {{- define "evalgate.validate" -}}
 {{- if not (or .Values.demo .Values.secrets.apiKey.existingSecret) }}
-{{- fail "evalgate: the upstream API key is required. Create a Secret (kubectl create secret generic evalgate --from-literal=api-key=...) and set secrets.apiKey.existingSecret=evalgate (and secrets.apiKey.key if the key is not \"api-key\"), or set demo=true to try the chart without one." }}
+{{- fail "evalgate: the upstream API key is required. Create a Secret (kubectl create secret generic evalgate-valiqor --from-literal=api-key=...) and set secrets.apiKey.existingSecret=evalgate-valiqor (the default; and secrets.apiKey.key if the key is not \"api-key\"), or set demo=true to try the chart without one." }}
 {{- end }}
 {{- if and .Values.secrets.apiKey.existingSecret (not .Values.secrets.apiKey.key) }}
 {{- fail "evalgate: secrets.apiKey.key must name the key inside secrets.apiKey.existingSecret" }}
 {{- end }}
 {{- if and .Values.secrets.openaiApiKey.existingSecret (not .Values.secrets.openaiApiKey.key) }}
 {{- fail "evalgate: secrets.openaiApiKey.key must name the key inside secrets.openaiApiKey.existingSecret" }}
+{{- end }}
+{{- if or (hasKey .Values.config "auth") (hasKey .Values.config "tenants") }}
+{{- fail "evalgate: do not put auth or tenants in config; the chart renders them from the top-level `auth` values" }}
 {{- end }}
 {{- $valiqor := .Values.config.valiqor | default dict }}
 {{- if or (hasKey $valiqor "api_key") (hasKey $valiqor "openai_api_key") }}
@@ -181,14 +265,24 @@ evalgate's pod parts or ConfigMap.
 {{- if eq (include "evalgate.apiPort" .) (include "evalgate.adminPort" .) }}
 {{- fail "evalgate: config.server.listen and config.server.admin_listen must use different ports" }}
 {{- end }}
-{{- if regexMatch "^(127\\.|localhost:|\\[::1\\]:)" (toString .Values.config.server.admin_listen) }}
+{{- if include "evalgate.isLoopback" .Values.config.server.admin_listen }}
 {{- fail "evalgate: config.server.admin_listen must not be a loopback address in a pod: the kubelet probes it on the pod IP (use 0.0.0.0:<port>)" }}
 {{- end }}
 {{- $_ := include "evalgate.storeDir" . }}
 {{- $_ := include "evalgate.terminationGracePeriodSeconds" . }}
+{{- include "evalgate.validateAuth" . }}
+{{- $listen := include "evalgate.listen" . }}
+{{- if and (eq .Values.mode "sidecar") (not (include "evalgate.isLoopback" $listen)) }}
+{{- fail (printf "evalgate: in sidecar mode config.server.listen must be a loopback address (got %q): the API is for the application in the same pod only. Use 127.0.0.1:<port> (or leave it empty for 127.0.0.1:8080), or standalone mode to serve other pods" $listen) }}
+{{- end }}
 {{- if eq .Values.mode "standalone" }}
-{{- if regexMatch "^(127\\.|localhost:|\\[::1\\]:)" (toString .Values.config.server.listen) }}
-{{- fail "evalgate: in standalone mode config.server.listen must not be a loopback address, or the Service cannot reach it (use 0.0.0.0:<port>)" }}
+{{- if include "evalgate.isLoopback" $listen }}
+{{- fail "evalgate: in standalone mode config.server.listen must not be a loopback address, or the Service cannot reach it (use 0.0.0.0:<port>, or leave it empty for 0.0.0.0:8080)" }}
+{{- end }}
+{{- if .Values.networkPolicy.enabled }}
+{{- if not .Values.networkPolicy.api.from }}
+{{- fail "evalgate: networkPolicy.api.from must list at least one peer (an API nobody can reach is of no use); to admit every pod use [{namespaceSelector: {}}], or set networkPolicy.enabled=false" }}
+{{- end }}
 {{- end }}
 {{- if and .Values.persistence.enabled (gt (int .Values.replicaCount) 1) }}
 {{- fail "evalgate: persistence.enabled needs replicaCount 1: each pod owns its SQLite store, and a ReadWriteOnce volume cannot be shared" }}
@@ -270,17 +364,51 @@ The effective config.toml: .Values.config plus the secret references managed by 
 */}}
 {{- define "evalgate.configToml" -}}
 {{- $cfg := deepCopy (.Values.config | default dict) }}
+{{- $server := get $cfg "server" | default dict }}
+{{- $_ := set $server "listen" (include "evalgate.listen" .) }}
+{{- $_ := set $cfg "server" $server }}
 {{- $valiqor := get $cfg "valiqor" | default dict }}
 {{- $dir := trimSuffix "/" .Values.secrets.mountPath }}
-{{- if .Values.secrets.apiKey.existingSecret }}
+{{- if include "evalgate.apiKeySecret" . }}
 {{- $_ := set $valiqor "api_key" (printf "file:%s/api-key" $dir) }}
 {{- end }}
 {{- if .Values.secrets.openaiApiKey.existingSecret }}
 {{- $_ := set $valiqor "openai_api_key" (printf "file:%s/openai-api-key" $dir) }}
 {{- end }}
 {{- $_ := set $cfg "valiqor" $valiqor }}
-{{- printf "# evalgate config.toml, rendered by the evalgate Helm chart from .Values.config.\n# Reference for every key: config/default.toml. Secrets are file: references to the\n# Secret mounts under %s." $dir }}
+{{- $auth := dict "mode" (include "evalgate.authMode" .) "allow_unauthenticated" .Values.auth.allowUnauthenticated }}
+{{- if or .Values.auth.tenantsFile.existingConfigMap .Values.auth.tenantsFile.existingSecret }}
+{{- $_ := set $auth "tenants_file" (printf "%s/tenants.toml" $dir) }}
+{{- end }}
+{{- $_ := set $cfg "auth" $auth }}
+{{- printf "# evalgate config.toml, rendered by the evalgate Helm chart from .Values.config and\n# .Values.auth. Reference for every key: config/default.toml. Secrets are file: references to\n# the Secret mounts under %s." $dir }}
 {{- include "evalgate.toml.table" (dict "prefix" "" "map" $cfg) }}
+{{- /* [[tenants]] come last: after an array-of-tables header every key belongs to it. */}}
+{{- range $t := .Values.auth.tenants }}
+{{- $tdir := printf "%s/tenants/%s" $dir $t.name }}
+{{- $tokens := list }}
+{{- range $k := $t.tokenKeys | default list }}
+{{- $tokens = append $tokens (printf "file:%s/%s" $tdir $k) }}
+{{- end }}
+{{- range $h := $t.tokenSha256 | default list }}
+{{- $tokens = append $tokens (printf "sha256:%s" $h) }}
+{{- end }}
+{{ printf "\n[[tenants]]" }}
+name = {{ include "evalgate.toml.value" $t.name }}
+tokens = {{ include "evalgate.toml.value" $tokens }}
+{{- with $t.valiqorApiKeyKey }}
+valiqor_api_key = {{ include "evalgate.toml.value" (printf "file:%s/%s" $tdir .) }}
+{{- end }}
+{{- with $t.openaiApiKeyKey }}
+openai_api_key = {{ include "evalgate.toml.value" (printf "file:%s/%s" $tdir .) }}
+{{- end }}
+{{- range $pair := list (list "requestsPerSecond" "requests_per_second") (list "burst" "burst") (list "maxActiveJobs" "max_active_jobs") }}
+{{- $v := index $t (index $pair 0) }}
+{{- if not (kindIs "invalid" $v) }}
+{{ index $pair 1 }} = {{ include "evalgate.toml.value" $v }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{ end }}
 
 {{/* ---------------------------------------------------------------------------------------
@@ -314,7 +442,7 @@ env:
   # The image sets these three for `docker run`; environment beats the config file, so they
   # are pinned to the config values here to keep config.toml authoritative.
   - name: EVALGATE__SERVER__LISTEN
-    value: {{ .Values.config.server.listen | toString | quote }}
+    value: {{ include "evalgate.listen" . | quote }}
   - name: EVALGATE__SERVER__ADMIN_LISTEN
     value: {{ .Values.config.server.admin_listen | toString | quote }}
   - name: EVALGATE__STORE__PATH
@@ -405,7 +533,9 @@ restartPolicy: Always
 
 {{/* Non-empty when at least one secret is mounted. */}}
 {{- define "evalgate.hasSecrets" -}}
-{{- if or .Values.secrets.apiKey.existingSecret .Values.secrets.openaiApiKey.existingSecret .Values.extraSecretMounts }}true{{ end }}
+{{- $file := .Values.auth.tenantsFile }}
+{{- if or (include "evalgate.apiKeySecret" .) .Values.secrets.openaiApiKey.existingSecret .Values.extraSecretMounts $file.existingConfigMap $file.existingSecret }}true{{ end }}
+{{- range .Values.auth.tenants }}{{ if .existingSecret }}true{{ end }}{{ end }}
 {{- end }}
 
 {{/* The pod volumes evalgate's container mounts (list items). */}}
@@ -430,14 +560,12 @@ restartPolicy: Always
     # 0444: readable by the evalgate user without relying on the pod's fsGroup.
     defaultMode: 292
     sources:
-      {{- with .Values.secrets.apiKey }}
-      {{- if .existingSecret }}
+      {{- with include "evalgate.apiKeySecret" . }}
       - secret:
-          name: {{ .existingSecret }}
+          name: {{ . }}
           items:
-            - key: {{ .key }}
+            - key: {{ $.Values.secrets.apiKey.key }}
               path: api-key
-      {{- end }}
       {{- end }}
       {{- with .Values.secrets.openaiApiKey }}
       {{- if .existingSecret }}
@@ -446,6 +574,33 @@ restartPolicy: Always
           items:
             - key: {{ .key }}
               path: openai-api-key
+      {{- end }}
+      {{- end }}
+      {{- /* Each tenant's keys under tenants/<name>/ (evalgate re-reads them when the kubelet updates the Secret). */}}
+      {{- range $t := .Values.auth.tenants }}
+      {{- if $t.existingSecret }}
+      - secret:
+          name: {{ $t.existingSecret }}
+          items:
+            {{- range $k := include "evalgate.tenantKeys" $t | fromJsonArray }}
+            - key: {{ $k }}
+              path: tenants/{{ $t.name }}/{{ $k }}
+            {{- end }}
+      {{- end }}
+      {{- end }}
+      {{- with .Values.auth.tenantsFile }}
+      {{- if .existingConfigMap }}
+      - configMap:
+          name: {{ .existingConfigMap }}
+          items:
+            - key: {{ .key }}
+              path: tenants.toml
+      {{- else if .existingSecret }}
+      - secret:
+          name: {{ .existingSecret }}
+          items:
+            - key: {{ .key }}
+              path: tenants.toml
       {{- end }}
       {{- end }}
       {{- range .Values.extraSecretMounts }}
