@@ -53,6 +53,7 @@ pub struct Inner {
     /// 502 `shutting_down` at once (`middleware::hard_stop`), the workers abort what runs.
     pub(crate) hard_stop: CancellationToken,
     in_flight: Arc<Semaphore>,
+    event_streams: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -69,6 +70,12 @@ impl std::fmt::Debug for Inner {
 pub struct Workers {
     pub engine: JobEngine,
     pub(crate) dispatcher: WebhookDispatcher,
+}
+
+/// One open event stream; dropping it frees the slot.
+#[derive(Debug)]
+pub struct EventStreamSlot {
+    _permit: OwnedSemaphorePermit,
 }
 
 /// One admitted API request; dropping it frees the slot.
@@ -107,7 +114,7 @@ impl AppState {
         };
         let (engine, handle) = JobEngine::new(
             Arc::clone(&store),
-            upstream.clone(),
+            tenants.clone(),
             hub.clone(),
             Arc::clone(&shared_config),
             Arc::clone(&learned),
@@ -126,7 +133,7 @@ impl AppState {
             engine: handle,
             hub,
             learned,
-            upstream: upstream.clone(),
+            tenants: tenants.clone(),
             finisher,
             webhook_policy,
         });
@@ -142,6 +149,7 @@ impl AppState {
             metrics: telemetry::metrics_handle(),
             hard_stop: CancellationToken::new(),
             in_flight: Arc::new(Semaphore::new(config.server.max_in_flight)),
+            event_streams: Arc::new(Semaphore::new(config.server.max_event_streams)),
             config,
         }));
         Ok((state, Workers { engine, dispatcher }))
@@ -154,6 +162,21 @@ impl AppState {
             Ok(InFlight { _permit: permit })
         } else {
             metrics::counter!(telemetry::SHED).increment(1);
+            Err(ApiError::Overloaded {
+                retry_after: Duration::from_secs(u64::from(self.config.server.retry_after_secs)),
+            })
+        }
+    }
+}
+
+impl AppState {
+    /// Admits one event stream or sheds it with 503 + Retry-After when
+    /// `server.max_event_streams` are open.
+    pub(crate) fn admit_event_stream(&self) -> Result<EventStreamSlot, ApiError> {
+        if let Ok(permit) = Arc::clone(&self.event_streams).try_acquire_owned() {
+            Ok(EventStreamSlot { _permit: permit })
+        } else {
+            metrics::counter!(telemetry::SHED, "limit" => "max_event_streams").increment(1);
             Err(ApiError::Overloaded {
                 retry_after: Duration::from_secs(u64::from(self.config.server.retry_after_secs)),
             })

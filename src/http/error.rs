@@ -108,7 +108,9 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::Jobs(JobsError::TenantAtCapacity(_)) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Overloaded { .. }
             | Self::Upstream(UpstreamError::Connect(_))
             | Self::Jobs(JobsError::AtCapacity(..) | JobsError::StoreUnavailable(..)) => {
@@ -146,6 +148,7 @@ impl ApiError {
             Self::Unauthenticated(_) => "unauthenticated",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::RateLimited { .. } => "rate_limited",
+            Self::Jobs(JobsError::TenantAtCapacity(_)) => "too_many_active_jobs",
             Self::Overloaded { .. } | Self::Jobs(JobsError::AtCapacity(..)) => "overloaded",
             Self::RequestTimeout => "request_timeout",
             Self::Upstream(UpstreamError::Connect(_)) => "upstream_unavailable",
@@ -167,7 +170,9 @@ impl ApiError {
             Self::RateLimited { retry_after, .. }
             | Self::Overloaded { retry_after }
             | Self::Jobs(
-                JobsError::AtCapacity(_, retry_after) | JobsError::StoreUnavailable(_, retry_after),
+                JobsError::AtCapacity(_, retry_after)
+                | JobsError::StoreUnavailable(_, retry_after)
+                | JobsError::TenantAtCapacity(retry_after),
             ) => Some(retry_after_secs(*retry_after)),
             // Nothing reached the upstream, so the SDK's single 503 replay is safe.
             Self::Upstream(UpstreamError::Connect(_)) => Some(2),

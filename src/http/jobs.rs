@@ -3,7 +3,7 @@
 use std::{convert::Infallible, time::Duration};
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     body::Body,
     extract::{Path, Query, State, rejection::QueryRejection},
     http::{HeaderMap, StatusCode, header},
@@ -30,7 +30,8 @@ use crate::{
         service::{JobRequest, JobService},
         view::{self, Accepted, JobView},
     },
-    state::AppState,
+    middleware::auth::Caller,
+    state::{AppState, EventStreamSlot},
     store::{JobRecord, ListQuery, StoredEvent},
     types::{JobKind, JobState, Origin},
 };
@@ -117,6 +118,7 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub(super) async fn submit(
     State(jobs): State<JobService>,
     State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, V1Error> {
@@ -147,6 +149,7 @@ pub(super) async fn submit(
         .transpose()
         .map_err(ApiError::from)?;
     let request = JobRequest {
+        tenant,
         kind: parsed.kind,
         submission,
         webhook,
@@ -192,6 +195,7 @@ fn parse_wait(raw: &str) -> Result<Duration, ApiError> {
     responses((status = 200, body = JobView), (status = 400, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)))]
 pub(super) async fn status(
     State(jobs): State<JobService>,
+    Extension(Caller(tenant)): Extension<Caller>,
     Path(id): Path<String>,
     query: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Result<Json<JobView>, V1Error> {
@@ -202,7 +206,10 @@ pub(super) async fn status(
         .map(parse_wait)
         .transpose()?
         .unwrap_or(Duration::ZERO);
-    let record = jobs.wait(&id, wait).await.map_err(ApiError::from)?;
+    let record = jobs
+        .wait(&id, &tenant.name, wait)
+        .await
+        .map_err(ApiError::from)?;
     Ok(Json(view::view(&record)))
 }
 
@@ -211,9 +218,13 @@ pub(super) async fn status(
     responses((status = 200, description = "FARunResult / EvaluationResult / SecurityAuditResult + evalgate"), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)))]
 pub(super) async fn result(
     State(jobs): State<JobService>,
+    Extension(Caller(tenant)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, V1Error> {
-    let (_, bytes) = jobs.result(&id).await.map_err(ApiError::from)?;
+    let (_, bytes) = jobs
+        .result(&id, &tenant.name)
+        .await
+        .map_err(ApiError::from)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
@@ -222,9 +233,13 @@ pub(super) async fn result(
     responses((status = 200, body = JobView), (status = 404, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)))]
 pub(super) async fn cancel(
     State(jobs): State<JobService>,
+    Extension(Caller(tenant)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, V1Error> {
-    let record = jobs.cancel(&id).await.map_err(ApiError::from)?;
+    let record = jobs
+        .cancel(&id, &tenant.name)
+        .await
+        .map_err(ApiError::from)?;
     Ok(Json(view::view(&record)))
 }
 
@@ -240,6 +255,7 @@ pub(super) struct ListParams {
     responses((status = 200, body = JobList), (status = 400, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)))]
 pub(super) async fn list(
     State(jobs): State<JobService>,
+    Extension(Caller(tenant)): Extension<Caller>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<JobList>, V1Error> {
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
@@ -256,6 +272,7 @@ pub(super) async fn list(
     }
     let records = jobs
         .list(ListQuery {
+            tenant: &tenant.name,
             state: status,
             limit: limit + 1,
             after: params.cursor.as_deref(),
@@ -276,17 +293,21 @@ pub(super) async fn list(
     responses((status = 200, description = "text/event-stream"), (status = 404, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)))]
 pub(super) async fn events(
     State(jobs): State<JobService>,
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, V1Error> {
+    // Streams are long-lived: they have their own bound besides max_in_flight.
+    let slot = state.admit_event_stream()?;
     let last = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok());
     // Subscribe before reading, so nothing that happens in between is missed.
     let live = jobs.subscribe();
-    let record = jobs.get(&id).await.map_err(ApiError::from)?;
-    Ok(Sse::new(event_stream(jobs, record, live, last))
+    let record = jobs.get(&id, &tenant.name).await.map_err(ApiError::from)?;
+    Ok(Sse::new(event_stream(jobs, record, live, last, slot))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }
@@ -298,6 +319,7 @@ fn event_stream(
     record: JobRecord,
     mut live: broadcast::Receiver<JobEvent>,
     last: Option<i64>,
+    slot: EventStreamSlot,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     /// Durable events after `seen`, or the end of the stream on a store error.
     macro_rules! stored_after {
@@ -327,6 +349,8 @@ fn event_stream(
         Event::default().event("progress").data(snapshot)
     }
     async_stream::stream! {
+        // Held for as long as the stream is open.
+        let _slot = slot;
         // Without Last-Event-ID the whole history is replayed; with it, what came after.
         let mut seen = last.unwrap_or(0);
         if record.state.is_terminal() {
@@ -363,7 +387,7 @@ fn event_stream(
                 }
             }
             if event.as_ref().is_none_or(|e| e.name == "progress") {
-                match jobs.get(record.id.as_str()).await {
+                match jobs.get(record.id.as_str(), &record.tenant).await {
                     Ok(current) => yield Ok(progress(&current)),
                     Err(error) => {
                         tracing::warn!(job_id = %record.id, error = %ErrorChain(&error), "event stream ended: the store failed");

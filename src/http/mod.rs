@@ -14,7 +14,7 @@ mod webhooks;
 use axum::{
     Router,
     body::Body,
-    extract::{MatchedPath, Request},
+    extract::{MatchedPath, Request, State},
     middleware::{self, Next},
     response::Response,
     routing::get,
@@ -51,6 +51,7 @@ pub fn api_router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(webhooks::router())
         .route("/openapi.json", get(openapi::serve))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admit))
         .route_layer(middleware::from_fn(label_route))
         .fallback(valiqor::handle)
         .with_state(state.clone())
@@ -85,6 +86,22 @@ async fn label_route(request: Request, next: Next) -> Response {
         response.extensions_mut().insert(label);
     }
     response
+}
+
+/// Native routes count toward `server.max_in_flight` like the Valiqor ones: the slot is held until
+/// the response body ends (an event stream holds it while it is open).
+async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let admitted = match state.admit() {
+        Ok(admitted) => admitted,
+        Err(error) => return error.response_for_path(request.uri().path()),
+    };
+    let response = next.run(request).await;
+    let (parts, body) = response.into_parts();
+    let body = body.map_frame(move |frame| {
+        let _held = &admitted;
+        frame
+    });
+    Response::from_parts(parts, Body::new(body))
 }
 
 /// Reads a whole request body, held to `limit` bytes as it streams in (413 beyond it).

@@ -3,7 +3,7 @@
 //! Per request: resolve the route → admit (max in flight) → local rate limits → body limit →
 //! BYOK on submit bodies → cache on catalog GETs → forward, streaming both ways. Method, path,
 //! raw query, body and status are preserved; the caller's credentials never leave evalgate.
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     body::Body,
@@ -85,12 +85,19 @@ async fn serve(
         .get::<Caller>()
         .cloned()
         .ok_or(ApiError::Unauthenticated(AuthError::Missing))?;
-    let tenant = caller.0.as_ref();
+    let tenant = &caller.0;
     let admitted = state.admit()?;
     // evalgate's own job ids are answered here; every other id passes through.
     if let Some(id) = valiqor_jobs::evalgate_id(request.uri().path()) {
         let id = id.to_owned();
-        return valiqor_jobs::serve(&state.jobs, template, &id, request.uri().query()).await;
+        return valiqor_jobs::serve(
+            &state.jobs,
+            &tenant.name,
+            template,
+            &id,
+            request.uri().query(),
+        )
+        .await;
     }
     let (parts, body) = request.into_parts();
     let limit = state.config.server.max_body_bytes;
@@ -121,7 +128,7 @@ fn declared_length(parts: &Parts) -> Option<usize> {
 /// Forwards with the body streamed through unchanged (held to the body limit).
 async fn forward_streaming(
     state: &AppState,
-    tenant: &Tenant,
+    tenant: &Arc<Tenant>,
     parts: Parts,
     body: Body,
     admitted: InFlight,
@@ -149,7 +156,7 @@ async fn forward_streaming(
 /// Reads a submit body, applies the BYOK key, and forwards it.
 async fn forward_submit(
     state: &AppState,
-    tenant: &Tenant,
+    tenant: &Arc<Tenant>,
     template: &'static str,
     parts: Parts,
     body: Body,
@@ -164,7 +171,15 @@ async fn forward_submit(
         .and_then(|kind| Submission::parse(original.clone()).ok().map(|s| (kind, s)));
     let managed = match managed {
         Some((kind, submission)) if state.jobs.exceeds_limits(kind, &submission) => {
-            return valiqor_jobs::accept(&state.jobs, kind, submission, None, &parts.headers).await;
+            return valiqor_jobs::accept(
+                &state.jobs,
+                tenant,
+                kind,
+                submission,
+                None,
+                &parts.headers,
+            )
+            .await;
         }
         other => other,
     };
@@ -201,6 +216,7 @@ async fn forward_submit(
         );
         return valiqor_jobs::accept(
             &state.jobs,
+            tenant,
             kind,
             submission,
             Some(max_allowed),
@@ -239,7 +255,7 @@ fn dataset_too_large(body: &[u8]) -> Option<usize> {
 /// Sends upstream and streams the answer back; the admission slot is held until the body ends.
 async fn send(
     state: &AppState,
-    tenant: &Tenant,
+    tenant: &Arc<Tenant>,
     request: UpstreamRequest,
     admitted: InFlight,
 ) -> Result<Response, ApiError> {
@@ -249,7 +265,7 @@ async fn send(
 
 async fn send_upstream(
     state: &AppState,
-    tenant: &Tenant,
+    tenant: &Arc<Tenant>,
     request: UpstreamRequest,
 ) -> Result<(reqwest::Response, std::time::Duration), ApiError> {
     state.limiters.check_upstream()?;
@@ -266,7 +282,7 @@ const ERROR_BODY_CAP: usize = 1024 * 1024;
 /// read (bounded) and every configured key is scrubbed out of it first, since error answers may
 /// echo the request (a validation error quoting the body, BYOK key included).
 async fn answer_back(
-    tenant: &Tenant,
+    tenant: &Arc<Tenant>,
     upstream: reqwest::Response,
     admitted: InFlight,
     elapsed: std::time::Duration,
@@ -337,7 +353,7 @@ fn record_outcome(
 /// Catalog GETs: answered from the taxonomy cache, fetched (once per key) on a miss.
 async fn serve_cached(
     state: &AppState,
-    tenant: &Tenant,
+    tenant: &Arc<Tenant>,
     parts: Parts,
     _admitted: InFlight,
 ) -> Result<Response, ApiError> {
@@ -376,7 +392,7 @@ async fn serve_cached(
 
 async fn fetch_for_cache(
     state: &AppState,
-    tenant: &Tenant,
+    tenant: &Arc<Tenant>,
     parts: &Parts,
 ) -> Result<StoredResponse, ApiError> {
     state.limiters.check_upstream()?;

@@ -1,6 +1,8 @@
 //! Managed jobs behind the unmodified SDK: an oversize submit on the Valiqor surface becomes an
 //! evalgate job (202 with an `egj_` id), and the follow-up paths the SDK builds from that id
 //! (reference §5.2) are answered here in the SDK's own vocabulary. Other ids pass through.
+use std::sync::Arc;
+
 use axum::{
     Json,
     response::{IntoResponse, Response},
@@ -17,7 +19,8 @@ use crate::{
         view,
     },
     store::JobRecord,
-    types::{JobId, JobKind, Origin},
+    tenants::Tenant,
+    types::{JobId, JobKind, Origin, TenantName},
 };
 
 /// The submit templates that batch transparently, and their kind.
@@ -54,6 +57,7 @@ fn status_path(kind: JobKind, id: &str) -> String {
 /// it for `evaluate()`, `total_items`).
 pub(crate) async fn accept(
     jobs: &JobService,
+    tenant: &Arc<Tenant>,
     kind: JobKind,
     submission: Submission,
     upstream_max_items: Option<usize>,
@@ -61,6 +65,7 @@ pub(crate) async fn accept(
 ) -> Result<Response, ApiError> {
     let webhook = webhook_from_headers(jobs, headers)?;
     let request = JobRequest {
+        tenant: Arc::clone(tenant),
         kind,
         submission,
         webhook,
@@ -122,12 +127,14 @@ fn not_found(id: &str) -> ApiError {
 /// Serves a follow-up path for an evalgate job id.
 pub(crate) async fn serve(
     jobs: &JobService,
+    owner: &TenantName,
     template: &'static str,
     id: &str,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
     // Only a job that does not exist is "not found": a store that fails is a 503 or a 500.
-    let record = jobs.get(id).await.map_err(|error| match error {
+    // Another tenant's job is not found either.
+    let record = jobs.get(id, owner).await.map_err(|error| match error {
         JobsError::NotFound(_) => not_found(id),
         other => ApiError::from(other),
     })?;
@@ -138,7 +145,7 @@ pub(crate) async fn serve(
         "/v2/failure-analysis/runs/{id}/cancel"
         | "/v2/evaluate/jobs/{id}/cancel"
         | "/v2/security/jobs/{id}/cancel" => {
-            let record = jobs.cancel(id).await?;
+            let record = jobs.cancel(id, owner).await?;
             let status = record.state.sdk_status();
             Ok(Json(
                 json!({"status": status, "message": format!("job {id} is {status}"), "job_id": id}),

@@ -1,7 +1,7 @@
 //! The webhook deliveries API: inspect the outbox and replay deliveries. Never shows a secret;
 //! target URLs are shown with their query string masked.
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     extract::{Path, Query, State, rejection::QueryRejection},
     http::StatusCode,
     response::{IntoResponse, Response},
@@ -13,6 +13,7 @@ use serde_json::json;
 use super::error::{ApiError, V1Error};
 use crate::{
     jobs::error::JobsError,
+    middleware::auth::Caller,
     state::AppState,
     store::{AttemptRecord, DeliveryRecord, DeliveryState, ReplayOutcome, StoreError},
     types::{JobId, rfc3339},
@@ -130,6 +131,7 @@ pub(super) struct ListParams {
     responses((status = 200, body = DeliveryList), (status = 400)))]
 pub(super) async fn list(
     State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Response {
     let run = async {
@@ -153,7 +155,7 @@ pub(super) async fn list(
             Some(None) => Vec::new(),
             job => state
                 .store
-                .list_deliveries(job.flatten(), status, limit)
+                .list_deliveries(&tenant.name, job.flatten(), status, limit)
                 .await
                 .map_err(store_error(&state))?,
         };
@@ -168,11 +170,15 @@ pub(super) async fn list(
 /// Sends a delivery again (same `webhook-id`), whatever its state; its schedule restarts.
 #[utoipa::path(post, path = "/v1/webhooks/deliveries/{id}/replay", params(("id" = String, Path)),
     responses((status = 202), (status = 404), (status = 409, description = "already pending")))]
-pub(super) async fn replay(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+pub(super) async fn replay(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
     let run = async {
         match state
             .store
-            .replay_delivery(&id)
+            .replay_delivery(&tenant.name, &id)
             .await
             .map_err(store_error(&state))?
         {
@@ -199,13 +205,17 @@ pub(super) async fn replay(State(state): State<AppState>, Path(id): Path<String>
 /// Replays every dead-lettered delivery of a job.
 #[utoipa::path(post, path = "/v1/jobs/{id}/webhooks/replay", params(("id" = String, Path)),
     responses((status = 202), (status = 404)))]
-pub(super) async fn replay_job(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+pub(super) async fn replay_job(
+    State(state): State<AppState>,
+    Extension(Caller(tenant)): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
     let run = async {
         let not_found = || ApiError::NotFound(format!("job {id} not found"));
         let job = JobId::parse(&id).ok_or_else(not_found)?;
         let replayed = state
             .store
-            .replay_dead(&job)
+            .replay_dead(&tenant.name, &job)
             .await
             .map_err(store_error(&state))?
             .ok_or_else(not_found)?;

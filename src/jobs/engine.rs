@@ -33,8 +33,12 @@ use crate::{
     error::ErrorChain,
     retry::Backoff,
     store::{BatchUpdate, BatchWork, JobStore, NewBatch, StoreError},
-    types::{BatchState, JobId, JobKind, now_millis},
-    upstream::UpstreamClient,
+    tenants::Tenants,
+    types::{BatchState, JobId, JobKind, TenantName, now_millis},
+    upstream::{
+        UpstreamClient,
+        jobs::{Failure, PollOutcome, SubmitOutcome},
+    },
 };
 
 /// Commands from the API to the engine.
@@ -104,7 +108,8 @@ pub(super) struct Next {
 #[derive(Debug, Clone)]
 struct Ctx {
     store: Arc<dyn JobStore>,
-    upstream: UpstreamClient,
+    /// Each job's upstream calls use its tenant's keys.
+    tenants: Tenants,
     hub: JobHub,
     config: Arc<Config>,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
@@ -126,7 +131,7 @@ const REAP_EVERY: Duration = Duration::from_secs(600);
 impl JobEngine {
     pub(crate) fn new(
         store: Arc<dyn JobStore>,
-        upstream: UpstreamClient,
+        tenants: Tenants,
         hub: JobHub,
         config: Arc<Config>,
         learned: Arc<LearnedLimits>,
@@ -143,7 +148,7 @@ impl JobEngine {
         let engine = Self {
             ctx: Ctx {
                 store,
-                upstream,
+                tenants,
                 hub,
                 config,
                 limiter,
@@ -303,6 +308,20 @@ impl Ctx {
         });
     }
 
+    /// The upstream client with the keys of the work's tenant. A tenant that is no longer
+    /// configured (a reload removed it) is a transient failure: the batch is retried on the usual
+    /// schedule, resumes if the tenant comes back, and fails after `jobs.max_attempts`. Another
+    /// tenant's (or the default) keys are never used instead.
+    fn upstream_for(&self, tenant: &TenantName) -> Result<UpstreamClient, Failure> {
+        self.tenants
+            .by_name(tenant)
+            .map(|t| t.upstream.clone())
+            .ok_or_else(|| Failure::Transient {
+                reason: format!("tenant {tenant} is not configured (removed from the tenants?)"),
+                retry_after: None,
+            })
+    }
+
     /// The batch as the pure steps see it.
     fn seen(batch: &BatchWork) -> transition::Batch {
         transition::Batch {
@@ -338,10 +357,14 @@ impl Ctx {
             return Ok(Next::default());
         }
         let body = Submission::batch_body(&batch.members, &batch.payload);
-        let outcome = self
-            .upstream
-            .submit_batch(batch.kind, body, work.job.as_str())
-            .await;
+        let outcome = match self.upstream_for(&batch.tenant) {
+            Ok(upstream) => {
+                upstream
+                    .submit_batch(batch.kind, body, work.job.as_str())
+                    .await
+            }
+            Err(failure) => SubmitOutcome::Failure(failure),
+        };
         let step =
             transition::after_submit(Self::seen(&batch), outcome, self.config.jobs.max_attempts);
         match step {
@@ -420,8 +443,26 @@ impl Ctx {
             return Ok(Next::default());
         };
         self.throttle().await;
-        let outcome = self
-            .upstream
+        let upstream = match self.upstream_for(&batch.tenant) {
+            Ok(upstream) => upstream,
+            Err(failure) => {
+                let commit = match transition::after_poll(
+                    Self::seen(&batch),
+                    PollOutcome::Failure(failure),
+                    polls,
+                    Duration::ZERO,
+                    self.config.jobs.max_attempts,
+                ) {
+                    transition::AfterPoll::Commit(commit) => *commit,
+                    transition::AfterPoll::FetchResult => {
+                        // A failed poll never asks for the result; keep the batch as it is.
+                        return Ok(Next::default());
+                    }
+                };
+                return self.commit(work, &batch, commit).await;
+            }
+        };
+        let outcome = upstream
             .poll_batch(batch.kind, &upstream_id, work.job.as_str())
             .await;
         let running_for =
@@ -436,8 +477,7 @@ impl Ctx {
         ) {
             transition::AfterPoll::Commit(commit) => *commit,
             transition::AfterPoll::FetchResult => {
-                let fetched = self
-                    .upstream
+                let fetched = upstream
                     .fetch_result(batch.kind, &upstream_id, work.job.as_str())
                     .await;
                 transition::after_fetch(Self::seen(&batch), fetched, max_attempts)
@@ -486,11 +526,15 @@ impl Ctx {
         if !self.store.update_batch(update).await? {
             if let Some(upstream_job_id) = cancel_if_stale {
                 // The job was cancelled while the submit was in flight: cancel what it started.
-                if let Err(failure) = self
-                    .upstream
-                    .cancel_batch(batch.kind, &upstream_job_id, work.job.as_str())
-                    .await
-                {
+                let cancelled = match self.upstream_for(&batch.tenant) {
+                    Ok(upstream) => {
+                        upstream
+                            .cancel_batch(batch.kind, &upstream_job_id, work.job.as_str())
+                            .await
+                    }
+                    Err(failure) => Err(failure),
+                };
+                if let Err(failure) = cancelled {
                     tracing::warn!(
                         ?failure,
                         upstream_job_id,
@@ -592,7 +636,7 @@ impl Ctx {
         if cancel_running {
             // Only the finalization that ended the job cancels what still runs upstream; the
             // store already marked those batches cancelled with the job.
-            cancel_running_upstream(&self.upstream, &record).await;
+            cancel_running_upstream(&self.tenants, &record).await;
         }
         tracing::info!(
             state = state.as_str(),

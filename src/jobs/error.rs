@@ -19,6 +19,9 @@ pub(crate) enum JobsError {
     /// A bound was reached (`jobs.max_active_jobs`, `webhooks.max_pending`): try again later.
     #[error("{0} reached; retry shortly")]
     AtCapacity(&'static str, Duration),
+    /// The caller's tenant has `max_active_jobs` unfinished jobs: its own limit, not the service's.
+    #[error("the tenant's max_active_jobs is reached; retry once one of its jobs ends")]
+    TenantAtCapacity(Duration),
     /// The store failed in a way that can pass by itself (busy, disk full, I/O): try again later.
     #[error("the job store is unavailable")]
     StoreUnavailable(#[source] StoreError, Duration),

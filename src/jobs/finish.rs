@@ -16,8 +16,8 @@ use crate::{
     error::ErrorChain,
     store::{JobRecord, JobStore, StoreError},
     telemetry,
+    tenants::Tenants,
     types::{BatchState, JobState},
-    upstream::UpstreamClient,
     webhooks::{
         dispatcher::WebhookWaker,
         outbox::{self, JobWebhook},
@@ -103,7 +103,16 @@ impl Finisher {
 
 /// Cancels upstream every batch of `record` that was running there when its job ended (a cancel,
 /// or fail-fast). A cancel that fails is logged: the upstream job runs on, its result unused.
-pub(crate) async fn cancel_running_upstream(upstream: &UpstreamClient, record: &JobRecord) {
+pub(crate) async fn cancel_running_upstream(tenants: &Tenants, record: &JobRecord) {
+    let Some(tenant) = tenants.by_name(&record.tenant) else {
+        tracing::warn!(
+            job_id = %record.id,
+            tenant = %record.tenant,
+            "the job's tenant is no longer configured: its batches running upstream are not cancelled there"
+        );
+        return;
+    };
+    let upstream = &tenant.upstream;
     for batch in record
         .batches
         .iter()

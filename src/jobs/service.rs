@@ -19,14 +19,16 @@ use crate::{
     batching::{BatchLimits, Submission},
     config::Config,
     store::{Created, JobRecord, JobStore, ListQuery, NewBatch, NewJob, StoreError, StoredEvent},
-    types::{JobId, JobKind, JobState, Origin, now_millis},
-    upstream::UpstreamClient,
+    tenants::{Tenant, Tenants},
+    types::{JobId, JobKind, JobState, Origin, TenantName, now_millis},
     webhooks::{outbox, ssrf::TargetPolicy},
 };
 
 /// A new job's request, whichever surface it came through.
 #[derive(Debug)]
 pub(crate) struct JobRequest {
+    /// The caller: the job's owner, and its limits.
+    pub tenant: Arc<Tenant>,
     pub kind: JobKind,
     pub submission: Submission,
     /// The webhook target as `JobService::validate_webhook` returned it.
@@ -50,7 +52,7 @@ pub(crate) struct Parts {
     pub engine: EngineHandle,
     pub hub: JobHub,
     pub learned: Arc<LearnedLimits>,
-    pub upstream: UpstreamClient,
+    pub tenants: Tenants,
     pub finisher: Finisher,
     pub webhook_policy: Arc<TargetPolicy>,
 }
@@ -108,7 +110,7 @@ impl JobService {
         let config = &self.0.config;
         let store = &self.0.store;
         let active = store
-            .count_active()
+            .count_active(None)
             .await
             .map_err(|e| self.store_error(e))?;
         if active >= config.jobs.max_active_jobs {
@@ -116,6 +118,16 @@ impl JobService {
                 "jobs.max_active_jobs",
                 self.retry_after(),
             ));
+        }
+        // The tenant's own cap: its backlog never takes the whole engine from the others.
+        if let Some(cap) = request.tenant.max_active_jobs {
+            let own = store
+                .count_active(Some(&request.tenant.name))
+                .await
+                .map_err(|e| self.store_error(e))?;
+            if own >= cap {
+                return Err(JobsError::TenantAtCapacity(self.retry_after()));
+            }
         }
         // Bounded outbox: a job that will produce deliveries is refused while the outbox is full.
         if request.webhook.is_some() || !config.webhooks.endpoints.is_empty() {
@@ -146,6 +158,7 @@ impl JobService {
         let id = JobId::generate();
         let job = NewJob {
             id: id.clone(),
+            tenant: request.tenant.name.clone(),
             kind: request.kind,
             origin: request.origin,
             total_items: submission.len(),
@@ -170,32 +183,39 @@ impl JobService {
             // its next start when it is stopping) and starts it then.
             tracing::warn!(job_id = %id, "engine queue full; the job starts at the engine's next store scan");
         }
-        let record = self.read(&id).await?;
+        let record = self.read(&id, &request.tenant.name).await?;
         if fresh {
             tracing::info!(job_id = %id, batches = record.batches.len(), "job accepted");
         }
         Ok((record, fresh))
     }
 
-    /// A job by id; ids that are not evalgate's are simply not found.
-    pub(crate) async fn get(&self, id: &str) -> Result<JobRecord, JobsError> {
+    /// A job of `owner` by id. Ids that are not evalgate's, and other tenants' jobs, are simply
+    /// not found (never "forbidden": another tenant's ids are not even confirmed to exist).
+    pub(crate) async fn get(&self, id: &str, owner: &TenantName) -> Result<JobRecord, JobsError> {
         let id = JobId::parse(id).ok_or_else(|| JobsError::NotFound(id.to_owned()))?;
-        self.read(&id).await
+        self.read(&id, owner).await
     }
 
-    async fn read(&self, id: &JobId) -> Result<JobRecord, JobsError> {
+    async fn read(&self, id: &JobId, owner: &TenantName) -> Result<JobRecord, JobsError> {
         self.0
             .store
             .job(id)
             .await
             .map_err(|e| self.store_error(e))?
+            .filter(|record| record.tenant == *owner)
             .ok_or_else(|| JobsError::NotFound(id.to_string()))
     }
 
     /// Waits (bounded by `jobs.max_wait`) until the job is terminal, then returns its latest record.
-    pub(crate) async fn wait(&self, id: &str, wait: Duration) -> Result<JobRecord, JobsError> {
+    pub(crate) async fn wait(
+        &self,
+        id: &str,
+        owner: &TenantName,
+        wait: Duration,
+    ) -> Result<JobRecord, JobsError> {
         let mut events = self.0.hub.subscribe();
-        let record = self.get(id).await?;
+        let record = self.get(id, owner).await?;
         if record.state.is_terminal() || wait.is_zero() {
             return Ok(record);
         }
@@ -206,16 +226,16 @@ impl JobService {
                 Ok(Ok(event)) if event.job_id == record.id && event.is_terminal() => break,
                 Ok(Ok(_)) => {}
                 Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
-                    if self.read(&record.id).await?.state.is_terminal() {
+                    if self.read(&record.id, owner).await?.state.is_terminal() {
                         break;
                     }
                 }
             }
         }
-        self.read(&record.id).await
+        self.read(&record.id, owner).await
     }
 
-    /// A page of jobs, oldest first.
+    /// A page of the tenant's jobs, oldest first.
     pub(crate) async fn list(&self, query: ListQuery<'_>) -> Result<Vec<JobRecord>, JobsError> {
         self.0
             .store
@@ -243,8 +263,12 @@ impl JobService {
     }
 
     /// The merged result, with the `evalgate` section; `NotReady` while the job runs.
-    pub(crate) async fn result(&self, id: &str) -> Result<(JobRecord, Bytes), JobsError> {
-        let record = self.get(id).await?;
+    pub(crate) async fn result(
+        &self,
+        id: &str,
+        owner: &TenantName,
+    ) -> Result<(JobRecord, Bytes), JobsError> {
+        let record = self.get(id, owner).await?;
         self.result_of(record).await
     }
 
@@ -278,8 +302,12 @@ impl JobService {
     /// Cancels a job: committed first (so no new submit or poll can start), then every batch
     /// still running upstream is cancelled there.
     #[tracing::instrument(skip_all, fields(job_id = id))]
-    pub(crate) async fn cancel(&self, id: &str) -> Result<JobRecord, JobsError> {
-        let record = self.get(id).await?;
+    pub(crate) async fn cancel(
+        &self,
+        id: &str,
+        owner: &TenantName,
+    ) -> Result<JobRecord, JobsError> {
+        let record = self.get(id, owner).await?;
         if record.state.is_terminal() {
             return Ok(record);
         }
@@ -299,9 +327,9 @@ impl JobService {
             })?;
         if ended {
             self.0.engine.send(Command::Forget(record.id.clone()));
-            cancel_running_upstream(&self.0.upstream, &record).await;
+            cancel_running_upstream(&self.0.tenants, &record).await;
             tracing::info!("job cancelled");
         }
-        self.read(&record.id).await
+        self.read(&record.id, owner).await
     }
 }

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 
 pub(crate) use self::sqlite::SqliteStore;
 use crate::types::{BatchState, JobId, JobKind, JobState};
-use crate::types::{Millis, Origin};
+use crate::types::{Millis, Origin, TenantName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -79,6 +79,8 @@ pub(crate) struct NewBatch {
 #[derive(Debug, Clone)]
 pub(crate) struct NewJob {
     pub id: JobId,
+    /// The tenant that created it: the only one that sees it.
+    pub tenant: TenantName,
     pub kind: JobKind,
     pub origin: Origin,
     pub total_items: usize,
@@ -109,6 +111,7 @@ pub(crate) struct BatchRecord {
 #[derive(Debug, Clone)]
 pub(crate) struct JobRecord {
     pub id: JobId,
+    pub tenant: TenantName,
     pub kind: JobKind,
     pub state: JobState,
     pub total_items: usize,
@@ -124,6 +127,8 @@ pub(crate) struct JobRecord {
 /// What the engine needs to submit or poll one batch.
 #[derive(Debug, Clone)]
 pub(crate) struct BatchWork {
+    /// The job's tenant: whose keys the upstream calls use.
+    pub tenant: TenantName,
     pub kind: JobKind,
     pub item_start: usize,
     pub item_end: usize,
@@ -163,6 +168,8 @@ pub(crate) struct StoredEvent {
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ListQuery<'a> {
+    /// Only this tenant's jobs.
+    pub tenant: &'a TenantName,
     pub state: Option<JobState>,
     pub limit: usize,
     /// Job ids sort by creation (`UUIDv7`); the cursor is the last id of the previous page.
@@ -330,8 +337,9 @@ pub(crate) trait JobStore: Send + Sync + std::fmt::Debug {
         parts: Vec<NewBatch>,
     ) -> BoxFuture<'_, Result<Vec<u32>, StoreError>>;
 
-    /// Jobs accepted and not finished.
-    fn count_active(&self) -> BoxFuture<'_, Result<usize, StoreError>>;
+    /// Jobs accepted and not finished: all of them, or one tenant's.
+    fn count_active(&self, tenant: Option<&TenantName>)
+    -> BoxFuture<'_, Result<usize, StoreError>>;
 
     /// Completed batches' results: (`item_start`, `item_count`, result JSON), in dataset order.
     fn batch_results(&self, job: &JobId) -> BoxFuture<'_, Result<Vec<CompletedBatch>, StoreError>>;
@@ -362,20 +370,30 @@ pub(crate) trait JobStore: Send + Sync + std::fmt::Debug {
     /// Records an attempt and the delivery's new state (only while it is pending).
     fn record_attempt(&self, attempt: Attempt) -> BoxFuture<'_, Result<bool, StoreError>>;
 
-    /// Deliveries (of one job, in one state) with their attempts, oldest first.
+    /// A tenant's deliveries (of one job, in one state) with their attempts, oldest first.
     fn list_deliveries(
         &self,
+        tenant: &TenantName,
         job: Option<JobId>,
         state: Option<DeliveryState>,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<DeliveryRecord>, StoreError>>;
 
-    /// Makes a delivery that is not pending pending again, due now, with its attempt count reset.
-    fn replay_delivery(&self, id: &str) -> BoxFuture<'_, Result<ReplayOutcome, StoreError>>;
+    /// Makes a tenant's delivery that is not pending pending again, due now, with its attempt
+    /// count reset. Another tenant's delivery is `NotFound`.
+    fn replay_delivery(
+        &self,
+        tenant: &TenantName,
+        id: &str,
+    ) -> BoxFuture<'_, Result<ReplayOutcome, StoreError>>;
 
-    /// Replays every dead-lettered delivery of a job; returns how many, or `None` when no job has
-    /// that id.
-    fn replay_dead(&self, job: &JobId) -> BoxFuture<'_, Result<Option<usize>, StoreError>>;
+    /// Replays every dead-lettered delivery of a tenant's job; returns how many, or `None` when
+    /// the tenant has no job with that id.
+    fn replay_dead(
+        &self,
+        tenant: &TenantName,
+        job: &JobId,
+    ) -> BoxFuture<'_, Result<Option<usize>, StoreError>>;
 
     fn count_pending_deliveries(&self) -> BoxFuture<'_, Result<usize, StoreError>>;
 

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     config::{StoreConfig, StorePath},
-    types::{BatchState, JobId, JobKind, JobState, Millis, now_millis},
+    types::{BatchState, JobId, JobKind, JobState, Millis, TenantName, now_millis},
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -105,6 +105,14 @@ const MIGRATIONS: &[&str] = &[
         error TEXT,
         PRIMARY KEY (delivery_id, n)
     ) STRICT;
+    ",
+    // 4: tenants. Jobs made before belong to the tenant "default"; idempotency keys are
+    // per tenant.
+    r"
+    ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+    CREATE INDEX jobs_by_tenant ON jobs(tenant, id);
+    DROP INDEX jobs_by_idempotency;
+    CREATE INDEX jobs_by_idempotency ON jobs(tenant, idempotency_key, created_at) WHERE idempotency_key IS NOT NULL;
     ",
 ];
 
@@ -287,13 +295,12 @@ fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} {value:?}"))
 }
 
-/// Whether `sql` (one `?1` parameter) finds a row.
-fn exists(conn: &Connection, sql: &str, arg: &str) -> Result<bool, StoreError> {
-    Ok(conn.query_row(sql, [arg], |_| Ok(())).optional()?.is_some())
-}
-
 fn parse_job_state(s: &str) -> Result<JobState, StoreError> {
     JobState::parse(s).ok_or_else(|| corrupt("job state", s))
+}
+
+fn parse_tenant(s: &str) -> Result<TenantName, StoreError> {
+    TenantName::parse(s).ok_or_else(|| corrupt("tenant", s))
 }
 
 fn parse_batch_state(s: &str) -> Result<BatchState, StoreError> {
@@ -301,7 +308,7 @@ fn parse_batch_state(s: &str) -> Result<BatchState, StoreError> {
 }
 
 const JOB_COLUMNS: &str =
-    "id, kind, state, total_items, error, webhook, created_at, started_at, finished_at";
+    "id, kind, state, total_items, error, webhook, created_at, started_at, finished_at, tenant";
 
 /// The raw job row; states are parsed after the query (rusqlite rows cannot carry our errors).
 struct JobRow {
@@ -314,6 +321,7 @@ struct JobRow {
     created_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
+    tenant: String,
 }
 
 fn job_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
@@ -327,6 +335,7 @@ fn job_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
         created_at: row.get(6)?,
         started_at: row.get(7)?,
         finished_at: row.get(8)?,
+        tenant: row.get(9)?,
     })
 }
 
@@ -376,6 +385,7 @@ fn to_record(conn: &Connection, row: JobRow, with_batches: bool) -> Result<JobRe
     };
     Ok(JobRecord {
         id: JobId::parse(&row.id).ok_or_else(|| corrupt("job id", &row.id))?,
+        tenant: parse_tenant(&row.tenant)?,
         kind: JobKind::parse(&row.kind).ok_or_else(|| corrupt("job kind", &row.kind))?,
         state: parse_job_state(&row.state)?,
         total_items: to_usize(row.total_items),
@@ -450,9 +460,9 @@ impl JobStore for SqliteStore {
             if let Some((key, hash)) = &job.idempotency {
                 let existing: Option<(String, String)> = tx
                     .query_row(
-                        "SELECT id, request_hash FROM jobs WHERE idempotency_key = ?1 AND created_at >= ?2
+                        "SELECT id, request_hash FROM jobs WHERE tenant = ?3 AND idempotency_key = ?1 AND created_at >= ?2
                          ORDER BY created_at DESC LIMIT 1",
-                        params![key, idempotency_since],
+                        params![key, idempotency_since, job.tenant.as_str()],
                         |row| Ok((row.get(0)?, row.get(1)?)),
                     )
                     .optional()?;
@@ -467,8 +477,8 @@ impl JobStore for SqliteStore {
             }
             let (key, hash) = job.idempotency.clone().unzip();
             tx.execute(
-                "INSERT INTO jobs (id, kind, origin, state, total_items, members, webhook, idempotency_key, request_hash, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                "INSERT INTO jobs (id, kind, origin, state, total_items, members, webhook, idempotency_key, request_hash, created_at, updated_at, tenant)
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
                 params![
                     job.id.as_str(),
                     job.kind.as_str(),
@@ -478,7 +488,8 @@ impl JobStore for SqliteStore {
                     job.webhook,
                     key,
                     hash,
-                    job.created_at
+                    job.created_at,
+                    job.tenant.as_str()
                 ],
             )?;
             insert_batches(&tx, job.id.as_str(), &job.batches, job.created_at)?;
@@ -507,12 +518,13 @@ impl JobStore for SqliteStore {
         let state = query.state.map(JobState::as_str);
         let after = query.after.unwrap_or("").to_owned();
         let limit = to_i64(query.limit);
+        let tenant = query.tenant.clone();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) AND id > ?2 ORDER BY id LIMIT ?3"
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?4 AND (?1 IS NULL OR state = ?1) AND id > ?2 ORDER BY id LIMIT ?3"
             ))?;
             let rows = stmt
-                .query_map(params![state, after, limit], job_row)?
+                .query_map(params![state, after, limit, tenant.as_str()], job_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter().map(|row| to_record(conn, row, true)).collect()
         })
@@ -567,7 +579,7 @@ impl JobStore for SqliteStore {
         self.read(move |conn| {
             let row = conn
                 .query_row(
-                    "SELECT j.kind, b.item_start, b.item_end, b.state, b.upstream_job_id, b.attempts, j.members, b.payload
+                    "SELECT j.kind, b.item_start, b.item_end, b.state, b.upstream_job_id, b.attempts, j.members, b.payload, j.tenant
                      FROM batches b JOIN jobs j ON j.id = b.job_id WHERE b.job_id = ?1 AND b.idx = ?2",
                     params![job.as_str(), idx],
                     |row| {
@@ -580,14 +592,17 @@ impl JobStore for SqliteStore {
                             row.get::<_, i64>(5)?,
                             row.get::<_, Vec<u8>>(6)?,
                             row.get::<_, Vec<u8>>(7)?,
+                            row.get::<_, String>(8)?,
                         ))
                     },
                 )
                 .optional()?;
-            let Some((kind, start, end, state, upstream, attempts, members, payload)) = row else {
+            let Some((kind, start, end, state, upstream, attempts, members, payload, tenant)) = row
+            else {
                 return Ok(None);
             };
             Ok(Some(BatchWork {
+                tenant: parse_tenant(&tenant)?,
                 kind: JobKind::parse(&kind).ok_or_else(|| corrupt("job kind", &kind))?,
                 item_start: to_usize(start),
                 item_end: to_usize(end),
@@ -659,8 +674,20 @@ impl JobStore for SqliteStore {
         .boxed()
     }
 
-    fn count_active(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
-        self.count("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')")
+    fn count_active(
+        &self,
+        tenant: Option<&TenantName>,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        let tenant = tenant.map(|t| t.as_str().to_owned());
+        self.read(move |conn| {
+            let n: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running') AND (?1 IS NULL OR tenant = ?1)",
+                [tenant],
+                |row| row.get(0),
+            )?;
+            Ok(to_usize(n))
+        })
+        .boxed()
     }
 
     fn split_batch(
@@ -923,20 +950,24 @@ impl JobStore for SqliteStore {
 
     fn list_deliveries(
         &self,
+        tenant: &TenantName,
         job: Option<JobId>,
         state: Option<DeliveryState>,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<DeliveryRecord>, StoreError>> {
+        let tenant = tenant.as_str().to_owned();
         self.read(move |conn| {
             let job = job.as_ref().map(JobId::as_str);
             let state = state.map(DeliveryState::as_str);
             let limit = to_i64(limit);
             let mut stmt = conn.prepare_cached(
                 "SELECT id, job_id, event, url, state, next_at, created_at, delivered_at FROM webhook_deliveries
-                 WHERE (?1 IS NULL OR job_id = ?1) AND (?2 IS NULL OR state = ?2) ORDER BY created_at, id LIMIT ?3",
+                 WHERE (?1 IS NULL OR job_id = ?1) AND (?2 IS NULL OR state = ?2)
+                   AND job_id IN (SELECT id FROM jobs WHERE tenant = ?4)
+                 ORDER BY created_at, id LIMIT ?3",
             )?;
             let rows = stmt
-                .query_map(params![job, state, limit], |row| {
+                .query_map(params![job, state, limit, tenant], |row| {
                     Ok((
                         row.get::<_, String>(0)?,
                         row.get::<_, String>(1)?,
@@ -953,11 +984,13 @@ impl JobStore for SqliteStore {
             let mut attempts_stmt = conn.prepare_cached(
                 "SELECT delivery_id, n, at, status, latency_ms, error FROM webhook_attempts
                  WHERE delivery_id IN (SELECT id FROM webhook_deliveries
-                    WHERE (?1 IS NULL OR job_id = ?1) AND (?2 IS NULL OR state = ?2) ORDER BY created_at, id LIMIT ?3)
+                    WHERE (?1 IS NULL OR job_id = ?1) AND (?2 IS NULL OR state = ?2)
+                      AND job_id IN (SELECT id FROM jobs WHERE tenant = ?4)
+                    ORDER BY created_at, id LIMIT ?3)
                  ORDER BY delivery_id, n",
             )?;
             let mut attempts: HashMap<String, Vec<AttemptRecord>> = HashMap::new();
-            let attempt_rows = attempts_stmt.query_map(params![job, state, limit], |row| {
+            let attempt_rows = attempts_stmt.query_map(params![job, state, limit, tenant], |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     AttemptRecord {
@@ -994,19 +1027,32 @@ impl JobStore for SqliteStore {
         .boxed()
     }
 
-    fn replay_delivery(&self, id: &str) -> BoxFuture<'_, Result<ReplayOutcome, StoreError>> {
+    fn replay_delivery(
+        &self,
+        tenant: &TenantName,
+        id: &str,
+    ) -> BoxFuture<'_, Result<ReplayOutcome, StoreError>> {
         let id = id.to_owned();
+        let tenant = tenant.as_str().to_owned();
         self.write(move |conn| {
             let tx = conn.transaction()?;
             let replayed = tx.execute(
                 "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, next_at = ?2, updated_at = ?2
-                 WHERE id = ?1 AND state != 'pending'",
-                params![id, now_millis()],
+                 WHERE id = ?1 AND state != 'pending' AND job_id IN (SELECT id FROM jobs WHERE tenant = ?3)",
+                params![id, now_millis(), tenant],
             )?;
-            // Nothing changed: either it is pending already or there is no such delivery.
+            // Nothing changed: either it is pending already or the tenant has no such delivery.
             let outcome = if replayed > 0 {
                 ReplayOutcome::Replayed
-            } else if exists(&tx, "SELECT 1 FROM webhook_deliveries WHERE id = ?1", &id)? {
+            } else if tx
+                .query_row(
+                    "SELECT 1 FROM webhook_deliveries WHERE id = ?1 AND job_id IN (SELECT id FROM jobs WHERE tenant = ?2)",
+                    params![id, tenant],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some()
+            {
                 ReplayOutcome::AlreadyPending
             } else {
                 ReplayOutcome::NotFound
@@ -1017,16 +1063,31 @@ impl JobStore for SqliteStore {
         .boxed()
     }
 
-    fn replay_dead(&self, job: &JobId) -> BoxFuture<'_, Result<Option<usize>, StoreError>> {
+    fn replay_dead(
+        &self,
+        tenant: &TenantName,
+        job: &JobId,
+    ) -> BoxFuture<'_, Result<Option<usize>, StoreError>> {
         let job = job.as_str().to_owned();
+        let tenant = tenant.as_str().to_owned();
         self.write(move |conn| {
             let tx = conn.transaction()?;
+            let known = tx
+                .query_row(
+                    "SELECT 1 FROM jobs WHERE id = ?1 AND tenant = ?2",
+                    params![job, tenant],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !known {
+                return Ok(None);
+            }
             let replayed = tx.execute(
                 "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, next_at = ?2, updated_at = ?2
                  WHERE job_id = ?1 AND state = 'dead'",
                 params![job, now_millis()],
             )?;
-            let known = replayed > 0 || exists(&tx, "SELECT 1 FROM jobs WHERE id = ?1", &job)?;
             tx.commit()?;
             Ok(known.then_some(replayed))
         })

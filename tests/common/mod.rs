@@ -55,6 +55,22 @@ impl TestApp {
         edit: impl FnOnce(&mut Config),
     ) -> Self {
         let config = Config::for_tests(base_url, UPSTREAM_KEY, edit);
+        Self::spawn_config(upstream, config).await
+    }
+
+    /// With more configuration as TOML (e.g. `[auth]` and `[[tenants]]`).
+    pub async fn spawn_toml(
+        emulator: EmulatorConfig,
+        toml: &str,
+        edit: impl FnOnce(&mut Config),
+    ) -> Self {
+        let upstream = Emulator::spawn(emulator).await.expect("emulator starts");
+        let base_url = upstream.handle().base_url();
+        let config = Config::for_tests_with(&base_url, UPSTREAM_KEY, toml, edit);
+        Self::spawn_config(upstream, config).await
+    }
+
+    async fn spawn_config(upstream: RunningEmulator, config: Config) -> Self {
         let listeners = Listeners::bind(&config.server)
             .await
             .expect("listeners bind");

@@ -42,8 +42,13 @@ async fn opens_migrates_and_reopens_a_file_store() {
     assert_eq!(version, i64::try_from(MIGRATIONS.len()).unwrap());
 }
 
+fn default_tenant() -> TenantName {
+    TenantName::default_tenant()
+}
+
 fn new_job(batches: usize) -> NewJob {
     NewJob {
+        tenant: default_tenant(),
         id: JobId::generate(),
         kind: JobKind::FailureAnalysis,
         origin: Origin::Native,
@@ -99,7 +104,7 @@ async fn finished_jobs_are_reaped_after_retention_and_unfinished_ones_never() {
     assert_eq!(store.reap(now_millis() + 1_000).await.unwrap(), 1);
     assert!(store.job(&done_id).await.unwrap().is_none());
     assert!(store.job(&running_id).await.unwrap().is_some());
-    assert_eq!(store.count_active().await.unwrap(), 1);
+    assert_eq!(store.count_active(None).await.unwrap(), 1);
 }
 
 #[tokio::test]
@@ -165,13 +170,15 @@ async fn reads_run_on_read_only_connections_and_see_committed_writes() {
     store.create_job(job, 0).await.unwrap();
     let record = store.job(&id).await.unwrap().unwrap();
     assert_eq!(record.batches.len(), 2);
+    let tenant = default_tenant();
     let query = ListQuery {
+        tenant: &tenant,
         state: None,
         limit: 10,
         after: None,
     };
     assert_eq!(store.list_jobs(query).await.unwrap().len(), 1);
-    assert_eq!(store.count_active().await.unwrap(), 1);
+    assert_eq!(store.count_active(None).await.unwrap(), 1);
     let refused = store
         .read(|conn| Ok(conn.execute("DELETE FROM jobs", [])?))
         .await
@@ -240,7 +247,7 @@ async fn a_memory_store_reads_on_its_writer() {
     let id = job.id.clone();
     store.create_job(job, 0).await.unwrap();
     assert_eq!(store.job(&id).await.unwrap().unwrap().id, id);
-    assert_eq!(store.count_active().await.unwrap(), 1);
+    assert_eq!(store.count_active(None).await.unwrap(), 1);
     store.ping().await.unwrap();
 }
 
@@ -341,21 +348,25 @@ fn attempt(delivery: &str, at: Millis, status: u16, new_state: DeliveryState) ->
 
 #[tokio::test]
 async fn replay_outcomes_decide_not_found_conflict_and_replayed() {
+    let t = default_tenant();
     let dir = tempfile::tempdir().unwrap();
     let store = open(&file_store_path(&dir)).await;
     let job = job_with_deliveries(&store).await;
 
     assert_eq!(
-        store.replay_delivery("msg_a").await.unwrap(),
+        store.replay_delivery(&t, "msg_a").await.unwrap(),
         ReplayOutcome::AlreadyPending,
         "a new delivery is pending"
     );
     assert_eq!(
-        store.replay_delivery("msg_unknown").await.unwrap(),
+        store.replay_delivery(&t, "msg_unknown").await.unwrap(),
         ReplayOutcome::NotFound
     );
-    assert_eq!(store.replay_dead(&job).await.unwrap(), Some(0));
-    assert_eq!(store.replay_dead(&JobId::generate()).await.unwrap(), None);
+    assert_eq!(store.replay_dead(&t, &job).await.unwrap(), Some(0));
+    assert_eq!(
+        store.replay_dead(&t, &JobId::generate()).await.unwrap(),
+        None
+    );
 
     let at = now_millis();
     assert!(
@@ -365,7 +376,7 @@ async fn replay_outcomes_decide_not_found_conflict_and_replayed() {
             .unwrap()
     );
     let listed = store
-        .list_deliveries(Some(job.clone()), None, 10)
+        .list_deliveries(&t, Some(job.clone()), None, 10)
         .await
         .unwrap();
     assert_eq!(listed.len(), 2);
@@ -390,14 +401,14 @@ async fn replay_outcomes_decide_not_found_conflict_and_replayed() {
     assert!(listed[1].attempts.is_empty(), "attempts stay with theirs");
     assert!(listed[1].next_attempt_at.is_some(), "pending: next attempt");
     let only_dead = store
-        .list_deliveries(None, Some(DeliveryState::Dead), 10)
+        .list_deliveries(&t, None, Some(DeliveryState::Dead), 10)
         .await
         .unwrap();
     assert_eq!(only_dead.len(), 1);
 
-    assert_eq!(store.replay_dead(&job).await.unwrap(), Some(1));
+    assert_eq!(store.replay_dead(&t, &job).await.unwrap(), Some(1));
     assert_eq!(
-        store.replay_delivery("msg_a").await.unwrap(),
+        store.replay_delivery(&t, "msg_a").await.unwrap(),
         ReplayOutcome::AlreadyPending
     );
     let delivered_at = now_millis();
@@ -405,7 +416,10 @@ async fn replay_outcomes_decide_not_found_conflict_and_replayed() {
         let delivered = attempt(id, delivered_at, 200, DeliveryState::Delivered);
         assert!(store.record_attempt(delivered).await.unwrap());
     }
-    let listed = store.list_deliveries(Some(job), None, 10).await.unwrap();
+    let listed = store
+        .list_deliveries(&t, Some(job), None, 10)
+        .await
+        .unwrap();
     assert_eq!(listed[0].state, DeliveryState::Delivered);
     assert_eq!(listed[0].delivered_at, Some(delivered_at));
     assert_eq!(
@@ -414,7 +428,7 @@ async fn replay_outcomes_decide_not_found_conflict_and_replayed() {
         "the replay restarted the count"
     );
     assert_eq!(
-        store.replay_delivery("msg_a").await.unwrap(),
+        store.replay_delivery(&t, "msg_a").await.unwrap(),
         ReplayOutcome::Replayed
     );
     assert_eq!(
