@@ -77,6 +77,39 @@ async fn a_broken_config_exits_78_and_names_every_bad_key() {
 }
 
 #[tokio::test]
+async fn unauthenticated_on_a_non_loopback_address_refuses_to_start() {
+    let out = output(
+        evalgate()
+            .env("EVALGATE__SERVER__LISTEN", "0.0.0.0:0")
+            .env("EVALGATE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+            .env("EVALGATE__STORE__PATH", ":memory:")
+            .env("VALIQOR_API_KEY", "vq_live_key"),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("auth.mode") && stderr.contains("allow_unauthenticated"),
+        "{stderr}"
+    );
+    // The same with the explicit opt-in passes validation (check-config only: nothing binds).
+    let opted_in = output(
+        evalgate()
+            .arg("check-config")
+            .env("EVALGATE__SERVER__LISTEN", "0.0.0.0:0")
+            .env("EVALGATE__AUTH__ALLOW_UNAUTHENTICATED", "true")
+            .env("VALIQOR_API_KEY", "vq_live_key"),
+    )
+    .await;
+    assert_eq!(
+        opted_in.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&opted_in.stderr)
+    );
+}
+
+#[tokio::test]
 async fn check_config_prints_the_effective_config_with_secrets_redacted() {
     let out = output(
         evalgate()

@@ -26,7 +26,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 EVALGATE_BIN = os.environ.get("EVALGATE_BIN", os.path.join(ROOT, "target/debug/evalgate"))
 EMULATOR_BIN = os.environ.get("EMULATOR_BIN", os.path.join(ROOT, "target/debug/valiqor-emulator"))
 UPSTREAM_KEY = "vq_sdk_upstream_key"
-CALLER_KEY = "vq_sdk_caller_placeholder"
+# evalgate runs with auth.mode = "tokens": the SDK's api_key is a tenant token (the SDK insists on
+# the vq_ prefix); the platform key stays in evalgate.
+CALLER_KEY = "vq_sdk_tenant_token_0001"
+UNKNOWN_KEY = "vq_sdk_not_a_tenant_token"
 BYOK_KEY = "sk-sdk-test-byok"
 
 
@@ -110,6 +113,9 @@ def main():
     )
     upstream = emulator.wait_for(lambda l: (m := re.search(r"(http://127\.0\.0\.1:\d+)", l)) and m.group(1))
     store = tempfile.mkdtemp()
+    tenants_file = os.path.join(store, "tenants.toml")
+    with open(tenants_file, "w") as f:
+        f.write(f'[[tenants]]\nname = "sdk-test"\ntokens = ["{CALLER_KEY}"]\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVALGATE")}
     env.update({
         "EVALGATE__SERVER__LISTEN": "127.0.0.1:0",
@@ -118,6 +124,8 @@ def main():
         "EVALGATE__VALIQOR__API_KEY": UPSTREAM_KEY,
         "EVALGATE__VALIQOR__OPENAI_API_KEY": BYOK_KEY,
         "EVALGATE__STORE__PATH": os.path.join(store, "evalgate.db"),
+        "EVALGATE__AUTH__MODE": "tokens",
+        "EVALGATE__AUTH__TENANTS_FILE": tenants_file,
         "RUST_LOG": "info",
     })
     gateway = Proc([EVALGATE_BIN], env=env)
@@ -262,7 +270,16 @@ def run_checks(api, admin, failures):
         except exceptions.APIError as error:
             assert error.status_code == 404, error.status_code
 
+    def unknown_token_is_an_authentication_error():
+        stranger = ValiqorClient(api_key=UNKNOWN_KEY, project_name="sdk-test", base_url=api)
+        try:
+            stranger.failure_analysis.get_run("no-such-run")
+            raise AssertionError("expected an AuthenticationError")
+        except exceptions.AuthenticationError:
+            pass
+
     for name, fn in [
+        ("a token that is no tenant's is an AuthenticationError", unknown_token_is_an_authentication_error),
         ("sync failure-analysis run (200 inline)", sync_run),
         ("async failure-analysis run polled to completion with progress", async_run_with_progress),
         ("blocking run() over a 202 job", blocking_run_polls_to_completion),
