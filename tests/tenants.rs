@@ -506,18 +506,23 @@ async fn a_tenant_at_its_max_active_jobs_gets_429_too_many_active_jobs() {
     assert_eq!(other.status(), StatusCode::ACCEPTED);
 }
 
-/// Writes a Kubernetes-style mount: `dir/tenants.toml -> ..data/tenants.toml`,
-/// `..data -> ..<version>`; a new version is swapped in by renaming a new `..data` link.
-fn k8s_mount(dir: &Path, version: &str, tenants: &str) {
+/// Writes a Kubernetes-style mount as the chart lays it out (the file in a subdirectory of the
+/// mount): `dir/tenants -> ..data/tenants`, `..data -> ..<version>`. A new version is swapped in
+/// by renaming a new `..data` link over the old one, then the old version is deleted, as the
+/// kubelet does.
+fn k8s_mount(dir: &Path, version: &str, previous: Option<&str>, tenants: &str) {
     let versioned = dir.join(format!("..{version}"));
-    std::fs::create_dir(&versioned).unwrap();
-    std::fs::write(versioned.join("tenants.toml"), tenants).unwrap();
+    std::fs::create_dir_all(versioned.join("tenants")).unwrap();
+    std::fs::write(versioned.join("tenants/tenants.toml"), tenants).unwrap();
     let tmp = dir.join("..data_tmp");
     std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
     std::fs::rename(&tmp, dir.join("..data")).unwrap();
-    let link = dir.join("tenants.toml");
+    let link = dir.join("tenants");
     if std::fs::symlink_metadata(&link).is_err() {
-        std::os::unix::fs::symlink("..data/tenants.toml", &link).unwrap();
+        std::os::unix::fs::symlink("..data/tenants", &link).unwrap();
+    }
+    if let Some(previous) = previous {
+        std::fs::remove_dir_all(dir.join(format!("..{previous}"))).unwrap();
     }
 }
 
@@ -525,8 +530,8 @@ fn k8s_mount(dir: &Path, version: &str, tenants: &str) {
 async fn a_symlink_swapped_tenants_file_takes_effect_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let tenant = |token: &str| format!("[[tenants]]\nname = \"team-a\"\ntokens = [\"{token}\"]\n");
-    k8s_mount(dir.path(), "v1", &tenant(TOKEN_A));
-    let file = dir.path().join("tenants.toml");
+    k8s_mount(dir.path(), "v1", None, &tenant(TOKEN_A));
+    let file = dir.path().join("tenants/tenants.toml");
     let app = TestApp::spawn_toml(
         open_emulator(),
         &format!(
@@ -544,7 +549,7 @@ async fn a_symlink_swapped_tenants_file_takes_effect_without_a_restart() {
     assert_eq!(status(TOKEN_B).await, StatusCode::UNAUTHORIZED);
 
     // Rotation: the new token in, the old one out, by one atomic swap.
-    k8s_mount(dir.path(), "v2", &tenant(TOKEN_B));
+    k8s_mount(dir.path(), "v2", Some("v1"), &tenant(TOKEN_B));
     eventually(Duration::from_secs(10), || async {
         status(TOKEN_B).await == StatusCode::OK
     })
@@ -552,7 +557,12 @@ async fn a_symlink_swapped_tenants_file_takes_effect_without_a_restart() {
     assert_eq!(status(TOKEN_A).await, StatusCode::UNAUTHORIZED);
 
     // A broken version is rejected: the set in force stays, and the reload is counted.
-    k8s_mount(dir.path(), "v3", "[[tenants]]\nname = \"Team A\"\n");
+    k8s_mount(
+        dir.path(),
+        "v3",
+        Some("v2"),
+        "[[tenants]]\nname = \"Team A\"\n",
+    );
     eventually(Duration::from_secs(10), || async {
         app.metrics()
             .await
@@ -565,4 +575,83 @@ async fn a_symlink_swapped_tenants_file_takes_effect_without_a_restart() {
         metrics.contains("evalgate_tenant_reloads_total{outcome=\"applied\"} 1"),
         "{metrics}"
     );
+    // A second rotation after the failed one is still seen (the watches follow the swaps).
+    k8s_mount(dir.path(), "v4", Some("v3"), &tenant(TOKEN_A));
+    eventually(Duration::from_secs(10), || async {
+        status(TOKEN_A).await == StatusCode::OK
+    })
+    .await;
+    assert_eq!(status(TOKEN_B).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_tenants_keys_never_come_back_in_an_echoed_error_nor_in_metrics() {
+    let app = tenants_app("").await;
+    app.emulator().echo_next(1);
+    let response = call(
+        &app,
+        Method::POST,
+        "/v2/failure-analysis/analyze",
+        Some(TOKEN_A),
+    )
+    .json(&json!({"dataset": dataset(2)}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let text = response.text().await.unwrap();
+    // The upstream received team-a's judge key and echoed the body; the caller sees it scrubbed.
+    let sent = app.emulator().requests();
+    assert!(String::from_utf8_lossy(&sent[0].body).contains(JUDGE_A));
+    assert!(text.contains("*****"), "{text}");
+    for secret in [JUDGE_A, KEY_A, JUDGE_DEFAULT, UPSTREAM_KEY, TOKEN_A] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("tenant=\"team-a\""),
+        "requests are labelled by tenant: {metrics}"
+    );
+    for secret in [JUDGE_A, KEY_A, TOKEN_A, TOKEN_B] {
+        assert!(!metrics.contains(secret), "{secret} in the metrics");
+    }
+}
+
+#[tokio::test]
+async fn event_streams_beyond_server_max_event_streams_are_shed_with_503() {
+    let app = TestApp::spawn_toml(open_emulator(), &two_tenants(""), |c| {
+        fast(c);
+        c.server.max_event_streams = 1;
+    })
+    .await;
+    app.emulator().set_job_duration(Duration::from_secs(30));
+    let (_, accepted) = json(
+        call(&app, Method::POST, "/v1/jobs", Some(TOKEN_A))
+            .json(&json!({"kind": "failure_analysis", "dataset": dataset(5)}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let events = format!("/v1/jobs/{}/events", accepted["job_id"].as_str().unwrap());
+    let open = call(&app, Method::GET, &events, Some(TOKEN_A))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), StatusCode::OK);
+    let shed = call(&app, Method::GET, &events, Some(TOKEN_A))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(shed.headers().contains_key("retry-after"));
+    // Closing the first stream frees its slot.
+    drop(open);
+    eventually(Duration::from_secs(10), || async {
+        call(&app, Method::GET, &events, Some(TOKEN_A))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
 }

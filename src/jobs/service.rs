@@ -185,7 +185,7 @@ impl JobService {
         }
         let record = self.read(&id, &request.tenant.name).await?;
         if fresh {
-            tracing::info!(job_id = %id, batches = record.batches.len(), "job accepted");
+            tracing::info!(job_id = %id, tenant = %record.tenant, batches = record.batches.len(), "job accepted");
         }
         Ok((record, fresh))
     }

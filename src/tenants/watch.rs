@@ -16,10 +16,13 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{ReloadOutcome, Tenants};
+use super::Tenants;
 
 /// Events closer together than this are one change (a symlink swap is several events).
 const SETTLE: Duration = Duration::from_millis(100);
+
+/// How far above a watched file's directory the root of a Kubernetes mount is looked for.
+const MOUNT_DEPTH: usize = 3;
 
 /// Runs until `shutdown`: reloads on file changes and on SIGHUP.
 pub(crate) async fn run(tenants: Tenants, shutdown: CancellationToken) -> Result<(), String> {
@@ -46,9 +49,10 @@ pub(crate) async fn run(tenants: Tenants, shutdown: CancellationToken) -> Result
 fn reload(tenants: &Tenants, watcher: &mut DirWatcher, cause: &'static str) {
     tracing::debug!(cause, "reloading tenants and secrets");
     // A blocking read of a few small files: cheap enough for the runtime thread.
-    if let ReloadOutcome::Applied = tenants.reload() {
-        watcher.update(&tenants.watched_files());
-    }
+    tenants.reload();
+    // Watched anew after every reload, whatever its outcome: a swapped mount replaced the
+    // directories the old watches were on.
+    watcher.update(&tenants.watched_files());
 }
 
 type Hangups = Option<tokio::signal::unix::Signal>;
@@ -112,15 +116,28 @@ impl DirWatcher {
         }
     }
 
-    /// Watches the directories of `files` (and stops watching the others).
+    /// Watches the directories of `files` afresh (a swapped mount leaves the old watches on
+    /// deleted directories), and the root of each Kubernetes mount above them (where `..data`
+    /// is swapped when a file sits in a subdirectory of the mount).
     fn update(&mut self, files: &[PathBuf]) {
         let Some(watcher) = self.watcher.as_mut() else {
             return;
         };
-        let dirs: BTreeSet<PathBuf> = files
+        let mut dirs = BTreeSet::new();
+        for dir in files
             .iter()
             .filter_map(|file| file.parent().map(normalise_dir))
-            .collect();
+        {
+            if let Some(root) = dir
+                .ancestors()
+                .skip(1)
+                .take(MOUNT_DEPTH)
+                .find(|a| a.join("..data").exists())
+            {
+                dirs.insert(root.to_path_buf());
+            }
+            dirs.insert(dir);
+        }
         *self
             .names
             .write()
@@ -128,14 +145,15 @@ impl DirWatcher {
             .iter()
             .filter_map(|file| file.file_name().map(ToOwned::to_owned))
             .collect();
-        for gone in self.dirs.difference(&dirs) {
-            if let Err(error) = watcher.unwatch(gone) {
-                tracing::debug!(%error, dir = %gone.display(), "unwatch failed");
+        for old in &self.dirs {
+            // A watch whose directory was deleted is gone already: nothing to report.
+            if let Err(error) = watcher.unwatch(old) {
+                tracing::trace!(%error, dir = %old.display(), "unwatch failed");
             }
         }
-        for new in dirs.difference(&self.dirs) {
-            if let Err(error) = watcher.watch(new, RecursiveMode::NonRecursive) {
-                tracing::warn!(%error, dir = %new.display(), "cannot watch directory; changes there need SIGHUP");
+        for dir in &dirs {
+            if let Err(error) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(%error, dir = %dir.display(), "cannot watch directory; changes there need SIGHUP");
             }
         }
         self.dirs = dirs;
