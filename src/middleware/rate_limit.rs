@@ -1,5 +1,5 @@
 //! Local rate limits (governor), checked before anything is forwarded: the upstream-wide rate and
-//! the playground limits. Per-caller limits arrive with tenants.
+//! the playground limits. Each tenant's own request rate is checked with its identity (`auth`).
 use std::{num::NonZeroU32, time::Duration};
 
 use governor::{
