@@ -159,7 +159,7 @@ pub async fn run(
         byok = ?state.config.valiqor.byok,
         byok_key_configured = state.config.valiqor.openai_api_key.is_some(),
         auth = ?state.tenants.mode(),
-        tenants = state.config.auth.tenants.tenants.len(),
+        tenants = state.config.auth.tenants.len(),
         "evalgate ready"
     );
 

@@ -162,14 +162,10 @@ impl AppState {
             Ok(InFlight { _permit: permit })
         } else {
             metrics::counter!(telemetry::SHED).increment(1);
-            Err(ApiError::Overloaded {
-                retry_after: Duration::from_secs(u64::from(self.config.server.retry_after_secs)),
-            })
+            Err(self.overloaded())
         }
     }
-}
 
-impl AppState {
     /// Admits one event stream or sheds it with 503 + Retry-After when
     /// `server.max_event_streams` are open.
     pub(crate) fn admit_event_stream(&self) -> Result<EventStreamSlot, ApiError> {
@@ -177,9 +173,14 @@ impl AppState {
             Ok(EventStreamSlot { _permit: permit })
         } else {
             metrics::counter!(telemetry::SHED, "limit" => "max_event_streams").increment(1);
-            Err(ApiError::Overloaded {
-                retry_after: Duration::from_secs(u64::from(self.config.server.retry_after_secs)),
-            })
+            Err(self.overloaded())
+        }
+    }
+
+    /// Shed before anything was forwarded: 503 with `server.retry_after_secs`.
+    fn overloaded(&self) -> ApiError {
+        ApiError::Overloaded {
+            retry_after: Duration::from_secs(u64::from(self.config.server.retry_after_secs)),
         }
     }
 }

@@ -28,8 +28,11 @@ pub struct AuthConfig {
     pub mode: AuthMode,
     pub tenants_file: Option<PathBuf>,
     pub allow_unauthenticated: bool,
-    /// The tenants and default keys as of startup; reloads go through `source`.
-    pub tenants: TenantsConfig,
+    /// The tenants as of startup (inline and from the tenants file); reloads go through `source`.
+    pub tenants: Vec<TenantConfig>,
+    /// Every file the startup load read (the tenants file and each `file:` secret).
+    #[serde(skip)]
+    pub files: Vec<PathBuf>,
     #[serde(skip)]
     pub source: TenantSource,
 }
@@ -125,19 +128,41 @@ impl std::fmt::Debug for TenantSource {
 // === impl TenantSource ===
 
 impl TenantSource {
-    /// Loads and validates the tenants and the default keys, reporting every problem at once.
+    /// Loads and validates the default keys and the tenants afresh (a reload), reporting every
+    /// problem at once.
     pub fn load(&self) -> Result<TenantsConfig, ConfigError> {
+        let env = self.env.as_ref();
         let mut problems = Problems::default();
-        let loaded = self.load_into(self.env.as_ref(), &mut problems);
-        match loaded {
-            Some(loaded) if problems.0.is_empty() => Ok(loaded),
+        let defaults = upstream_key("valiqor.api_key", &self.api_key, env, &mut problems)
+            .zip(optional_secret(
+                "valiqor.openai_api_key",
+                &self.openai_api_key,
+                env,
+                &mut problems,
+            ))
+            .map(|(api_key, openai_api_key)| UpstreamKeys {
+                api_key,
+                openai_api_key,
+            });
+        let (tenants, files) = self.load_tenants(env, &mut problems);
+        match defaults {
+            Some(defaults) if problems.0.is_empty() => Ok(TenantsConfig {
+                defaults,
+                tenants,
+                files,
+            }),
             _ => Err(ConfigError {
                 problems: problems.0,
             }),
         }
     }
 
-    fn load_into(&self, env: &dyn EnvLookup, problems: &mut Problems) -> Option<TenantsConfig> {
+    /// The tenants, validated, and every file they and the default keys are read from.
+    fn load_tenants(
+        &self,
+        env: &dyn EnvLookup,
+        problems: &mut Problems,
+    ) -> (Vec<TenantConfig>, Vec<PathBuf>) {
         let mut files = Vec::new();
         let watch = |files: &mut Vec<PathBuf>, value: &str| {
             if let Some(path) = value.strip_prefix("file:") {
@@ -173,15 +198,6 @@ impl TenantSource {
                 watch(&mut files, value);
             }
         }
-        let defaults = UpstreamKeys {
-            api_key: upstream_key("valiqor.api_key", &self.api_key, env, problems)?,
-            openai_api_key: optional_secret(
-                "valiqor.openai_api_key",
-                &self.openai_api_key,
-                env,
-                problems,
-            )?,
-        };
         let mut names = HashSet::new();
         let mut owners: HashMap<TokenDigest, TenantName> = HashMap::new();
         let mut tenants = Vec::with_capacity(raw.len());
@@ -210,11 +226,7 @@ impl TenantSource {
         }
         files.sort();
         files.dedup();
-        Some(TenantsConfig {
-            defaults,
-            tenants,
-            files,
-        })
+        (tenants, files)
     }
 }
 
@@ -354,13 +366,8 @@ pub(super) fn auth(
         openai_api_key: valiqor.1.to_owned(),
         env: Arc::clone(env),
     };
-    let tenants = match source.load() {
-        Ok(tenants) => Some(tenants),
-        Err(error) => {
-            problems.0.extend(error.problems);
-            None
-        }
-    };
+    // The default keys were resolved and checked with `[valiqor]`; here only the tenants.
+    let (tenants, files) = source.load_tenants(env.as_ref(), problems);
     if mode == Some(AuthMode::None) {
         if tenants_file.is_some() || !source.inline.is_empty() {
             problems.push(
@@ -379,7 +386,8 @@ pub(super) fn auth(
         mode: mode?,
         tenants_file,
         allow_unauthenticated: raw.allow_unauthenticated,
-        tenants: tenants?,
+        tenants,
+        files,
         source,
     })
 }

@@ -158,14 +158,9 @@ pub(super) fn from_figment(
             webhooks,
             auth,
         }),
-        _ => {
-            // The default keys are resolved by `[valiqor]` and again with the tenants: one
-            // problem, reported once.
-            let mut seen = std::collections::HashSet::new();
-            let mut problems = problems.0;
-            problems.retain(|p| seen.insert(p.clone()));
-            Err(ConfigError { problems })
-        }
+        _ => Err(ConfigError {
+            problems: problems.0,
+        }),
     }
 }
 
@@ -829,7 +824,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(tokens.auth.mode, AuthMode::Tokens);
-        let team_a = &tokens.auth.tenants.tenants[0];
+        let team_a = &tokens.auth.tenants[0];
         assert_eq!(team_a.name.as_str(), "team-a");
         assert_eq!(
             team_a.tokens,

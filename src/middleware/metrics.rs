@@ -33,7 +33,7 @@ pub(crate) async fn layer(request: Request, next: Next) -> Response {
         .extensions()
         .get::<TenantLabel>()
         .map_or(metrics::SharedString::const_str("-"), |t| {
-            metrics::SharedString::from(t.0.as_str().to_owned())
+            metrics::SharedString::from(t.0.to_shared())
         });
     metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status, "tenant" => tenant)
         .increment(1);

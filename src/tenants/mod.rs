@@ -114,11 +114,14 @@ pub(crate) struct Tenants(Arc<Inner>);
 impl Tenants {
     /// The registry with the tenants loaded at startup.
     pub(crate) fn new(config: &Config, base: UpstreamClient) -> Result<Self, BuildError> {
-        // The default keys as `[valiqor]` holds them (what startup validated, and what tests set).
-        let mut loaded = config.auth.tenants.clone();
-        loaded.defaults = UpstreamKeys {
-            api_key: config.valiqor.api_key.clone(),
-            openai_api_key: config.valiqor.openai_api_key.clone(),
+        // At startup the default keys are `[valiqor]`'s, resolved once; a reload reads them again.
+        let loaded = TenantsConfig {
+            defaults: UpstreamKeys {
+                api_key: config.valiqor.api_key.clone(),
+                openai_api_key: config.valiqor.openai_api_key.clone(),
+            },
+            tenants: config.auth.tenants.clone(),
+            files: config.auth.files.clone(),
         };
         let set = build_set(&loaded, config.valiqor.byok, &base, None)?;
         base.redactor().set(every_key(&loaded));

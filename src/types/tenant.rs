@@ -29,6 +29,11 @@ impl TenantName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name as a shared string (a clone of the pointer, no copy).
+    pub fn to_shared(&self) -> Arc<str> {
+        Arc::clone(&self.0)
+    }
 }
 
 impl fmt::Display for TenantName {
