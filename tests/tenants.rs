@@ -95,6 +95,16 @@ fn judges(app: &TestApp) -> Vec<String> {
         .collect()
 }
 
+/// Sends a body-less request and reads its JSON answer.
+async fn send(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, Value) {
+    json(call(app, method, path, token).send().await.unwrap()).await
+}
+
 async fn json(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
     let text = response.text().await.unwrap();
@@ -138,13 +148,7 @@ async fn unknown_or_missing_tokens_get_401_and_nothing_reaches_the_upstream() {
             assert!(body["detail"].is_string(), "{body}");
         }
         // The native API answers in its own shape.
-        let (status, body) = json(
-            call(&app, Method::GET, "/v1/jobs", token)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = send(&app, Method::GET, "/v1/jobs", token).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(body["error"]["code"], "unauthenticated", "{body}");
     }
@@ -244,16 +248,11 @@ async fn each_tenant_reaches_the_upstream_with_its_own_keys() {
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
     let id = accepted["job_id"].as_str().unwrap();
-    let (_, done) = json(
-        call(
-            &app,
-            Method::GET,
-            &format!("/v1/jobs/{id}?wait=20s"),
-            Some(TOKEN_A),
-        )
-        .send()
-        .await
-        .unwrap(),
+    let (_, done) = send(
+        &app,
+        Method::GET,
+        &format!("/v1/jobs/{id}?wait=20s"),
+        Some(TOKEN_A),
     )
     .await;
     assert_eq!(done["status"], "completed", "{done}");
@@ -280,13 +279,7 @@ async fn assert_idempotency_keys_are_per_tenant(app: &TestApp, id: &str) {
     assert_eq!(status, StatusCode::ACCEPTED, "{other}");
     assert_ne!(other["job_id"], id);
     // team-b cannot cancel team-a's job and team-a's job is untouched.
-    let (_, still) = json(
-        call(app, Method::GET, &format!("/v1/jobs/{id}"), Some(TOKEN_A))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, still) = send(app, Method::GET, &format!("/v1/jobs/{id}"), Some(TOKEN_A)).await;
     assert_eq!(still["status"], "completed");
 }
 
@@ -300,13 +293,7 @@ async fn assert_every_route_is_not_found(app: &TestApp, id: &str) {
         (Method::POST, format!("/v1/jobs/{id}/webhooks/replay")),
     ];
     for (method, path) in native {
-        let (status, body) = json(
-            call(app, method, &path, Some(TOKEN_B))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = send(app, method, &path, Some(TOKEN_B)).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
         assert_eq!(body["error"]["code"], "not_found", "{path}");
     }
@@ -327,13 +314,7 @@ async fn assert_every_route_is_not_found(app: &TestApp, id: &str) {
         ),
     ];
     for (method, path) in sdk {
-        let (status, body) = json(
-            call(app, method, &path, Some(TOKEN_B))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = send(app, method, &path, Some(TOKEN_B)).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
         assert!(body["detail"].is_string(), "{path}: {body}");
     }
@@ -360,16 +341,11 @@ async fn another_tenants_jobs_and_deliveries_are_not_found() {
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
     let id = accepted["job_id"].as_str().unwrap().to_owned();
-    let (_, done) = json(
-        call(
-            &app,
-            Method::GET,
-            &format!("/v1/jobs/{id}?wait=20s"),
-            Some(TOKEN_A),
-        )
-        .send()
-        .await
-        .unwrap(),
+    let (_, done) = send(
+        &app,
+        Method::GET,
+        &format!("/v1/jobs/{id}?wait=20s"),
+        Some(TOKEN_A),
     )
     .await;
     assert_eq!(done["status"], "completed", "{done}");
@@ -377,51 +353,22 @@ async fn another_tenants_jobs_and_deliveries_are_not_found() {
 
     assert_every_route_is_not_found(&app, &id).await;
     // Lists show only the caller's own.
-    let (_, list_b) = json(
-        call(&app, Method::GET, "/v1/jobs", Some(TOKEN_B))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, list_b) = send(&app, Method::GET, "/v1/jobs", Some(TOKEN_B)).await;
     assert_eq!(list_b["jobs"], json!([]), "{list_b}");
-    let (_, list_a) = json(
-        call(&app, Method::GET, "/v1/jobs", Some(TOKEN_A))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, list_a) = send(&app, Method::GET, "/v1/jobs", Some(TOKEN_A)).await;
     assert_eq!(list_a["jobs"][0]["job_id"], id.as_str(), "{list_a}");
-    let (_, deliveries_b) = json(
-        call(&app, Method::GET, "/v1/webhooks/deliveries", Some(TOKEN_B))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, deliveries_b) = send(&app, Method::GET, "/v1/webhooks/deliveries", Some(TOKEN_B)).await;
     assert_eq!(deliveries_b["deliveries"], json!([]), "{deliveries_b}");
-    let (_, deliveries_a) = json(
-        call(&app, Method::GET, "/v1/webhooks/deliveries", Some(TOKEN_A))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, deliveries_a) = send(&app, Method::GET, "/v1/webhooks/deliveries", Some(TOKEN_A)).await;
     let delivery = deliveries_a["deliveries"][0]["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let (status, _) = json(
-        call(
-            &app,
-            Method::POST,
-            &format!("/v1/webhooks/deliveries/{delivery}/replay"),
-            Some(TOKEN_B),
-        )
-        .send()
-        .await
-        .unwrap(),
+    let (status, _) = send(
+        &app,
+        Method::POST,
+        &format!("/v1/webhooks/deliveries/{delivery}/replay"),
+        Some(TOKEN_B),
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
