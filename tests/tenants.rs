@@ -496,12 +496,15 @@ async fn a_symlink_swapped_tenants_file_takes_effect_without_a_restart() {
     assert_eq!(status(TOKEN_B).await, StatusCode::UNAUTHORIZED);
 
     // Rotation: the new token in, the old one out, by one atomic swap.
-    k8s_mount(dir.path(), "v2", Some("v1"), &tenant(TOKEN_B));
+    // The old version is kept until the new one is in force: only the `..data` swap at the
+    // mount's root announces the change (the file's own directory sees nothing).
+    k8s_mount(dir.path(), "v2", None, &tenant(TOKEN_B));
     eventually(Duration::from_secs(10), || async {
         status(TOKEN_B).await == StatusCode::OK
     })
     .await;
     assert_eq!(status(TOKEN_A).await, StatusCode::UNAUTHORIZED);
+    std::fs::remove_dir_all(dir.path().join("..v1")).unwrap();
 
     // A broken version is rejected: the set in force stays, and the reload is counted.
     k8s_mount(
