@@ -24,8 +24,8 @@ use crate::{
     shutdown::Readiness,
     store::{JobStore, SqliteStore},
     telemetry,
-    tenants::Tenants,
-    upstream::UpstreamClient,
+    tenants::{BaseClients, Tenants},
+    upstream::{UpstreamClient, arize::ArizeClient},
     webhooks::{
         dispatcher::{WebhookDispatcher, WebhookWaker},
         ssrf::TargetPolicy,
@@ -95,8 +95,9 @@ impl Drop for InFlight {
 impl AppState {
     /// Builds the state and the workers that run beside it.
     pub async fn build(config: Config) -> Result<(Self, Workers), StartupError> {
-        let upstream = UpstreamClient::new(&config.valiqor)?;
-        let tenants = Tenants::new(&config, upstream.clone())?;
+        let valiqor = UpstreamClient::new(&config.valiqor)?;
+        let arize = ArizeClient::new(&config.arize, valiqor.redactor().clone())?;
+        let tenants = Tenants::new(&config, BaseClients { valiqor, arize })?;
         let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&config.store).await?);
         let hub = JobHub::new();
         let learned = Arc::new(LearnedLimits::load(store.as_ref()).await?);

@@ -36,6 +36,7 @@ pub const ENV_PREFIX: &str = "EVALGATE__";
 pub struct Config {
     pub server: ServerConfig,
     pub valiqor: ValiqorConfig,
+    pub arize: ArizeConfig,
     pub store: StoreConfig,
     pub taxonomy_cache: TaxonomyCacheConfig,
     pub rate_limit: RateLimitConfig,
@@ -106,6 +107,11 @@ impl BatchingConfig {
             crate::types::JobKind::FailureAnalysis => self.failure_analysis,
             crate::types::JobKind::Evaluation => self.evaluation,
             crate::types::JobKind::SecurityAudit => self.security_audit,
+            // One run, never split.
+            crate::types::JobKind::ArizeTaskRun => BatchLimitsConfig {
+                max_items: 1,
+                max_bytes: usize::MAX,
+            },
         }
     }
 }
@@ -184,6 +190,29 @@ pub struct ValiqorConfig {
     pub pool_max_idle_per_host: usize,
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
+}
+
+/// `[arize]`: the Arize tasks API on its own listener.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArizeConfig {
+    /// `None`: Arize is off (no listener, no managed task runs).
+    pub listen: Option<SocketAddr>,
+    pub base_url: Url,
+    /// The default platform key; resolved (and `Some`) exactly when `listen` is set.
+    pub api_key: Option<Secret<String>>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Polls of one task run within this age share one upstream call.
+    #[serde(with = "humantime_serde")]
+    pub run_status_max_age: Duration,
+}
+
+impl ArizeConfig {
+    pub fn is_enabled(&self) -> bool {
+        self.listen.is_some()
+    }
 }
 
 /// How the configured BYOK key meets a caller-supplied `openai_api_key`.

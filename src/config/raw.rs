@@ -12,6 +12,7 @@ use serde::Deserialize;
 pub(crate) const SECTIONS: &[&str] = &[
     "server",
     "valiqor",
+    "arize",
     "store",
     "taxonomy_cache",
     "rate_limit",
@@ -55,6 +56,21 @@ pub(crate) struct RawValiqor {
     pub pool_max_idle_per_host: u64,
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawArize {
+    pub listen: String,
+    pub base_url: String,
+    pub allow_insecure_upstream: bool,
+    pub api_key: String,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub run_status_max_age: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,6 +189,8 @@ pub(crate) struct RawTenant {
     pub valiqor_api_key: Option<String>,
     #[serde(default)]
     pub openai_api_key: Option<String>,
+    #[serde(default)]
+    pub arize_api_key: Option<String>,
     #[serde(default)]
     pub requests_per_second: Option<u64>,
     #[serde(default)]

@@ -52,6 +52,8 @@ pub enum AuthMode {
 pub struct UpstreamKeys {
     pub api_key: Secret<String>,
     pub openai_api_key: Option<Secret<String>>,
+    /// The Arize platform key; `None` while Arize is off.
+    pub arize_api_key: Option<Secret<String>>,
 }
 
 /// One load of the tenants and of the default keys.
@@ -82,6 +84,8 @@ pub struct TenantConfig {
     pub valiqor_api_key: Option<Secret<String>>,
     /// `None`: the default BYOK key (if any).
     pub openai_api_key: Option<Secret<String>>,
+    /// `None`: the default `[arize].api_key`.
+    pub arize_api_key: Option<Secret<String>>,
     pub rate: Option<TenantRate>,
     pub max_active_jobs: Option<usize>,
 }
@@ -102,8 +106,22 @@ impl TenantConfig {
                 .openai_api_key
                 .clone()
                 .or_else(|| defaults.openai_api_key.clone()),
+            // A tenant's own Arize key applies only while Arize is on.
+            arize_api_key: defaults
+                .arize_api_key
+                .as_ref()
+                .map(|default| self.arize_api_key.clone().unwrap_or_else(|| default.clone())),
         }
     }
+}
+
+/// The default keys as written (secret references), re-resolved on every load.
+#[derive(Debug, Clone)]
+pub(super) struct DefaultKeyRefs {
+    pub valiqor: String,
+    pub openai: String,
+    /// `[arize].api_key`; `None` while Arize is off.
+    pub arize: Option<String>,
 }
 
 /// Where the tenants come from: references only, so that every load reads them afresh.
@@ -111,8 +129,7 @@ impl TenantConfig {
 pub struct TenantSource {
     inline: Vec<RawTenant>,
     file: Option<PathBuf>,
-    api_key: String,
-    openai_api_key: String,
+    defaults: DefaultKeyRefs,
     env: Arc<dyn EnvLookup + Send + Sync>,
 }
 
@@ -133,17 +150,22 @@ impl TenantSource {
     pub fn load(&self) -> Result<TenantsConfig, ConfigError> {
         let env = self.env.as_ref();
         let mut problems = Problems::default();
-        let defaults = upstream_key("valiqor.api_key", &self.api_key, env, &mut problems)
-            .zip(optional_secret(
-                "valiqor.openai_api_key",
-                &self.openai_api_key,
-                env,
-                &mut problems,
-            ))
-            .map(|(api_key, openai_api_key)| UpstreamKeys {
+        let refs = &self.defaults;
+        let api_key = upstream_key("valiqor.api_key", &refs.valiqor, env, &mut problems);
+        let openai_api_key =
+            optional_secret("valiqor.openai_api_key", &refs.openai, env, &mut problems);
+        let arize_api_key = match &refs.arize {
+            Some(value) => upstream_key("arize.api_key", value, env, &mut problems).map(Some),
+            None => Some(None),
+        };
+        let defaults = match (api_key, openai_api_key, arize_api_key) {
+            (Some(api_key), Some(openai_api_key), Some(arize_api_key)) => Some(UpstreamKeys {
                 api_key,
                 openai_api_key,
-            });
+                arize_api_key,
+            }),
+            _ => None,
+        };
         let (tenants, files) = self.load_tenants(env, &mut problems);
         match defaults {
             Some(defaults) if problems.0.is_empty() => Ok(TenantsConfig {
@@ -169,8 +191,11 @@ impl TenantSource {
                 files.push(PathBuf::from(path));
             }
         };
-        watch(&mut files, &self.api_key);
-        watch(&mut files, &self.openai_api_key);
+        watch(&mut files, &self.defaults.valiqor);
+        watch(&mut files, &self.defaults.openai);
+        if let Some(arize) = &self.defaults.arize {
+            watch(&mut files, arize);
+        }
         let mut raw: Vec<(String, &RawTenant)> = self
             .inline
             .iter()
@@ -194,6 +219,7 @@ impl TenantSource {
                 .iter()
                 .chain(&tenant.valiqor_api_key)
                 .chain(&tenant.openai_api_key)
+                .chain(&tenant.arize_api_key)
             {
                 watch(&mut files, value);
             }
@@ -295,6 +321,7 @@ fn one_tenant(
     };
     let valiqor_api_key = own_key("valiqor_api_key", &raw.valiqor_api_key, problems);
     let openai_api_key = own_key("openai_api_key", &raw.openai_api_key, problems);
+    let arize_api_key = own_key("arize_api_key", &raw.arize_api_key, problems);
     let rate = match (raw.requests_per_second, raw.burst) {
         (None, None) => Some(None),
         (None, Some(_)) => {
@@ -325,6 +352,7 @@ fn one_tenant(
         tokens,
         valiqor_api_key: valiqor_api_key?,
         openai_api_key: openai_api_key?,
+        arize_api_key: arize_api_key?,
         rate: rate?,
         max_active_jobs: max_active_jobs?,
     })
@@ -342,7 +370,7 @@ fn nonzero(key: &str, value: u64, problems: &mut Problems) -> Option<NonZeroU32>
 pub(super) fn auth(
     raw: &RawAuth,
     inline: Vec<RawTenant>,
-    valiqor: (&str, &str),
+    defaults: DefaultKeyRefs,
     listen_is_loopback: Option<bool>,
     env: &Arc<dyn EnvLookup + Send + Sync>,
     problems: &mut Problems,
@@ -362,8 +390,7 @@ pub(super) fn auth(
     let source = TenantSource {
         inline,
         file: tenants_file.clone(),
-        api_key: valiqor.0.to_owned(),
-        openai_api_key: valiqor.1.to_owned(),
+        defaults,
         env: Arc::clone(env),
     };
     // The default keys were resolved and checked with `[valiqor]`; here only the tenants.
@@ -378,7 +405,7 @@ pub(super) fn auth(
         if listen_is_loopback == Some(false) && !raw.allow_unauthenticated {
             problems.push(
                 "auth.mode",
-                "is \"none\" while server.listen is not a loopback address: anyone who reaches the port could spend the platform and judge keys; set auth.mode = \"tokens\" with [[tenants]], or auth.allow_unauthenticated = true if the network in front is trusted",
+                "is \"none\" while server.listen (or arize.listen) is not a loopback address: anyone who reaches the port could spend the platform and judge keys; set auth.mode = \"tokens\" with [[tenants]], or auth.allow_unauthenticated = true if the network in front is trusted",
             );
         }
     }

@@ -10,12 +10,12 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use super::{
-    AllowedHost, BatchLimitsConfig, BatchingConfig, ByokMode, Config, ConfigError,
+    AllowedHost, ArizeConfig, BatchLimitsConfig, BatchingConfig, ByokMode, Config, ConfigError,
     ENGINE_COMMAND_CAPACITY, EnvLookup, FailurePolicy, JobsConfig, LogFormat, RateLimitConfig,
     ServerConfig, StoreConfig, StorePath, TaxonomyCacheConfig, TelemetryConfig, ValiqorConfig,
     WEBHOOK_EVENTS, WebhookEndpoint, WebhooksConfig, parse_cidr,
     raw::{
-        self, RawAuth, RawBatchLimits, RawBatching, RawJobs, RawRateLimit, RawServer, RawStore,
+        self, RawArize, RawAuth, RawBatchLimits, RawBatching, RawJobs, RawRateLimit, RawServer, RawStore,
         RawTaxonomyCache, RawTelemetry, RawTenant, RawValiqor, RawWebhooks,
     },
     tenants,
@@ -80,6 +80,9 @@ pub(super) fn from_figment(
     let valiqor = problems
         .section::<RawValiqor>(figment, "valiqor")
         .and_then(|raw| valiqor(&raw, env, &mut problems));
+    let arize = problems
+        .section::<RawArize>(figment, "arize")
+        .and_then(|raw| arize(&raw, env, &mut problems));
     let store = problems
         .section::<RawStore>(figment, "store")
         .and_then(|raw| store(&raw, &mut problems));
@@ -102,9 +105,21 @@ pub(super) fn from_figment(
     let webhooks = problems
         .section::<RawWebhooks>(figment, "webhooks")
         .and_then(|raw| webhooks(&raw, env, &mut problems));
+    // Every API listener must be loopback for `auth.mode = "none"` (unless opted in).
+    let listeners_are_loopback = server.as_ref().zip(arize.as_ref()).map(|(s, a)| {
+        s.listen.ip().is_loopback() && a.listen.is_none_or(|l| l.ip().is_loopback())
+    });
+    if let (Some(server), Some(Some(arize_listen))) =
+        (&server, arize.as_ref().map(|a| a.listen))
+        && arize_listen.port() != 0
+        && (arize_listen == server.listen || arize_listen == server.admin_listen)
+    {
+        problems.push("arize.listen", "must differ from server.listen and server.admin_listen");
+    }
     let auth = auth(
         figment,
-        server.as_ref().map(|s| s.listen.ip().is_loopback()),
+        listeners_are_loopback,
+        arize.as_ref().and_then(|a| a.listen.is_some().then_some(())),
         shared_env,
         &mut problems,
     );
@@ -126,6 +141,7 @@ pub(super) fn from_figment(
     match (
         server,
         valiqor,
+        arize,
         store,
         taxonomy_cache,
         rate_limit,
@@ -138,6 +154,7 @@ pub(super) fn from_figment(
         (
             Some(server),
             Some(valiqor),
+            Some(arize),
             Some(store),
             Some(taxonomy_cache),
             Some(rate_limit),
@@ -149,6 +166,7 @@ pub(super) fn from_figment(
         ) if problems.0.is_empty() => Ok(Config {
             server,
             valiqor,
+            arize,
             store,
             taxonomy_cache,
             rate_limit,
@@ -188,6 +206,7 @@ fn unknown_sections(figment: &Figment, problems: &mut Problems) {
 fn auth(
     figment: &Figment,
     listen_is_loopback: Option<bool>,
+    arize_on: Option<()>,
     env: &Arc<dyn EnvLookup + Send + Sync>,
     problems: &mut Problems,
 ) -> Option<crate::config::AuthConfig> {
@@ -199,11 +218,20 @@ fn auth(
         Vec::new()
     };
     let raw_valiqor = figment.extract_inner::<RawValiqor>("valiqor").ok()?;
+    // The default Arize key is a reference only while Arize is on (it is resolved on reloads).
+    let raw_arize_key = match arize_on {
+        Some(()) => Some(figment.extract_inner::<RawArize>("arize").ok()?.api_key),
+        None => None,
+    };
     let raw = problems.section::<RawAuth>(figment, "auth")?;
     tenants::auth(
         &raw,
         inline_tenants,
-        (&raw_valiqor.api_key, &raw_valiqor.openai_api_key),
+        tenants::DefaultKeyRefs {
+            valiqor: raw_valiqor.api_key,
+            openai: raw_valiqor.openai_api_key,
+            arize: raw_arize_key,
+        },
         listen_is_loopback,
         env,
         problems,
@@ -576,40 +604,45 @@ pub(super) fn is_loopback_host(url: &Url) -> bool {
     }
 }
 
-fn valiqor(
-    raw: &RawValiqor,
-    env: &dyn EnvLookup,
+/// An upstream base URL (`<section>.base_url`): http(s), no query or fragment, and plain http
+/// only for loopback hosts unless `<section>.allow_insecure_upstream`.
+fn base_url(
+    section: &str,
+    raw: &str,
+    allow_insecure: bool,
     problems: &mut Problems,
-) -> Option<ValiqorConfig> {
-    let base_url = match Url::parse(&raw.base_url) {
+) -> Option<Url> {
+    let key = format!("{section}.base_url");
+    match Url::parse(raw) {
         Ok(url) if !matches!(url.scheme(), "http" | "https") => {
-            problems.push("valiqor.base_url", "must be an http or https URL");
+            problems.push(&key, "must be an http or https URL");
             None
         }
         Ok(url) if url.query().is_some() || url.fragment().is_some() => {
-            problems.push("valiqor.base_url", "must not carry a query or fragment");
+            problems.push(&key, "must not carry a query or fragment");
             None
         }
-        Ok(url)
-            if url.scheme() == "http"
-                && !raw.allow_insecure_upstream
-                && !is_loopback_host(&url) =>
-        {
+        Ok(url) if url.scheme() == "http" && !allow_insecure && !is_loopback_host(&url) => {
             problems.push(
-                "valiqor.base_url",
-                "plain http is only allowed for loopback hosts; use https or set valiqor.allow_insecure_upstream = true",
+                &key,
+                format!("plain http is only allowed for loopback hosts; use https or set {section}.allow_insecure_upstream = true"),
             );
             None
         }
         Ok(url) => Some(url),
         Err(error) => {
-            problems.push(
-                "valiqor.base_url",
-                format!("{:?} is not a URL: {error}", raw.base_url),
-            );
+            problems.push(&key, format!("{raw:?} is not a URL: {error}"));
             None
         }
-    };
+    }
+}
+
+fn valiqor(
+    raw: &RawValiqor,
+    env: &dyn EnvLookup,
+    problems: &mut Problems,
+) -> Option<ValiqorConfig> {
+    let base_url = base_url("valiqor", &raw.base_url, raw.allow_insecure_upstream, problems);
     let api_key = upstream_key("valiqor.api_key", &raw.api_key, env, problems);
     let openai_api_key =
         optional_secret("valiqor.openai_api_key", &raw.openai_api_key, env, problems);
@@ -643,6 +676,37 @@ fn valiqor(
         timeout: raw.timeout,
         pool_max_idle_per_host: pool_max_idle_per_host?,
         pool_idle_timeout: raw.pool_idle_timeout,
+    })
+}
+
+/// `[arize]`: off when `listen` is empty (then its key is not resolved at all).
+fn arize(raw: &RawArize, env: &dyn EnvLookup, problems: &mut Problems) -> Option<ArizeConfig> {
+    let listen = if raw.listen.is_empty() {
+        Some(None)
+    } else {
+        socket_addr("arize.listen", &raw.listen, problems).map(Some)
+    };
+    let base_url = base_url("arize", &raw.base_url, raw.allow_insecure_upstream, problems);
+    let api_key = match listen {
+        Some(Some(_)) => upstream_key("arize.api_key", &raw.api_key, env, problems).map(Some),
+        _ => Some(None),
+    };
+    for (key, value) in [
+        ("arize.connect_timeout", raw.connect_timeout),
+        ("arize.timeout", raw.timeout),
+        ("arize.run_status_max_age", raw.run_status_max_age),
+    ] {
+        if value.is_zero() {
+            problems.push(key, "must be greater than 0");
+        }
+    }
+    Some(ArizeConfig {
+        listen: listen?,
+        base_url: base_url?,
+        api_key: api_key?,
+        connect_timeout: raw.connect_timeout,
+        timeout: raw.timeout,
+        run_status_max_age: raw.run_status_max_age,
     })
 }
 

@@ -42,6 +42,7 @@ fn sdk_job_type(kind: JobKind) -> &'static str {
         JobKind::FailureAnalysis => "failure_analysis",
         JobKind::Evaluation => "evaluation",
         JobKind::SecurityAudit => "security",
+        JobKind::ArizeTaskRun => "arize_task_run",
     }
 }
 
@@ -50,6 +51,7 @@ fn status_path(kind: JobKind, id: &str) -> String {
         JobKind::FailureAnalysis => format!("/v2/failure-analysis/runs/{id}/status"),
         JobKind::Evaluation => format!("/v2/evaluate/jobs/{id}/status"),
         JobKind::SecurityAudit => format!("/v2/security/jobs/{id}/status?job_type=security"),
+        JobKind::ArizeTaskRun => format!("/v1/jobs/{id}"),
     }
 }
 
@@ -138,6 +140,10 @@ pub(crate) async fn serve(
         JobsError::NotFound(_) => not_found(id),
         other => ApiError::from(other),
     })?;
+    // An Arize task run is not a Valiqor run: its follow-ups are the native API's.
+    if record.kind == JobKind::ArizeTaskRun {
+        return Err(not_found(id));
+    }
     match template {
         "/v2/failure-analysis/runs/{id}/status"
         | "/v2/evaluate/jobs/{id}/status"

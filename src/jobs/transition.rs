@@ -209,12 +209,20 @@ pub(crate) fn after_poll(
                 cancel_if_stale: None,
             }
         }
-        PollOutcome::Completed => return AfterPoll::FetchResult,
-        PollOutcome::Failed(error) => fail(format!("upstream job failed: {error}")),
-        PollOutcome::Cancelled => {
+        PollOutcome::Completed { result: None } => return AfterPoll::FetchResult,
+        PollOutcome::Completed {
+            result: Some(result),
+        } => complete(batch, result),
+        PollOutcome::Failed { error, result } => {
+            let mut commit = fail(format!("upstream job failed: {error}"));
+            commit.change.result = result;
+            commit
+        }
+        PollOutcome::Cancelled { result } => {
             let mut change = Change::new(FROM_RUNNING, BatchState::Cancelled);
             change.error = Some("cancelled upstream".to_owned());
             change.event = Some(json!({}));
+            change.result = result;
             ended(change)
         }
         PollOutcome::Failure(failure) => retry_or_fail(
@@ -734,7 +742,13 @@ mod tests {
     #[test]
     fn a_completed_poll_fetches_the_result_and_the_fetch_completes_or_retries_the_poll() {
         assert_eq!(
-            after_poll(BATCH, PollOutcome::Completed, 4, Duration::ZERO, 3),
+            after_poll(
+                BATCH,
+                PollOutcome::Completed { result: None },
+                4,
+                Duration::ZERO,
+                3
+            ),
             AfterPoll::FetchResult
         );
         assert_eq!(
@@ -755,14 +769,62 @@ mod tests {
         );
     }
 
+    /// A status answer that is the result itself (an Arize task run) ends the batch with it, in
+    /// each terminal state, without a separate fetch.
+    #[test]
+    fn a_final_status_answer_is_kept_as_the_result_in_every_terminal_state() {
+        let run = Bytes::from_static(br#"{"status": "COMPLETED"}"#);
+        assert_eq!(
+            polled(PollOutcome::Completed {
+                result: Some(run.clone())
+            }),
+            completed(br#"{"status": "COMPLETED"}"#)
+        );
+        let failed_run = Bytes::from_static(br#"{"status": "FAILED"}"#);
+        let AfterPoll::Commit(commit) = after_poll(
+            BATCH,
+            PollOutcome::Failed {
+                error: "judge quota".to_owned(),
+                result: Some(failed_run.clone()),
+            },
+            4,
+            Duration::ZERO,
+            3,
+        ) else {
+            panic!("a failed run is committed")
+        };
+        assert_eq!(commit.change.to, Failed);
+        assert_eq!(commit.change.result, Some(failed_run));
+        assert_eq!(
+            commit.change.error.as_deref(),
+            Some("upstream job failed: judge quota")
+        );
+        let cancelled_run = Bytes::from_static(br#"{"status": "CANCELLED"}"#);
+        let AfterPoll::Commit(commit) = after_poll(
+            BATCH,
+            PollOutcome::Cancelled {
+                result: Some(cancelled_run.clone()),
+            },
+            4,
+            Duration::ZERO,
+            3,
+        ) else {
+            panic!("a cancelled run is committed")
+        };
+        assert_eq!((commit.change.to, commit.change.result), (Cancelled, Some(cancelled_run)));
+    }
+
     #[test]
     fn a_failed_upstream_job_fails_the_batch_and_a_cancelled_one_cancels_it() {
         assert_eq!(
-            polled(PollOutcome::Failed("model crashed".to_owned())),
+            polled(PollOutcome::Failed {
+                error: "model crashed".to_owned(),
+                result: None
+            }),
             failed("upstream job failed: model crashed")
         );
         assert_eq!(
-            polled(PollOutcome::Cancelled),
+            polled(PollOutcome::Cancelled { result: None }),
             Commit {
                 change: Change {
                     from: &[Running],

@@ -341,7 +341,9 @@ pub(crate) trait JobStore: Send + Sync + std::fmt::Debug {
     fn count_active(&self, tenant: Option<&TenantName>)
     -> BoxFuture<'_, Result<usize, StoreError>>;
 
-    /// Completed batches' results: (`item_start`, `item_count`, result JSON), in dataset order.
+    /// Every batch result: (`item_start`, `item_count`, result JSON), in dataset order. Only
+    /// completed batches hold one, except for kinds whose final status answer is the result (an
+    /// Arize task run keeps its `FAILED` or `CANCELLED` run too).
     fn batch_results(&self, job: &JobId) -> BoxFuture<'_, Result<Vec<CompletedBatch>, StoreError>>;
 
     /// Ends a job (only if not already terminal) with its merged result; appends the final event

@@ -733,7 +733,7 @@ impl JobStore for SqliteStore {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT item_start, item_end, result FROM batches
-                 WHERE job_id = ?1 AND state = 'completed' AND result IS NOT NULL ORDER BY item_start",
+                 WHERE job_id = ?1 AND result IS NOT NULL ORDER BY item_start",
             )?;
             let rows = stmt
                 .query_map([&job], |row| {

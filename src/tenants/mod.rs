@@ -27,7 +27,7 @@ use crate::{
     },
     telemetry,
     types::{TenantName, TokenDigest},
-    upstream::{BuildError, Credentials, UpstreamClient},
+    upstream::{BuildError, Credentials, UpstreamClient, arize::ArizeClient},
 };
 
 /// One caller: its name, its upstream client (its keys) and its limits.
@@ -36,6 +36,8 @@ pub(crate) struct Tenant {
     pub name: TenantName,
     /// The upstream client with this tenant's platform and judge keys.
     pub upstream: UpstreamClient,
+    /// The Arize client with this tenant's Arize key; `None` while Arize is off.
+    pub arize: Option<ArizeClient>,
     /// At most this many unfinished managed jobs; `None`: only the global `jobs.max_active_jobs`.
     pub max_active_jobs: Option<usize>,
     limiter: Option<(TenantRate, Arc<DefaultDirectRateLimiter>)>,
@@ -96,13 +98,21 @@ struct TenantSet {
 struct Inner {
     mode: AuthMode,
     byok: ByokMode,
-    /// The client the tenants' clients are made from (shared pool and redactor).
-    base: UpstreamClient,
+    /// The clients the tenants' clients are made from (shared pools, cache and redactor).
+    base: BaseClients,
     source: TenantSource,
     set: ArcSwap<TenantSet>,
     /// The configuration the current set was built from; reloads compare against it and
     /// are serialised by this lock.
     loaded: Mutex<TenantsConfig>,
+}
+
+/// The clients every tenant's clients are made from.
+#[derive(Debug, Clone)]
+pub(crate) struct BaseClients {
+    pub valiqor: UpstreamClient,
+    /// `None` while Arize is off.
+    pub arize: Option<ArizeClient>,
 }
 
 /// The tenant registry; cheap to clone.
@@ -113,18 +123,19 @@ pub(crate) struct Tenants(Arc<Inner>);
 
 impl Tenants {
     /// The registry with the tenants loaded at startup.
-    pub(crate) fn new(config: &Config, base: UpstreamClient) -> Result<Self, BuildError> {
+    pub(crate) fn new(config: &Config, base: BaseClients) -> Result<Self, BuildError> {
         // At startup the default keys are `[valiqor]`'s, resolved once; a reload reads them again.
         let loaded = TenantsConfig {
             defaults: UpstreamKeys {
                 api_key: config.valiqor.api_key.clone(),
                 openai_api_key: config.valiqor.openai_api_key.clone(),
+                arize_api_key: config.arize.api_key.clone(),
             },
             tenants: config.auth.tenants.clone(),
             files: config.auth.files.clone(),
         };
         let set = build_set(&loaded, config.valiqor.byok, &base, None)?;
-        base.redactor().set(every_key(&loaded));
+        base.valiqor.redactor().set(every_key(&loaded));
         if config.auth.mode == AuthMode::Tokens && loaded.tenants.is_empty() {
             tracing::warn!(
                 "auth.mode is \"tokens\" and no tenant is configured: every API request is refused with 401 until tenants are added"
@@ -189,7 +200,7 @@ impl Tenants {
                 let current = self.0.set.load();
                 match build_set(&next, self.0.byok, &self.0.base, Some(&current)) {
                     Ok(set) => {
-                        self.0.base.redactor().set(every_key(&next));
+                        self.0.base.valiqor.redactor().set(every_key(&next));
                         self.0.set.store(Arc::new(set));
                         metrics::gauge!(telemetry::TENANTS).set(count_f64(next.tenants.len()));
                         *loaded = next;
@@ -236,23 +247,42 @@ fn every_key(loaded: &TenantsConfig) -> impl Iterator<Item = &crate::types::Secr
     [&defaults.api_key]
         .into_iter()
         .chain(&defaults.openai_api_key)
-        .chain(
-            loaded
-                .tenants
+        .chain(&defaults.arize_api_key)
+        .chain(loaded.tenants.iter().flat_map(|t| {
+            t.valiqor_api_key
                 .iter()
-                .flat_map(|t| t.valiqor_api_key.iter().chain(&t.openai_api_key)),
-        )
+                .chain(&t.openai_api_key)
+                .chain(&t.arize_api_key)
+        }))
+}
+
+/// The clients of one caller's keys.
+fn clients(
+    base: &BaseClients,
+    keys: &UpstreamKeys,
+    byok: ByokMode,
+) -> Result<(UpstreamClient, Option<ArizeClient>), BuildError> {
+    let valiqor = base
+        .valiqor
+        .with_credentials(Credentials::new(keys, byok)?);
+    let arize = match (&base.arize, &keys.arize_api_key) {
+        (Some(arize), Some(key)) => Some(arize.with_key(key)?),
+        _ => None,
+    };
+    Ok((valiqor, arize))
 }
 
 fn build_set(
     loaded: &TenantsConfig,
     byok: ByokMode,
-    base: &UpstreamClient,
+    base: &BaseClients,
     previous: Option<&TenantSet>,
 ) -> Result<TenantSet, BuildError> {
+    let (upstream, arize) = clients(base, &loaded.defaults, byok)?;
     let default = Arc::new(Tenant {
         name: TenantName::default_tenant(),
-        upstream: base.with_credentials(Credentials::new(&loaded.defaults, byok)?),
+        upstream,
+        arize,
         max_active_jobs: None,
         limiter: None,
     });
@@ -269,10 +299,11 @@ fn build_set(
             let limiter = kept.unwrap_or_else(|| Arc::new(rate_limiter(rate)));
             (rate, limiter)
         });
+        let (upstream, arize) = clients(base, &config.keys(&loaded.defaults), byok)?;
         let tenant = Arc::new(Tenant {
             name: config.name.clone(),
-            upstream: base
-                .with_credentials(Credentials::new(&config.keys(&loaded.defaults), byok)?),
+            upstream,
+            arize,
             max_active_jobs: config.max_active_jobs,
             limiter,
         });

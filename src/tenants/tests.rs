@@ -20,7 +20,10 @@ fn bearer_headers(token: &str) -> HeaderMap {
 
 fn tenants_with(toml: &str) -> (Tenants, Config) {
     let config = Config::for_tests_with("http://127.0.0.1:9", "vq_default_key", toml, |_| {});
-    let base = UpstreamClient::new(&config.valiqor).unwrap();
+    let base = BaseClients {
+        valiqor: UpstreamClient::new(&config.valiqor).unwrap(),
+        arize: None,
+    };
     (Tenants::new(&config, base).unwrap(), config)
 }
 

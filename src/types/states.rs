@@ -9,6 +9,8 @@ pub enum JobKind {
     FailureAnalysis,
     Evaluation,
     SecurityAudit,
+    /// One Arize task run, triggered (or watched) and polled on the caller's behalf.
+    ArizeTaskRun,
 }
 
 impl JobKind {
@@ -17,6 +19,7 @@ impl JobKind {
             Self::FailureAnalysis => "failure_analysis",
             Self::Evaluation => "evaluation",
             Self::SecurityAudit => "security_audit",
+            Self::ArizeTaskRun => "arize_task_run",
         }
     }
 
@@ -25,6 +28,7 @@ impl JobKind {
             "failure_analysis" => Some(Self::FailureAnalysis),
             "evaluation" => Some(Self::Evaluation),
             "security_audit" => Some(Self::SecurityAudit),
+            "arize_task_run" => Some(Self::ArizeTaskRun),
             _ => None,
         }
     }

@@ -36,9 +36,18 @@ pub(crate) enum PollOutcome {
         /// The status answer's `Retry-After`, which wins over evalgate's own interval.
         retry_after: Option<Duration>,
     },
-    Completed,
-    Failed(String),
-    Cancelled,
+    /// The upstream job completed; `result` is the final answer when the status answer is the
+    /// result itself (an Arize task run), else it is fetched separately.
+    Completed {
+        result: Option<Bytes>,
+    },
+    Failed {
+        error: String,
+        result: Option<Bytes>,
+    },
+    Cancelled {
+        result: Option<Bytes>,
+    },
     Failure(Failure),
 }
 
@@ -68,7 +77,7 @@ impl Failure {
         }
     }
 
-    fn from_status(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Self {
+    pub(super) fn from_status(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Self {
         let detail = detail_of(body);
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             Self::Transient {
@@ -82,7 +91,7 @@ impl Failure {
 }
 
 /// The answer's `Retry-After` (seconds or an HTTP date); the backoff clamps it.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     retry::parse_retry_after(headers.get(http::header::RETRY_AFTER)?, SystemTime::now())
 }
 
@@ -132,8 +141,10 @@ struct Paths {
     query: Option<&'static str>,
 }
 
-fn paths(kind: JobKind) -> Paths {
-    match kind {
+/// The Valiqor paths of `kind`. Arize task runs go through `ArizeClient` (see `JobUpstream`);
+/// they have no Valiqor paths, and asking for them is a permanent failure.
+fn paths(kind: JobKind) -> Result<Paths, Failure> {
+    Ok(match kind {
         JobKind::FailureAnalysis => Paths {
             submit: "/v2/failure-analysis/analyze",
             status: "/v2/failure-analysis/runs/{id}/status",
@@ -155,7 +166,12 @@ fn paths(kind: JobKind) -> Paths {
             cancel: "/v2/security/jobs/{id}/cancel",
             query: Some("job_type=security"),
         },
-    }
+        JobKind::ArizeTaskRun => {
+            return Err(Failure::Permanent(
+                "an Arize task run has no Valiqor endpoints".to_owned(),
+            ));
+        }
+    })
 }
 
 /// Upstream ids go into URL paths: accept only plain tokens.
@@ -195,17 +211,18 @@ struct Status {
     error: Option<String>,
 }
 
-/// A fully read upstream answer.
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
+/// A fully read upstream answer (an error answer scrubbed of every configured key).
+pub(super) struct Answer {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Bytes,
 }
 
 // === impl UpstreamClient (jobs) ===
 
 impl UpstreamClient {
-    async fn call(
+    /// One request with a JSON body (if any) and the job's request id, read whole.
+    pub(super) async fn call(
         &self,
         method: Method,
         path: String,
@@ -261,7 +278,10 @@ impl UpstreamClient {
         let answer = match self
             .call(
                 Method::POST,
-                paths(kind).submit.to_owned(),
+                match paths(kind) {
+                    Ok(p) => p.submit.to_owned(),
+                    Err(failure) => return SubmitOutcome::Failure(failure),
+                },
                 None,
                 Some(body),
                 request_id,
@@ -314,7 +334,10 @@ impl UpstreamClient {
             Ok(id) => id,
             Err(failure) => return PollOutcome::Failure(failure),
         };
-        let p = paths(kind);
+        let p = match paths(kind) {
+            Ok(p) => p,
+            Err(failure) => return PollOutcome::Failure(failure),
+        };
         let answer = match self
             .call(
                 Method::GET,
@@ -342,13 +365,14 @@ impl UpstreamClient {
             });
         };
         match status.status.as_deref() {
-            Some("completed") => PollOutcome::Completed,
-            Some("failed") => PollOutcome::Failed(
-                status
+            Some("completed") => PollOutcome::Completed { result: None },
+            Some("failed") => PollOutcome::Failed {
+                error: status
                     .error
                     .unwrap_or_else(|| "upstream job failed".to_owned()),
-            ),
-            Some("cancelled") => PollOutcome::Cancelled,
+                result: None,
+            },
+            Some("cancelled") => PollOutcome::Cancelled { result: None },
             // `queued`, `processing` and unknown values: not finished.
             _ => PollOutcome::Pending {
                 progress_percent: status.progress_percent.unwrap_or(0.0).clamp(0.0, 100.0),
@@ -375,7 +399,7 @@ impl UpstreamClient {
         let answer = self
             .call(
                 Method::GET,
-                paths(kind).result.replace("{id}", id),
+                paths(kind)?.result.replace("{id}", id),
                 None,
                 None,
                 request_id,
@@ -399,7 +423,7 @@ impl UpstreamClient {
         request_id: &str,
     ) -> Result<(), Failure> {
         let id = safe_id(upstream_id)?;
-        let p = paths(kind);
+        let p = paths(kind)?;
         let answer = self
             .call(
                 Method::POST,

@@ -2,6 +2,7 @@
 //!
 //! It knows the base URL, timeouts and pooling; each clone carries one caller's credentials
 //! (`with_credentials`), and all of them share the redactor that keeps keys out of error answers.
+pub(crate) mod arize;
 pub(crate) mod byok;
 pub(crate) mod error;
 pub(crate) mod jobs;
@@ -24,6 +25,33 @@ use crate::{
     config::{ByokMode, UpstreamKeys, ValiqorConfig},
     types::{REDACTED, Secret},
 };
+
+/// Which platform a client talks to (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Platform {
+    Valiqor,
+    Arize,
+}
+
+impl Platform {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Valiqor => "valiqor",
+            Self::Arize => "arize",
+        }
+    }
+}
+
+/// Where and how a client connects: one per platform.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Endpoint<'a> {
+    pub platform: Platform,
+    pub base_url: &'a Url,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    pub pool_idle_timeout: Duration,
+}
 
 /// Opaque identity of the credential evalgate uses upstream (a hash, never the key), so that
 /// caches keep answers of different credentials apart.
@@ -82,6 +110,7 @@ pub(crate) struct Redactor(Arc<ArcSwapOption<AhoCorasick>>);
 /// connection pool and the redactor; `with_credentials` makes the client of another caller.
 #[derive(Debug, Clone)]
 pub(crate) struct UpstreamClient {
+    platform: Platform,
     http: reqwest::Client,
     /// Base URL as a string without a trailing slash; paths are appended as-is.
     base: Arc<str>,
@@ -101,19 +130,38 @@ pub enum BuildError {
 // === impl Credentials ===
 
 impl Credentials {
+    /// The Valiqor credentials of `keys`: the platform key and the BYOK judge key.
     pub(crate) fn new(keys: &UpstreamKeys, byok: ByokMode) -> Result<Self, BuildError> {
-        let mut authorization = HeaderValue::try_from(format!("Bearer {}", keys.api_key.expose()))
-            .map_err(|_| BuildError::InvalidKey)?;
-        authorization.set_sensitive(true);
-        let mut hasher = DefaultHasher::new();
-        keys.api_key.expose().hash(&mut hasher);
         let key = keys.openai_api_key.clone();
-        Ok(Self {
-            authorization,
-            judge: Judge {
+        Self::build(
+            &keys.api_key,
+            Judge {
                 mode: if key.is_some() { byok } else { ByokMode::Off },
                 key,
             },
+        )
+    }
+
+    /// A platform key alone: bodies are never touched.
+    pub(crate) fn platform_key(api_key: &Secret<String>) -> Result<Self, BuildError> {
+        Self::build(
+            api_key,
+            Judge {
+                mode: ByokMode::Off,
+                key: None,
+            },
+        )
+    }
+
+    fn build(api_key: &Secret<String>, judge: Judge) -> Result<Self, BuildError> {
+        let mut authorization = HeaderValue::try_from(format!("Bearer {}", api_key.expose()))
+            .map_err(|_| BuildError::InvalidKey)?;
+        authorization.set_sensitive(true);
+        let mut hasher = DefaultHasher::new();
+        api_key.expose().hash(&mut hasher);
+        Ok(Self {
+            authorization,
+            judge,
             id: CredentialId(hasher.finish()),
         })
     }
@@ -161,11 +209,35 @@ impl Redactor {
 impl UpstreamClient {
     /// The client with the default keys of `[valiqor]`.
     pub(crate) fn new(config: &ValiqorConfig) -> Result<Self, BuildError> {
+        let keys = UpstreamKeys {
+            api_key: config.api_key.clone(),
+            openai_api_key: config.openai_api_key.clone(),
+            arize_api_key: None,
+        };
+        let redactor = Redactor::default();
+        redactor.set([&keys.api_key].into_iter().chain(&keys.openai_api_key));
+        let endpoint = Endpoint {
+            platform: Platform::Valiqor,
+            base_url: &config.base_url,
+            connect_timeout: config.connect_timeout,
+            timeout: config.timeout,
+            pool_max_idle_per_host: config.pool_max_idle_per_host,
+            pool_idle_timeout: config.pool_idle_timeout,
+        };
+        Self::build(endpoint, Credentials::new(&keys, config.byok)?, redactor)
+    }
+
+    /// A client of `endpoint` with its own connection pool, sharing `redactor`.
+    pub(crate) fn build(
+        endpoint: Endpoint<'_>,
+        credentials: Credentials,
+        redactor: Redactor,
+    ) -> Result<Self, BuildError> {
         let http = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .pool_idle_timeout(config.pool_idle_timeout)
+            .connect_timeout(endpoint.connect_timeout)
+            .timeout(endpoint.timeout)
+            .pool_max_idle_per_host(endpoint.pool_max_idle_per_host)
+            .pool_idle_timeout(endpoint.pool_idle_timeout)
             .tcp_keepalive(Duration::from_secs(30))
             .tcp_nodelay(true)
             // Redirects are answered to the caller, not followed with our key attached.
@@ -173,18 +245,18 @@ impl UpstreamClient {
             .user_agent(concat!("evalgate/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(BuildError::Client)?;
-        let keys = UpstreamKeys {
-            api_key: config.api_key.clone(),
-            openai_api_key: config.openai_api_key.clone(),
-        };
-        let redactor = Redactor::default();
-        redactor.set([&keys.api_key].into_iter().chain(&keys.openai_api_key));
         Ok(Self {
+            platform: endpoint.platform,
             http,
-            base: Arc::from(base_string(&config.base_url)),
-            credentials: Arc::new(Credentials::new(&keys, config.byok)?),
+            base: Arc::from(base_string(endpoint.base_url)),
+            credentials: Arc::new(credentials),
             redactor,
         })
+    }
+
+    /// The platform this client talks to.
+    pub(crate) fn platform(&self) -> Platform {
+        self.platform
     }
 
     /// The same client (pool, base URL, redactor) with other credentials.

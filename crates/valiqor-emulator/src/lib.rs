@@ -49,10 +49,9 @@ use std::{
 };
 
 use axum::{Router, extract::DefaultBodyLimit, middleware};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use self::{error::EmuError, state::Shared};
+use self::{error::EmuError, server::Spawned, state::Shared};
 
 /// The router state: everything behind one `Arc`.
 type App = Arc<Shared>;
@@ -152,13 +151,7 @@ impl EmulatorHandle {
 
     /// The requests with this method and exactly this path.
     pub fn requests_to(&self, method: &http::Method, path: &str) -> Vec<RecordedRequest> {
-        self.shared
-            .control()
-            .requests
-            .iter()
-            .filter(|r| r.method == *method && r.path == path)
-            .cloned()
-            .collect()
+        self.shared.control().requests_to(method, path)
     }
 
     /// Distinct bearer tokens seen, in order of first sight.
@@ -168,14 +161,12 @@ impl EmulatorHandle {
 
     /// Distinct `openai_api_key` values seen in submit bodies, in order of first sight.
     pub fn seen_openai_keys(&self) -> Vec<String> {
-        self.shared.control().openai_keys.clone()
+        self.shared.knobs().openai_keys.clone()
     }
 
     /// Forgets the recorded requests (not the seen keys).
     pub fn clear_requests(&self) {
-        let mut c = self.shared.control();
-        c.requests.clear();
-        c.recorded_bytes = 0;
+        self.shared.control().clear_requests();
     }
 
     pub fn set_faults(&self, faults: Faults) {
@@ -184,9 +175,7 @@ impl EmulatorHandle {
 
     /// The next `n` requests answer `status` with `{"detail": …}` (429/503 with `Retry-After`). Calls queue up.
     pub fn fail_next(&self, n: usize, status: http::StatusCode) {
-        if n > 0 {
-            self.shared.control().fail_next.push_back((n, status));
-        }
+        self.shared.control().push_fail_next(n, status);
     }
 
     /// The next `n` successful answers keep their status but carry a body cut short mid-JSON,
@@ -204,7 +193,7 @@ impl EmulatorHandle {
 
     /// Duration of jobs submitted from now on.
     pub fn set_job_duration(&self, d: Duration) {
-        self.shared.control().job_duration = d;
+        self.shared.knobs().job_duration = d;
     }
 }
 
@@ -264,14 +253,8 @@ impl Emulator {
     pub async fn spawn(config: EmulatorConfig) -> std::io::Result<RunningEmulator> {
         let emulator = Self::bind(config, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
         let handle = emulator.handle();
-        let token = CancellationToken::new();
-        let mut task = JoinSet::new();
-        task.spawn(emulator.run(token.clone()));
-        Ok(RunningEmulator {
-            handle,
-            token,
-            task,
-        })
+        let server = Spawned::spawn(|token| emulator.run(token));
+        Ok(RunningEmulator { handle, server })
     }
 }
 
@@ -279,8 +262,7 @@ impl Emulator {
 #[derive(Debug)]
 pub struct RunningEmulator {
     handle: EmulatorHandle,
-    token: CancellationToken,
-    task: JoinSet<std::io::Result<()>>,
+    server: Spawned,
 }
 
 // === impl RunningEmulator ===
@@ -291,13 +273,8 @@ impl RunningEmulator {
     }
 
     /// Stops accepting, lets open connections finish (bounded, ~5 s) and waits for the server task.
-    pub async fn shutdown(mut self) -> std::io::Result<()> {
-        self.token.cancel();
-        let mut result = Ok(());
-        while let Some(joined) = self.task.join_next().await {
-            result = joined.map_err(std::io::Error::other).and_then(|r| r);
-        }
-        result
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        self.server.shutdown().await
     }
 }
 
@@ -306,13 +283,6 @@ impl Deref for RunningEmulator {
 
     fn deref(&self) -> &EmulatorHandle {
         &self.handle
-    }
-}
-
-impl Drop for RunningEmulator {
-    fn drop(&mut self) {
-        self.token.cancel();
-        self.task.abort_all();
     }
 }
 

@@ -1,8 +1,14 @@
-//! Connection handling for the emulator: the accept loop with per-connection hyper tasks in a `JoinSet`, bounded
-//! graceful shutdown, request recording, and fault injection (scripted, drop, 429, 5xx, then latency) in front of
-//! the router.
+//! Connection handling shared by the emulators (Valiqor and Arize): the accept loop with per-connection hyper tasks
+//! in a `JoinSet`, bounded graceful shutdown, request recording, and fault injection (scripted, drop, 429, 5xx, then
+//! latency) in front of the router, plus drop-after-processing. Each emulator is a [`Backend`]: it owns a
+//! [`Control`] (knobs and request log) and says what its error bodies look like.
 
-use std::{io, time::Duration};
+use std::{
+    collections::VecDeque,
+    io,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
 
 use axum::{
     Router,
@@ -24,19 +30,148 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::{
-    App, RecordedRequest,
-    error::{EmuError, detail_response},
-    state::Shared,
-    wire::bearer,
-};
+use super::{Faults, RecordedRequest, wire::bearer};
 
+/// Recorded requests kept at most (oldest dropped first), so long benchmark runs stay bounded.
+const MAX_RECORDED: usize = 100_000;
+/// Recorded body bytes kept at most (oldest requests dropped first; the newest is always kept).
+const MAX_RECORDED_BODY_BYTES: usize = 512 * 1024 * 1024;
 /// Largest request body the emulator reads (bigger ones get a 413).
 const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 /// How long open connections may take to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+
+/// What the connection layer needs from an emulator.
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// The knobs and the request log.
+    fn control(&self) -> MutexGuard<'_, Control>;
+
+    /// The answer to an injected status (scripted or random) for a request to `path`; the connection layer adds
+    /// `Retry-After` to 429 and 503.
+    fn fault_response(&self, status: StatusCode, path: &str) -> Response;
+
+    /// The answer to a request to `path` whose body exceeds the cap.
+    fn too_large(&self, path: &str) -> Response;
+}
+
+/// Scriptable knobs and the request log, shared by the handle and the connection layer.
+#[derive(Debug)]
+pub(crate) struct Control {
+    pub(crate) faults: Faults,
+    /// Scripted failures, served front to back: (remaining count, status).
+    pub(crate) fail_next: VecDeque<(usize, StatusCode)>,
+    /// Successful answers still to be cut short (see `EmulatorHandle::garble_next`).
+    pub(crate) garble_next: usize,
+    /// Requests still to be answered with a validation error echoing their body.
+    pub(crate) echo_next: usize,
+    /// Routed requests whose answer is still to be replaced by a closed connection.
+    pub(crate) drop_after_next: usize,
+    pub(crate) requests: VecDeque<RecordedRequest>,
+    /// Sum of the recorded bodies' lengths.
+    pub(crate) recorded_bytes: usize,
+    pub(crate) bearer_keys: Vec<String>,
+}
+
+// === impl Control ===
+
+impl Control {
+    pub(crate) fn new(faults: Faults) -> Mutex<Self> {
+        Mutex::new(Self {
+            faults,
+            fail_next: VecDeque::new(),
+            garble_next: 0,
+            echo_next: 0,
+            drop_after_next: 0,
+            requests: VecDeque::new(),
+            recorded_bytes: 0,
+            bearer_keys: Vec::new(),
+        })
+    }
+
+    /// Locks `cell`, ignoring poisoning (the data stays consistent: every update is a single step).
+    pub(crate) fn lock(cell: &Mutex<Self>) -> MutexGuard<'_, Self> {
+        cell.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends to the request log and remembers a new bearer key.
+    pub(crate) fn record(&mut self, req: RecordedRequest, bearer: Option<&str>) {
+        if let Some(key) = bearer
+            && !self.bearer_keys.iter().any(|k| k == key)
+        {
+            self.bearer_keys.push(key.to_owned());
+        }
+        self.recorded_bytes += req.body.len();
+        self.requests.push_back(req);
+        while self.requests.len() > 1
+            && (self.requests.len() > MAX_RECORDED || self.recorded_bytes > MAX_RECORDED_BODY_BYTES)
+        {
+            if let Some(old) = self.requests.pop_front() {
+                self.recorded_bytes -= old.body.len();
+            }
+        }
+    }
+
+    pub(crate) fn requests_to(&self, method: &http::Method, path: &str) -> Vec<RecordedRequest> {
+        self.requests
+            .iter()
+            .filter(|r| r.method == *method && r.path == path)
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets the recorded requests (not the seen keys).
+    pub(crate) fn clear_requests(&mut self) {
+        self.requests.clear();
+        self.recorded_bytes = 0;
+    }
+
+    pub(crate) fn push_fail_next(&mut self, n: usize, status: StatusCode) {
+        if n > 0 {
+            self.fail_next.push_back((n, status));
+        }
+    }
+}
+
+/// A server running on a task, cancelled and aborted on drop.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    token: CancellationToken,
+    task: JoinSet<io::Result<()>>,
+}
+
+// === impl Spawned ===
+
+impl Spawned {
+    /// Spawns `run(token)` with a fresh cancellation token.
+    pub(crate) fn spawn<F>(run: impl FnOnce(CancellationToken) -> F) -> Self
+    where
+        F: Future<Output = io::Result<()>> + Send + 'static,
+    {
+        let token = CancellationToken::new();
+        let mut task = JoinSet::new();
+        task.spawn(run(token.clone()));
+        Self { token, task }
+    }
+
+    /// Cancels the server and waits for its task.
+    pub(crate) async fn shutdown(mut self) -> io::Result<()> {
+        self.token.cancel();
+        let mut result = Ok(());
+        while let Some(joined) = self.task.join_next().await {
+            result = joined.map_err(io::Error::other).and_then(|r| r);
+        }
+        result
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.token.cancel();
+        self.task.abort_all();
+    }
+}
 
 /// Returned by the service to make hyper close the connection without answering.
 #[derive(Debug, thiserror::Error)]
@@ -52,9 +187,9 @@ enum Fault {
 }
 
 /// Accepts connections until `shutdown` is cancelled, then lets open ones finish (bounded by `DRAIN_TIMEOUT`).
-pub(crate) async fn serve(
+pub(crate) async fn serve<B: Backend>(
     listener: TcpListener,
-    app: App,
+    app: Arc<B>,
     router: Router,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
@@ -89,9 +224,9 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-async fn serve_connection(
+async fn serve_connection<B: Backend>(
     stream: TcpStream,
-    app: App,
+    app: Arc<B>,
     router: Router,
     shutdown: CancellationToken,
 ) {
@@ -112,48 +247,57 @@ async fn serve_connection(
     }
 }
 
-/// One request: read and record it, apply faults, then route it.
-async fn handle(app: App, router: Router, req: Request<Incoming>) -> Result<Response, Dropped> {
+/// One request: read and record it, apply faults, then route it (and maybe drop the answer).
+async fn handle<B: Backend>(
+    app: Arc<B>,
+    router: Router,
+    req: Request<Incoming>,
+) -> Result<Response, Dropped> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            record(&app, &parts, Bytes::new());
-            return Ok(EmuError::PayloadTooLarge.into_response());
+            record(&*app, &parts, Bytes::new());
+            return Ok(app.too_large(parts.uri.path()));
         }
         // The client went away mid-body: nothing to answer.
         Err(_) => return Err(Dropped),
     };
-    record(&app, &parts, body.clone());
-    if take_echo(&app) {
+    record(&*app, &parts, body.clone());
+    if take(&mut app.control().echo_next) {
         return Ok(echo_response(&body));
     }
-    let (fault, latency) = decide(&app);
+    let (fault, latency) = decide(&*app);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
     match fault {
         Fault::Drop => Err(Dropped),
-        Fault::Status(status) => Ok(fault_response(
-            status,
-            app.control().faults.retry_after_secs,
-        )),
+        Fault::Status(status) => {
+            let retry_after = app.control().faults.retry_after_secs;
+            Ok(with_retry_after(
+                app.fault_response(status, parts.uri.path()),
+                retry_after,
+            ))
+        }
         Fault::None => {
             let Ok(res) = router
                 .oneshot(Request::from_parts(parts, Body::from(body)))
                 .await;
-            Ok(garble(&app, res))
+            if take(&mut app.control().drop_after_next) {
+                return Err(Dropped);
+            }
+            Ok(garble(&*app, res))
         }
     }
 }
 
-/// Whether this request is one `echo_next` asked to answer with a validation error.
-fn take_echo(app: &Shared) -> bool {
-    let mut c = app.control();
-    if c.echo_next == 0 {
+/// Takes one from a scripted counter; whether there was one.
+fn take(counter: &mut usize) -> bool {
+    if *counter == 0 {
         return false;
     }
-    c.echo_next -= 1;
+    *counter -= 1;
     true
 }
 
@@ -171,7 +315,7 @@ fn echo_response(body: &[u8]) -> Response {
 }
 
 /// A successful answer cut short mid-JSON, while `garble_next` asks for it.
-fn garble(app: &Shared, res: Response) -> Response {
+fn garble<B: Backend>(app: &B, res: Response) -> Response {
     if !res.status().is_success() {
         return res;
     }
@@ -187,7 +331,8 @@ fn garble(app: &Shared, res: Response) -> Response {
     Response::from_parts(parts, Body::from(r#"{"garbled": "#))
 }
 
-fn record(app: &Shared, parts: &Parts, body: Bytes) {
+/// Records the request with its raw (still percent-encoded) path and query.
+fn record<B: Backend>(app: &B, parts: &Parts, body: Bytes) {
     let req = RecordedRequest {
         method: parts.method.clone(),
         path: parts.uri.path().to_owned(),
@@ -195,11 +340,11 @@ fn record(app: &Shared, parts: &Parts, body: Bytes) {
         headers: parts.headers.clone(),
         body,
     };
-    app.record(req, bearer(&parts.headers));
+    app.control().record(req, bearer(&parts.headers));
 }
 
 /// Scripted failures first, then the random ones (drop, 429, 5xx); the latency applies to every request.
-fn decide(app: &Shared) -> (Fault, Duration) {
+fn decide<B: Backend>(app: &B) -> (Fault, Duration) {
     let mut c = app.control();
     let latency = c.faults.latency;
     if let Some(front) = c.fail_next.front_mut() {
@@ -227,17 +372,21 @@ fn chance(p: f64) -> bool {
     p > 0.0 && rand::random::<f64>() < p
 }
 
-/// `{"detail": …}` for an injected status; 429 and 503 carry `Retry-After` (at least 1 s).
-fn fault_response(status: StatusCode, retry_after_secs: u64) -> Response {
-    let detail = match status {
+/// The detail text of an injected status: "emulated rate limit", "emulated server error", "emulated bad gateway", …
+pub(crate) fn fault_detail(status: StatusCode) -> String {
+    match status {
         StatusCode::TOO_MANY_REQUESTS => "emulated rate limit".to_owned(),
         StatusCode::INTERNAL_SERVER_ERROR => "emulated server error".to_owned(),
         other => format!(
             "emulated {}",
             other.canonical_reason().unwrap_or("error").to_lowercase()
         ),
-    };
-    let mut res = detail_response(status, &detail);
+    }
+}
+
+/// 429 and 503 answers carry `Retry-After` (at least 1 s).
+fn with_retry_after(mut res: Response, retry_after_secs: u64) -> Response {
+    let status = res.status();
     if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
         res.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));

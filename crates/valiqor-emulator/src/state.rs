@@ -2,30 +2,34 @@
 //! traces, usage), each behind a std `Mutex` that is never held across an `.await`.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     sync::{Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
+use axum::response::Response;
 use http::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{
-    EmulatorConfig, Faults, RecordedRequest, data::fnv1a, eval::EvalState, fa::FaState,
-    jobs::now_rfc3339, platform::TraceStore, security::SecurityState,
+    EmulatorConfig,
+    data::fnv1a,
+    error::{EmuError, detail_response},
+    eval::EvalState,
+    fa::FaState,
+    jobs::now_rfc3339,
+    platform::TraceStore,
+    security::SecurityState,
+    server::{Backend, Control, fault_detail},
 };
-
-/// Recorded requests kept at most (oldest dropped first), so long benchmark runs stay bounded.
-const MAX_RECORDED: usize = 100_000;
-/// Recorded body bytes kept at most (oldest requests dropped first; the newest is always kept).
-const MAX_RECORDED_BODY_BYTES: usize = 512 * 1024 * 1024;
 
 /// Everything the router and the connection layer share.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) settings: Settings,
     control: Mutex<Control>,
+    knobs: Mutex<Knobs>,
     store: Mutex<Store>,
 }
 
@@ -37,21 +41,10 @@ pub(crate) struct Settings {
     pub(crate) max_dataset_items: usize,
 }
 
-/// Scriptable knobs and the request log.
+/// Valiqor-specific knobs (the connection-level ones are in [`Control`]).
 #[derive(Debug)]
-pub(crate) struct Control {
-    pub(crate) faults: Faults,
-    /// Scripted failures, served front to back: (remaining count, status).
-    pub(crate) fail_next: VecDeque<(usize, StatusCode)>,
-    /// Successful answers still to be cut short (see `EmulatorHandle::garble_next`).
-    pub(crate) garble_next: usize,
-    /// Requests still to be answered with a validation error echoing their body.
-    pub(crate) echo_next: usize,
+pub(crate) struct Knobs {
     pub(crate) job_duration: Duration,
-    pub(crate) requests: VecDeque<RecordedRequest>,
-    /// Sum of the recorded bodies' lengths.
-    pub(crate) recorded_bytes: usize,
-    pub(crate) bearer_keys: Vec<String>,
     pub(crate) openai_keys: Vec<String>,
 }
 
@@ -92,15 +85,9 @@ impl Shared {
                 inline_max_items: config.inline_max_items,
                 max_dataset_items: config.max_dataset_items,
             },
-            control: Mutex::new(Control {
-                faults: config.faults,
-                fail_next: VecDeque::new(),
-                garble_next: 0,
-                echo_next: 0,
+            control: Control::new(config.faults),
+            knobs: Mutex::new(Knobs {
                 job_duration: config.job_duration,
-                requests: VecDeque::new(),
-                recorded_bytes: 0,
-                bearer_keys: Vec::new(),
                 openai_keys: Vec::new(),
             }),
             store: Mutex::new(Store::seeded()),
@@ -108,7 +95,11 @@ impl Shared {
     }
 
     pub(crate) fn control(&self) -> MutexGuard<'_, Control> {
-        self.control.lock().unwrap_or_else(PoisonError::into_inner)
+        Control::lock(&self.control)
+    }
+
+    pub(crate) fn knobs(&self) -> MutexGuard<'_, Knobs> {
+        self.knobs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
@@ -116,26 +107,7 @@ impl Shared {
     }
 
     pub(crate) fn job_duration(&self) -> Duration {
-        self.control().job_duration
-    }
-
-    /// Appends to the request log and remembers a new bearer key.
-    pub(crate) fn record(&self, req: RecordedRequest, bearer: Option<&str>) {
-        let mut c = self.control();
-        if let Some(key) = bearer
-            && !c.bearer_keys.iter().any(|k| k == key)
-        {
-            c.bearer_keys.push(key.to_owned());
-        }
-        c.recorded_bytes += req.body.len();
-        c.requests.push_back(req);
-        while c.requests.len() > 1
-            && (c.requests.len() > MAX_RECORDED || c.recorded_bytes > MAX_RECORDED_BODY_BYTES)
-        {
-            if let Some(old) = c.requests.pop_front() {
-                c.recorded_bytes -= old.body.len();
-            }
-        }
+        self.knobs().job_duration
     }
 
     /// Remembers a BYOK `openai_api_key` seen in a submit body.
@@ -143,10 +115,25 @@ impl Shared {
         let Some(Value::String(key)) = body.get("openai_api_key") else {
             return;
         };
-        let mut c = self.control();
-        if !c.openai_keys.iter().any(|k| k == key) {
-            c.openai_keys.push(key.clone());
+        let mut k = self.knobs();
+        if !k.openai_keys.iter().any(|seen| seen == key) {
+            k.openai_keys.push(key.clone());
         }
+    }
+}
+
+impl Backend for Shared {
+    fn control(&self) -> MutexGuard<'_, Control> {
+        Shared::control(self)
+    }
+
+    /// `{"detail": …}`, as the Valiqor service answers.
+    fn fault_response(&self, status: StatusCode, _path: &str) -> Response {
+        detail_response(status, &fault_detail(status))
+    }
+
+    fn too_large(&self, _path: &str) -> Response {
+        axum::response::IntoResponse::into_response(EmuError::PayloadTooLarge)
     }
 }
 

@@ -232,9 +232,16 @@ pub fn merge_with_section(
     let order = plan(batches, ctx)?;
     let lists: &'static [&'static str] = match kind {
         JobKind::FailureAnalysis => &["failure_tags", "inputs"],
-        JobKind::Evaluation => &[],
+        JobKind::Evaluation | JobKind::ArizeTaskRun => &[],
         JobKind::SecurityAudit => &["details"],
     };
+    // One task run: its final answer, exactly as Arize returned it, is the result.
+    if kind == JobKind::ArizeTaskRun {
+        return match order.as_slice() {
+            [only] => Ok(Bytes::copy_from_slice(only.result)),
+            _ => Err(MergeError::NoBatches),
+        };
+    }
     let mut parsed = order.iter().map(|b| parse_batch(b, lists));
     let merged = match kind {
         JobKind::FailureAnalysis => {
@@ -252,6 +259,7 @@ pub fn merge_with_section(
             parsed.try_for_each(|batch| acc.add(batch?))?;
             acc.finish(ctx)
         }
+        JobKind::ArizeTaskRun => return Err(MergeError::NoBatches),
     };
     merged.write(section).map(Bytes::from)
 }
