@@ -27,13 +27,14 @@ use crate::{
     error::ErrorChain,
     jobs::{
         hub::JobEvent,
-        service::{JobRequest, JobService},
+        service::{ArizeRun, JobInput, JobRequest, JobService},
         view::{self, Accepted, JobView},
     },
     middleware::auth::Caller,
     state::{AppState, EventStreamSlot},
     store::{JobRecord, ListQuery, StoredEvent},
     types::{JobKind, JobState, Origin},
+    upstream::arize::{self, RunSpec},
 };
 
 pub(super) fn router() -> Router<AppState> {
@@ -53,12 +54,17 @@ pub(super) fn router() -> Router<AppState> {
 #[derive(Debug, utoipa::ToSchema)]
 pub(super) struct SubmitJob {
     pub kind: JobKind,
-    /// The items, forwarded byte for byte.
-    #[schema(value_type = Vec<Object>)]
-    pub dataset: Box<RawValue>,
-    /// Upstream fields of that kind (`feature_kind`, `run_eval`, `buckets`, `metrics`, `categories`, `project_name`, ...).
+    /// The items, forwarded byte for byte (the Valiqor kinds; required there).
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub dataset: Option<Box<RawValue>>,
+    /// Upstream fields of that kind (`feature_kind`, `run_eval`, `buckets`, `metrics`, `categories`, `project_name`, ...);
+    /// for `arize_task_run`, the `TriggerTaskRunRequest` fields (`data_start_time`, `max_spans`, `experiment_name`, ...).
     #[schema(value_type = Option<Object>)]
     pub options: Option<Box<RawValue>>,
+    /// `arize_task_run`: the id of the task to trigger one run of.
+    pub task: Option<String>,
+    /// `arize_task_run`: the id of a run the caller triggered itself, to watch instead.
+    pub run_id: Option<String>,
     /// `{"url", "secret", "events"}`; stored now, delivered when webhooks are enabled.
     #[schema(value_type = Option<Object>)]
     pub webhook: Option<Box<RawValue>>,
@@ -70,12 +76,62 @@ pub(super) struct SubmitJob {
 #[serde(deny_unknown_fields)]
 struct SubmitJobRef<'a> {
     kind: JobKind,
-    #[serde(borrow)]
-    dataset: &'a RawValue,
+    #[serde(borrow, default)]
+    dataset: Option<&'a RawValue>,
     #[serde(borrow, default)]
     options: Option<&'a RawValue>,
     #[serde(borrow, default)]
     webhook: Option<&'a RawValue>,
+    #[serde(default)]
+    task: Option<String>,
+    #[serde(default)]
+    run_id: Option<String>,
+}
+
+/// What a job request works on: a dataset of a Valiqor kind, or one Arize task run.
+fn job_input(body: &bytes::Bytes, parsed: &SubmitJobRef<'_>) -> Result<JobInput, ApiError> {
+    let bad = |message: &str| ApiError::BadRequest(message.to_owned());
+    let options = parsed.options.filter(|o| o.get() != "null");
+    if parsed.kind != JobKind::ArizeTaskRun {
+        if parsed.task.is_some() || parsed.run_id.is_some() {
+            return Err(bad("`task` and `run_id` apply only to kind arize_task_run"));
+        }
+        let dataset = parsed
+            .dataset
+            .ok_or_else(|| bad("`dataset` is required: a JSON array of items"))?;
+        let submission = Submission::from_parts(body.clone(), dataset, options)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        return Ok(JobInput::Dataset {
+            kind: parsed.kind,
+            submission,
+            upstream_max_items: None,
+        });
+    }
+    if parsed.dataset.is_some() {
+        return Err(bad("an arize_task_run has no `dataset`: give `task` (or `run_id`)"));
+    }
+    let checked = |field: &str, id: &str| {
+        arize::path_segment(id)
+            .map(|_| id.to_owned())
+            .map_err(|reason| ApiError::BadRequest(format!("`{field}`: {reason}")))
+    };
+    let run = match (&parsed.task, &parsed.run_id) {
+        (Some(task), None) => {
+            if options.is_some_and(|o| !o.get().trim_start().starts_with('{')) {
+                return Err(bad("`options` must be a JSON object of TriggerTaskRunRequest fields"));
+            }
+            ArizeRun::Trigger(RunSpec {
+                task: checked("task", task)?,
+                options: options.map(ToOwned::to_owned),
+            })
+        }
+        (None, Some(run_id)) if options.is_none() => ArizeRun::Watch {
+            run_id: checked("run_id", run_id)?,
+        },
+        (None, Some(_)) => return Err(bad("`options` apply to a trigger (`task`), not to a watched `run_id`")),
+        _ => return Err(bad("an arize_task_run needs exactly one of `task` (to trigger a run) and `run_id` (to watch one)")),
+    };
+    Ok(JobInput::ArizeRun(run))
 }
 
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -140,8 +196,7 @@ pub(super) async fn submit(
     };
     let parsed: SubmitJobRef<'_> = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid job request: {e}")))?;
-    let submission = Submission::from_parts(body.clone(), parsed.dataset, parsed.options)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let input = job_input(&body, &parsed)?;
     let webhook = parsed
         .webhook
         .filter(|w| w.get() != "null")
@@ -150,12 +205,10 @@ pub(super) async fn submit(
         .map_err(ApiError::from)?;
     let request = JobRequest {
         tenant,
-        kind: parsed.kind,
-        submission,
+        input,
         webhook,
         idempotency,
         origin: Origin::Native,
-        upstream_max_items: None,
     };
     let (record, fresh) = jobs.submit(request).await.map_err(ApiError::from)?;
     let accepted = Accepted {
@@ -163,6 +216,10 @@ pub(super) async fn submit(
         status: record.state,
         total_items: record.total_items,
         batches: record.batches.len(),
+        run_id: (record.kind == JobKind::ArizeTaskRun)
+            .then(|| record.batches.first().and_then(|b| b.upstream_job_id.clone()))
+            .flatten(),
+        error: record.error.clone(),
         links: view::links(record.id.as_str()),
     };
     let status = if fresh {

@@ -15,7 +15,7 @@ use crate::{
     batching::Submission,
     jobs::{
         error::JobsError,
-        service::{JobRequest, JobService},
+        service::{JobInput, JobRequest, JobService},
         view,
     },
     store::JobRecord,
@@ -68,12 +68,14 @@ pub(crate) async fn accept(
     let webhook = webhook_from_headers(jobs, headers)?;
     let request = JobRequest {
         tenant: Arc::clone(tenant),
-        kind,
-        submission,
+        input: JobInput::Dataset {
+            kind,
+            submission,
+            upstream_max_items,
+        },
         webhook,
         idempotency: None,
         origin: Origin::Valiqor,
-        upstream_max_items,
     };
     let (record, _) = jobs.submit(request).await?;
     let id = record.id.as_str();

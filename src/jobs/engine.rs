@@ -35,10 +35,7 @@ use crate::{
     store::{BatchUpdate, BatchWork, JobStore, NewBatch, StoreError},
     tenants::Tenants,
     types::{BatchState, JobId, JobKind, TenantName, now_millis},
-    upstream::{
-        UpstreamClient,
-        jobs::{Failure, PollOutcome, SubmitOutcome},
-    },
+    upstream::jobs::{Failure, JobUpstream, PollOutcome, SubmitOutcome},
 };
 
 /// Commands from the API to the engine.
@@ -312,14 +309,14 @@ impl Ctx {
     /// configured (a reload removed it) is a transient failure: the batch is retried on the usual
     /// schedule, resumes if the tenant comes back, and fails after `jobs.max_attempts`. Another
     /// tenant's (or the default) keys are never used instead.
-    fn upstream_for(&self, tenant: &TenantName) -> Result<UpstreamClient, Failure> {
+    fn upstream_for(&self, tenant: &TenantName, kind: JobKind) -> Result<JobUpstream, Failure> {
         self.tenants
             .by_name(tenant)
-            .map(|t| t.upstream.clone())
             .ok_or_else(|| Failure::Transient {
                 reason: format!("tenant {tenant} is not configured (removed from the tenants?)"),
                 retry_after: None,
-            })
+            })?
+            .job_upstream(kind)
     }
 
     /// The batch as the pure steps see it.
@@ -356,11 +353,17 @@ impl Ctx {
         if !self.store.update_batch(mark).await? {
             return Ok(Next::default());
         }
-        let body = Submission::batch_body(&batch.members, &batch.payload);
-        let outcome = match self.upstream_for(&batch.tenant) {
+        let body = match batch.kind {
+            // The run spec as stored; the client reads it.
+            JobKind::ArizeTaskRun => batch.payload.clone(),
+            _ => Submission::batch_body(&batch.members, &batch.payload),
+        };
+        // An earlier submit may have reached the upstream: a trigger reconciles first.
+        let first_attempt_at = (batch.submits > 0).then_some(batch.created_at);
+        let outcome = match self.upstream_for(&batch.tenant, batch.kind) {
             Ok(upstream) => {
                 upstream
-                    .submit_batch(batch.kind, body, work.job.as_str())
+                    .submit(batch.kind, body, first_attempt_at, work.job.as_str())
                     .await
             }
             Err(failure) => SubmitOutcome::Failure(failure),
@@ -407,6 +410,7 @@ impl Ctx {
                 item_start: batch.item_start + range.start,
                 item_end: batch.item_start + range.end,
                 payload: parsed.payload(range),
+                upstream_job_id: None,
             })
             .collect();
         let count = parts.len();
@@ -443,7 +447,7 @@ impl Ctx {
             return Ok(Next::default());
         };
         self.throttle().await;
-        let upstream = match self.upstream_for(&batch.tenant) {
+        let upstream = match self.upstream_for(&batch.tenant, batch.kind) {
             Ok(upstream) => upstream,
             Err(failure) => {
                 let commit = match transition::after_poll(
@@ -463,7 +467,7 @@ impl Ctx {
             }
         };
         let outcome = upstream
-            .poll_batch(batch.kind, &upstream_id, work.job.as_str())
+            .poll(batch.kind, &upstream_id, work.job.as_str())
             .await;
         let running_for =
             Duration::from_millis(u64::try_from(now_millis().saturating_sub(since)).unwrap_or(0));
@@ -526,10 +530,10 @@ impl Ctx {
         if !self.store.update_batch(update).await? {
             if let Some(upstream_job_id) = cancel_if_stale {
                 // The job was cancelled while the submit was in flight: cancel what it started.
-                let cancelled = match self.upstream_for(&batch.tenant) {
+                let cancelled = match self.upstream_for(&batch.tenant, batch.kind) {
                     Ok(upstream) => {
                         upstream
-                            .cancel_batch(batch.kind, &upstream_job_id, work.job.as_str())
+                            .cancel(batch.kind, &upstream_job_id, work.job.as_str())
                             .await
                     }
                     Err(failure) => Err(failure),

@@ -112,7 +112,13 @@ pub(crate) async fn cancel_running_upstream(tenants: &Tenants, record: &JobRecor
         );
         return;
     };
-    let upstream = &tenant.upstream;
+    let upstream = match tenant.job_upstream(record.kind) {
+        Ok(upstream) => upstream,
+        Err(failure) => {
+            tracing::warn!(job_id = %record.id, ?failure, "the job's batches running upstream cannot be cancelled there");
+            return;
+        }
+    };
     for batch in record
         .batches
         .iter()
@@ -120,7 +126,7 @@ pub(crate) async fn cancel_running_upstream(tenants: &Tenants, record: &JobRecor
     {
         if let Some(upstream_id) = &batch.upstream_job_id
             && let Err(failure) = upstream
-                .cancel_batch(record.kind, upstream_id, record.id.as_str())
+                .cancel(record.kind, upstream_id, record.id.as_str())
                 .await
         {
             tracing::warn!(

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::{
     batching::{BatchLimits, Submission},
+    upstream::arize::RunSpec,
     config::Config,
     store::{Created, JobRecord, JobStore, ListQuery, NewBatch, NewJob, StoreError, StoredEvent},
     tenants::{Tenant, Tenants},
@@ -29,15 +30,44 @@ use crate::{
 pub(crate) struct JobRequest {
     /// The caller: the job's owner, and its limits.
     pub tenant: Arc<Tenant>,
-    pub kind: JobKind,
-    pub submission: Submission,
+    pub input: JobInput,
     /// The webhook target as `JobService::validate_webhook` returned it.
     pub webhook: Option<String>,
     /// (Idempotency-Key, body hash).
     pub idempotency: Option<(String, String)>,
     pub origin: Origin,
-    /// A limit the upstream just told us (`dataset_too_large`), tighter than the configured one.
-    pub upstream_max_items: Option<usize>,
+}
+
+/// What a job works on.
+#[derive(Debug)]
+pub(crate) enum JobInput {
+    /// A Valiqor dataset of `kind`, split into batches.
+    Dataset {
+        kind: JobKind,
+        submission: Submission,
+        /// A limit the upstream just told us (`dataset_too_large`), tighter than the configured one.
+        upstream_max_items: Option<usize>,
+    },
+    /// One Arize task run.
+    ArizeRun(ArizeRun),
+}
+
+/// An Arize task run to manage.
+#[derive(Debug)]
+pub(crate) enum ArizeRun {
+    /// Trigger a run of a task (with the trigger request's fields).
+    Trigger(RunSpec),
+    /// Watch a run the caller triggered itself.
+    Watch { run_id: String },
+}
+
+impl JobInput {
+    pub(crate) fn kind(&self) -> JobKind {
+        match self {
+            Self::Dataset { kind, .. } => *kind,
+            Self::ArizeRun(_) => JobKind::ArizeTaskRun,
+        }
+    }
 }
 
 /// The jobs service. Cheap to clone.
@@ -104,11 +134,18 @@ impl JobService {
     }
 
     /// Creates a managed job: split, persist (committed before answering), hand to the engine.
-    /// `(record, true)` for a new job, `(record, false)` for an idempotent replay.
-    #[tracing::instrument(skip_all, fields(kind = request.kind.as_str(), items = request.submission.len()))]
+    /// `(record, true)` for a new job, `(record, false)` for an idempotent replay. A task run to
+    /// trigger is answered once its run id is committed (or its first attempt failed), bounded
+    /// by `arize.timeout`.
+    #[tracing::instrument(skip_all, fields(kind = request.input.kind().as_str()))]
     pub(crate) async fn submit(&self, request: JobRequest) -> Result<(JobRecord, bool), JobsError> {
         let config = &self.0.config;
         let store = &self.0.store;
+        if matches!(request.input, JobInput::ArizeRun(_)) && request.tenant.arize.is_none() {
+            return Err(JobsError::Invalid(
+                "Arize task runs are off here: set arize.listen to enable Arize".to_owned(),
+            ));
+        }
         let active = store
             .count_active(None)
             .await
@@ -142,27 +179,17 @@ impl JobService {
                 ));
             }
         }
-        let limits = self.limits(request.kind, request.upstream_max_items);
-        let submission = &request.submission;
-        let batches: Vec<NewBatch> = submission
-            .split(limits)
-            .into_iter()
-            .enumerate()
-            .map(|(idx, range)| NewBatch {
-                idx: u32::try_from(idx).unwrap_or(u32::MAX),
-                item_start: range.start,
-                item_end: range.end,
-                payload: submission.payload(range),
-            })
-            .collect();
+        let kind = request.input.kind();
+        let (total_items, members, batches) = self.batches(&request.input);
+        let triggers = matches!(request.input, JobInput::ArizeRun(ArizeRun::Trigger(_)));
         let id = JobId::generate();
         let job = NewJob {
             id: id.clone(),
             tenant: request.tenant.name.clone(),
-            kind: request.kind,
+            kind,
             origin: request.origin,
-            total_items: submission.len(),
-            members: submission.members.clone(),
+            total_items,
+            members,
             webhook: request.webhook,
             idempotency: request.idempotency,
             batches,
@@ -178,16 +205,89 @@ impl JobService {
             Created::Existing(existing) => (existing, false),
             Created::Conflict(existing) => return Err(JobsError::IdempotencyConflict(existing)),
         };
+        // Subscribed before the engine starts, so the first attempt's outcome is not missed.
+        let events = (fresh && triggers).then(|| self.0.hub.subscribe());
         if fresh && !self.0.engine.send(Command::Start(id.clone())) {
             // The job is committed: the engine scans the store once it has caught up (or on
             // its next start when it is stopping) and starts it then.
             tracing::warn!(job_id = %id, "engine queue full; the job starts at the engine's next store scan");
+        }
+        if let Some(events) = events {
+            self.first_attempt(&id, events).await;
         }
         let record = self.read(&id, &request.tenant.name).await?;
         if fresh {
             tracing::info!(job_id = %id, tenant = %record.tenant, batches = record.batches.len(), "job accepted");
         }
         Ok((record, fresh))
+    }
+
+    /// The job's items and members, and its batches: a dataset split by the limits, or one
+    /// task run (already running when the caller triggered it itself).
+    fn batches(&self, input: &JobInput) -> (usize, Bytes, Vec<NewBatch>) {
+        match input {
+            JobInput::Dataset {
+                kind,
+                submission,
+                upstream_max_items,
+            } => {
+                let limits = self.limits(*kind, *upstream_max_items);
+                let batches = submission
+                    .split(limits)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(idx, range)| NewBatch {
+                        idx: u32::try_from(idx).unwrap_or(u32::MAX),
+                        item_start: range.start,
+                        item_end: range.end,
+                        payload: submission.payload(range),
+                        upstream_job_id: None,
+                    })
+                    .collect();
+                (submission.len(), submission.members.clone(), batches)
+            }
+            JobInput::ArizeRun(run) => {
+                let (payload, upstream_job_id) = match run {
+                    ArizeRun::Trigger(spec) => (spec.to_payload(), None),
+                    ArizeRun::Watch { run_id } => (Bytes::new(), Some(run_id.clone())),
+                };
+                let batch = NewBatch {
+                    idx: 0,
+                    item_start: 0,
+                    item_end: 1,
+                    payload,
+                    upstream_job_id,
+                };
+                (1, Bytes::new(), vec![batch])
+            }
+        }
+    }
+
+    /// Waits (bounded by the Arize timeouts) until a task run's first trigger attempt committed
+    /// something: its run id (`batch`), a retry (`progress`) or its end. A retried attempt is
+    /// not waited for: the job is answered as it is, the engine goes on.
+    async fn first_attempt(&self, id: &JobId, mut events: broadcast::Receiver<JobEvent>) {
+        let arize = &self.0.config.arize;
+        let deadline = tokio::time::Instant::now() + arize.connect_timeout + arize.timeout * 2;
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Ok(event)) if event.job_id == *id => return,
+                Ok(Ok(_)) => {}
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    let started = self.0.store.job(id).await.ok().flatten().is_none_or(|record| {
+                        record.state.is_terminal()
+                            || record.batches.iter().any(|b| b.upstream_job_id.is_some())
+                    });
+                    if started {
+                        return;
+                    }
+                }
+                Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    tracing::info!(job_id = %id, "no run id within the Arize timeouts; answering the job as it is");
+                    return;
+                }
+            }
+        }
     }
 
     /// A job of `owner` by id. Ids that are not evalgate's, and other tenants' jobs, are simply

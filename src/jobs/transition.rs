@@ -302,7 +302,8 @@ fn retry_or_fail(
             change.error = Some(reason);
             Commit {
                 change,
-                publish: None,
+                // Watchers see the attempt and its error (a progress snapshot on the stream).
+                publish: Some("progress"),
                 then: Then::Retry {
                     attempts,
                     retry_after,
@@ -578,7 +579,7 @@ mod tests {
                 result: None,
                 event: None,
             },
-            publish: None,
+            publish: Some("progress"),
             then: Then::Retry {
                 attempts: 2,
                 retry_after: Some(Duration::from_secs(3)),

@@ -15,6 +15,12 @@ pub(crate) struct Accepted {
     pub status: JobState,
     pub total_items: usize,
     pub batches: usize,
+    /// `arize_task_run`: the Arize run id, once the trigger went through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Why the job already ended (an Arize trigger refused at once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub links: Links,
 }
 

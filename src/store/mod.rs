@@ -72,8 +72,12 @@ pub(crate) struct NewBatch {
     pub idx: u32,
     pub item_start: usize,
     pub item_end: usize,
-    /// The batch's items, byte for byte, separators as sent (no brackets).
+    /// The batch's items, byte for byte, separators as sent (no brackets); for an Arize task
+    /// run, its run spec.
     pub payload: Bytes,
+    /// Already running upstream under this id (an Arize run the caller triggered itself): the
+    /// batch starts `running` and is polled, never submitted.
+    pub upstream_job_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +139,10 @@ pub(crate) struct BatchWork {
     pub state: BatchState,
     pub upstream_job_id: Option<String>,
     pub attempts: u32,
+    /// Submits made so far (an earlier one may have reached the upstream).
+    pub submits: u32,
+    /// When the job was created (before any submit of it).
+    pub created_at: Millis,
     pub members: Bytes,
     pub payload: Bytes,
 }

@@ -424,16 +424,23 @@ fn insert_batches(
     now: Millis,
 ) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO batches (job_id, idx, item_start, item_end, payload, state, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
+        "INSERT INTO batches (job_id, idx, item_start, item_end, payload, state, upstream_job_id, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     for batch in batches {
+        let state = if batch.upstream_job_id.is_some() {
+            BatchState::Running
+        } else {
+            BatchState::Pending
+        };
         stmt.execute(params![
             job,
             batch.idx,
             to_i64(batch.item_start),
             to_i64(batch.item_end),
             &batch.payload[..],
+            state.as_str(),
+            batch.upstream_job_id,
             now
         ])?;
     }
@@ -579,7 +586,8 @@ impl JobStore for SqliteStore {
         self.read(move |conn| {
             let row = conn
                 .query_row(
-                    "SELECT j.kind, b.item_start, b.item_end, b.state, b.upstream_job_id, b.attempts, j.members, b.payload, j.tenant
+                    "SELECT j.kind, b.item_start, b.item_end, b.state, b.upstream_job_id, b.attempts, j.members, b.payload, j.tenant,
+                            b.submits, j.created_at
                      FROM batches b JOIN jobs j ON j.id = b.job_id WHERE b.job_id = ?1 AND b.idx = ?2",
                     params![job.as_str(), idx],
                     |row| {
@@ -593,11 +601,14 @@ impl JobStore for SqliteStore {
                             row.get::<_, Vec<u8>>(6)?,
                             row.get::<_, Vec<u8>>(7)?,
                             row.get::<_, String>(8)?,
+                            row.get::<_, i64>(9)?,
+                            row.get::<_, i64>(10)?,
                         ))
                     },
                 )
                 .optional()?;
-            let Some((kind, start, end, state, upstream, attempts, members, payload, tenant)) = row
+            let Some((kind, start, end, state, upstream, attempts, members, payload, tenant, submits, created_at)) =
+                row
             else {
                 return Ok(None);
             };
@@ -609,6 +620,8 @@ impl JobStore for SqliteStore {
                 state: parse_batch_state(&state)?,
                 upstream_job_id: upstream,
                 attempts: to_u32(attempts),
+                submits: to_u32(submits),
+                created_at,
                 members: Bytes::from(members),
                 payload: Bytes::from(payload),
             }))

@@ -26,8 +26,12 @@ use crate::{
         UpstreamKeys,
     },
     telemetry,
-    types::{TenantName, TokenDigest},
-    upstream::{BuildError, Credentials, UpstreamClient, arize::ArizeClient},
+    types::{JobKind, TenantName, TokenDigest},
+    upstream::{
+        BuildError, Credentials, UpstreamClient,
+        arize::ArizeClient,
+        jobs::{Failure, JobUpstream},
+    },
 };
 
 /// One caller: its name, its upstream client (its keys) and its limits.
@@ -44,6 +48,18 @@ pub(crate) struct Tenant {
 }
 
 impl Tenant {
+    /// The client a managed job of `kind` calls the upstream with, with this tenant's keys.
+    pub(crate) fn job_upstream(&self, kind: JobKind) -> Result<JobUpstream, Failure> {
+        match kind {
+            JobKind::ArizeTaskRun => self.arize.clone().map(JobUpstream::Arize).ok_or_else(|| {
+                Failure::Permanent("Arize is off here (arize.listen is empty)".to_owned())
+            }),
+            JobKind::FailureAnalysis | JobKind::Evaluation | JobKind::SecurityAudit => {
+                Ok(JobUpstream::Valiqor(self.upstream.clone()))
+            }
+        }
+    }
+
     /// Takes one request from the tenant's rate; `Err(wait)` when it is over its limit.
     pub(crate) fn check_rate(&self) -> Result<(), Duration> {
         let Some((_, limiter)) = &self.limiter else {

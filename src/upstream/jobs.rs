@@ -6,8 +6,78 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header::CONTENT_TYPE};
 use serde::Deserialize;
 
-use super::{RequestBody, UpstreamClient, UpstreamError, UpstreamRequest};
-use crate::{retry, types::JobKind};
+use super::{RequestBody, UpstreamClient, UpstreamError, UpstreamRequest, arize::ArizeClient};
+use crate::{
+    retry,
+    types::{JobKind, Millis},
+};
+
+/// The client a managed job's upstream calls go through: Valiqor's for the dataset kinds,
+/// Arize's for task runs. The engine sees only the outcomes below, never URLs.
+#[derive(Debug, Clone)]
+pub(crate) enum JobUpstream {
+    Valiqor(UpstreamClient),
+    Arize(ArizeClient),
+}
+
+impl JobUpstream {
+    /// Submits one batch: a Valiqor batch body, or an Arize run spec to trigger.
+    /// `first_attempt_at`: when an earlier attempt may have reached the upstream (its job's
+    /// creation), so that a trigger reconciles before it triggers again.
+    pub(crate) async fn submit(
+        &self,
+        kind: JobKind,
+        body: Bytes,
+        first_attempt_at: Option<Millis>,
+        request_id: &str,
+    ) -> SubmitOutcome {
+        match self {
+            Self::Valiqor(client) => client.submit_batch(kind, body, request_id).await,
+            Self::Arize(client) => client.trigger(&body, first_attempt_at, request_id).await,
+        }
+    }
+
+    pub(crate) async fn poll(&self, kind: JobKind, upstream_id: &str, request_id: &str) -> PollOutcome {
+        match self {
+            Self::Valiqor(client) => client.poll_batch(kind, upstream_id, request_id).await,
+            Self::Arize(client) => client.poll_run(upstream_id, request_id).await,
+        }
+    }
+
+    /// The result of a completed upstream job (an Arize run's poll carries it already).
+    pub(crate) async fn fetch_result(
+        &self,
+        kind: JobKind,
+        upstream_id: &str,
+        request_id: &str,
+    ) -> Result<Bytes, Failure> {
+        match self {
+            Self::Valiqor(client) => client.fetch_result(kind, upstream_id, request_id).await,
+            Self::Arize(client) => match client.poll_run(upstream_id, request_id).await {
+                PollOutcome::Completed {
+                    result: Some(result),
+                } => Ok(result),
+                PollOutcome::Failure(failure) => Err(failure),
+                _ => Err(Failure::Transient {
+                    reason: "the task run is no longer completed".to_owned(),
+                    retry_after: None,
+                }),
+            },
+        }
+    }
+
+    pub(crate) async fn cancel(
+        &self,
+        kind: JobKind,
+        upstream_id: &str,
+        request_id: &str,
+    ) -> Result<(), Failure> {
+        match self {
+            Self::Valiqor(client) => client.cancel_batch(kind, upstream_id, request_id).await,
+            Self::Arize(client) => client.cancel_run(upstream_id, request_id).await,
+        }
+    }
+}
 
 /// The upstream's answer to a batch submit.
 #[derive(Debug)]

@@ -18,6 +18,9 @@
 //!   `latency`. Every request is recorded first, faulted or not (the most recent 100 000, and at most 512 MiB of
 //!   bodies, are kept).
 //!
+//! The crate also holds a second, separate server: the Arize tasks API emulator ([`ArizeEmulator`], see its
+//! module docs), sharing the connection layer (recording, faults, body cap, drain).
+//!
 //! # Example
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -29,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+mod arize;
 mod data;
 mod error;
 mod eval;
@@ -52,6 +56,10 @@ use axum::{Router, extract::DefaultBodyLimit, middleware};
 use tokio_util::sync::CancellationToken;
 
 use self::{error::EmuError, server::Spawned, state::Shared};
+
+pub use self::arize::{
+    ArizeConfig, ArizeEmulator, ArizeHandle, ArizeTaskType, RunningArizeEmulator, UnknownTaskType,
+};
 
 /// The router state: everything behind one `Arc`.
 type App = Arc<Shared>;

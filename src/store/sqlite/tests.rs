@@ -62,6 +62,7 @@ fn new_job(batches: usize) -> NewJob {
                 item_start: i,
                 item_end: i + 1,
                 payload: Bytes::from_static(b"{\"input\": \"q\"}"),
+                upstream_job_id: None,
             })
             .collect(),
         created_at: now_millis(),

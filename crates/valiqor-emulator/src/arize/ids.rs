@@ -172,7 +172,9 @@ pub(crate) fn paginate(
     let taken: Vec<(u64, Value)> = rest.by_ref().take(page.limit).collect();
     let has_more = rest.next().is_some();
     let pagination = match taken.last() {
-        Some((last, _)) if has_more => json!({"has_more": true, "next_cursor": cursor(list, *last)}),
+        Some((last_seq, _)) if has_more => {
+            json!({"has_more": true, "next_cursor": cursor(list, *last_seq)})
+        }
         _ => json!({"has_more": false}),
     };
     (taken.into_iter().map(|(_, v)| v).collect(), pagination)

@@ -73,10 +73,6 @@ impl ArizeError {
         }
     }
 
-    pub(crate) fn status(&self) -> StatusCode {
-        self.status
-    }
-
     /// The problem+json answer for a request to `path`.
     pub(crate) fn render(&self, path: &str) -> Response {
         let slug = self.code.to_lowercase().replace('_', "-");

@@ -251,10 +251,6 @@ impl Run {
         }
     }
 
-    pub(crate) fn is_terminal(&self, now: Instant) -> bool {
-        self.clock.phase(now).is_terminal()
-    }
-
     /// `(successes, errors, skipped)`: one item in ten errors and one in twenty is skipped.
     fn counts(&self, now: Instant) -> (usize, usize, usize) {
         let processed = match self.clock.phase(now) {
