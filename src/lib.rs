@@ -10,6 +10,7 @@
 //!   ▼                                                                                  │
 //! upstream (Valiqor) ◄──────────────────────────────────────────────────────────────────┘
 //! evalgate admin port: /livez /readyz /metrics /admin/cache/purge
+//! evalgate Arize port (arize.listen): the Arize tasks API → Arize, task-run polls single-flight
 //! ```
 //!
 //! `run` is the whole service: it builds the state, serves both ports, and shuts down within one
@@ -69,25 +70,37 @@ pub enum RunError {
     TaskFailed { task: &'static str, reason: String },
 }
 
-/// The two bound listeners. Binding is separate from `run` so callers (tests, `--demo`) can learn
+/// The bound listeners. Binding is separate from `run` so callers (tests, `--demo`) can learn
 /// the ports before serving starts.
 #[derive(Debug)]
 pub struct Listeners {
     pub api: TcpListener,
     pub admin: TcpListener,
+    /// The Arize tasks API; `None` while Arize is off.
+    pub arize: Option<TcpListener>,
 }
 
 impl Listeners {
-    pub async fn bind(config: &config::ServerConfig) -> Result<Self, StartupError> {
+    pub async fn bind(config: &Config) -> Result<Self, StartupError> {
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
                 .map_err(|source| StartupError::Bind { addr, source })
         };
+        let arize = match config.arize.listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         Ok(Self {
-            api: bind(config.listen).await?,
-            admin: bind(config.admin_listen).await?,
+            api: bind(config.server.listen).await?,
+            admin: bind(config.server.admin_listen).await?,
+            arize,
         })
+    }
+
+    /// The Arize listener's address, while Arize is on.
+    pub fn arize_addr(&self) -> Option<io::Result<SocketAddr>> {
+        self.arize.as_ref().map(TcpListener::local_addr)
     }
 
     pub fn api_addr(&self) -> io::Result<SocketAddr> {
@@ -145,6 +158,16 @@ pub async fn run(
             shutdown.clone(),
         ),
     );
+    if let Some(listener) = listeners.arize {
+        tasks.spawn(
+            "arize-server",
+            serve::serve(
+                listener,
+                http::arize::router(state.clone()),
+                shutdown.clone(),
+            ),
+        );
+    }
     admin_tasks.spawn(
         "admin-server",
         serve::serve(
@@ -156,6 +179,7 @@ pub async fn run(
     state.readiness.set_serving();
     tracing::info!(
         upstream = %state.config.valiqor.base_url,
+        arize = ?state.config.arize.listen.map(|_| state.config.arize.base_url.as_str()),
         byok = ?state.config.valiqor.byok,
         byok_key_configured = state.config.valiqor.openai_api_key.is_some(),
         auth = ?state.tenants.mode(),

@@ -103,7 +103,7 @@ async fn serve(args: &Args) -> ExitCode {
     });
     telemetry::init_logging(&config.telemetry, format, rust_log().as_deref());
 
-    let listeners = match Listeners::bind(&config.server).await {
+    let listeners = match Listeners::bind(&config).await {
         Ok(listeners) => listeners,
         Err(error) => {
             tracing::error!(error = %evalgate::error::ErrorChain(&error), "startup failed");

@@ -12,7 +12,10 @@ use crate::{
     StartupError,
     cache::TaxonomyCache,
     config::Config,
-    http::{error::ApiError, routes::RouteTable},
+    http::{
+        error::ApiError,
+        routes::{self, RouteTable},
+    },
     jobs::{
         engine::JobEngine,
         finish::Finisher,
@@ -39,7 +42,10 @@ pub struct Inner {
     pub(crate) config: Config,
     /// Callers: who a request is, with which keys and limits.
     pub(crate) tenants: Tenants,
+    /// The Valiqor API's paths (the API listener).
     pub(crate) routes: RouteTable,
+    /// The Arize tasks API's paths (the Arize listener).
+    pub(crate) arize_routes: RouteTable,
     pub(crate) cache: TaxonomyCache,
     pub(crate) limiters: Limiters,
     pub(crate) readiness: Readiness,
@@ -142,7 +148,8 @@ impl AppState {
             tenants,
             jobs,
             webhooks: waker,
-            routes: RouteTable::new(),
+            routes: RouteTable::new(routes::VALIQOR),
+            arize_routes: RouteTable::new(routes::ARIZE),
             cache: TaxonomyCache::new(&config.taxonomy_cache),
             limiters: Limiters::new(&config.rate_limit),
             readiness: Readiness::default(),

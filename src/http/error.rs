@@ -23,7 +23,7 @@ pub(crate) enum ApiError {
     BadRequest(String),
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
-    #[error("no such route: evalgate serves the Valiqor v2 API paths")]
+    #[error("no such route: evalgate serves only the platform API paths it lists")]
     UnknownRoute,
     /// The request's Host is not one of `server.allowed_hosts`.
     #[error("this host name is not served here")]
@@ -77,10 +77,40 @@ struct ErrorBody<'a> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ErrorCode(pub &'static str);
 
+/// The public message of an error answered by evalgate itself (for surfaces that render errors
+/// in their platform's shape, such as the Arize listener's problem documents).
+#[derive(Debug, Clone)]
+pub(crate) struct PublicMessage(pub String);
+
 /// `Retry-After` seconds: whole, at least 1, at most 30 (the SDK sleeps at most 30 s).
 fn retry_after_secs(d: Duration) -> u64 {
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     secs.clamp(1, 30)
+}
+
+/// The status of an upstream failure (its root, when it was shared by several requests).
+fn upstream_status(error: &UpstreamError) -> StatusCode {
+    match error {
+        UpstreamError::NotAJsonObject(_) => StatusCode::BAD_REQUEST,
+        UpstreamError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        UpstreamError::Connect(_) => StatusCode::SERVICE_UNAVAILABLE,
+        UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        UpstreamError::Transport(_) | UpstreamError::Incomplete | UpstreamError::Shared(_) => {
+            StatusCode::BAD_GATEWAY
+        }
+    }
+}
+
+fn upstream_code(error: &UpstreamError) -> &'static str {
+    match error {
+        UpstreamError::NotAJsonObject(_) => "bad_request",
+        UpstreamError::BodyTooLarge { .. } => "payload_too_large",
+        UpstreamError::Connect(_) => "upstream_unavailable",
+        UpstreamError::Timeout(_) => "upstream_timeout",
+        UpstreamError::Transport(_) | UpstreamError::Incomplete | UpstreamError::Shared(_) => {
+            "upstream_failed"
+        }
+    }
 }
 
 // === impl ApiError ===
@@ -93,11 +123,9 @@ impl ApiError {
             Self::BadRequest(_)
             | Self::BadPath
             | Self::HostNotAllowed
-            | Self::Upstream(UpstreamError::NotAJsonObject(_))
             | Self::Jobs(JobsError::Invalid(_)) => StatusCode::BAD_REQUEST,
-            Self::PayloadTooLarge { .. } | Self::Upstream(UpstreamError::BodyTooLarge { .. }) => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            Self::Upstream(error) => upstream_status(error.root()),
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownRoute | Self::NotFound(_) | Self::Jobs(JobsError::NotFound(_)) => {
                 StatusCode::NOT_FOUND
             }
@@ -112,15 +140,11 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             Self::Overloaded { .. }
-            | Self::Upstream(UpstreamError::Connect(_))
             | Self::Jobs(JobsError::AtCapacity(..) | JobsError::StoreUnavailable(..)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::RequestTimeout | Self::Upstream(UpstreamError::Timeout(_)) => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
-            Self::Upstream(UpstreamError::Transport(_) | UpstreamError::Incomplete)
-            | Self::ShuttingDown => StatusCode::BAD_GATEWAY,
+            Self::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::ShuttingDown => StatusCode::BAD_GATEWAY,
             Self::Jobs(
                 JobsError::Store(_) | JobsError::Finish(_) | JobsError::CorruptResult { .. },
             ) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -130,12 +154,9 @@ impl ApiError {
     /// Stable, documented, low-cardinality: used in bodies and as a metric label.
     pub(crate) fn code(&self) -> &'static str {
         match self {
-            Self::BadRequest(_)
-            | Self::Upstream(UpstreamError::NotAJsonObject(_))
-            | Self::Jobs(JobsError::Invalid(_)) => "bad_request",
-            Self::PayloadTooLarge { .. } | Self::Upstream(UpstreamError::BodyTooLarge { .. }) => {
-                "payload_too_large"
-            }
+            Self::BadRequest(_) | Self::Jobs(JobsError::Invalid(_)) => "bad_request",
+            Self::Upstream(error) => upstream_code(error.root()),
+            Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnknownRoute => "unknown_route",
             Self::BadPath => "bad_path",
             Self::HostNotAllowed => "host_not_allowed",
@@ -151,11 +172,6 @@ impl ApiError {
             Self::Jobs(JobsError::TenantAtCapacity(_)) => "too_many_active_jobs",
             Self::Overloaded { .. } | Self::Jobs(JobsError::AtCapacity(..)) => "overloaded",
             Self::RequestTimeout => "request_timeout",
-            Self::Upstream(UpstreamError::Connect(_)) => "upstream_unavailable",
-            Self::Upstream(UpstreamError::Timeout(_)) => "upstream_timeout",
-            Self::Upstream(UpstreamError::Transport(_) | UpstreamError::Incomplete) => {
-                "upstream_failed"
-            }
             Self::ShuttingDown => "shutting_down",
             Self::Jobs(JobsError::StoreUnavailable(..)) => "store_unavailable",
             Self::Jobs(
@@ -175,7 +191,7 @@ impl ApiError {
                 | JobsError::TenantAtCapacity(retry_after),
             ) => Some(retry_after_secs(*retry_after)),
             // Nothing reached the upstream, so the SDK's single 503 replay is safe.
-            Self::Upstream(UpstreamError::Connect(_)) => Some(2),
+            Self::Upstream(error) if matches!(error.root(), UpstreamError::Connect(_)) => Some(2),
             _ => None,
         }
     }
@@ -183,15 +199,12 @@ impl ApiError {
     /// The public message: 5xx bodies carry a fixed text, never internals.
     fn public_message(&self) -> String {
         match self {
-            Self::Upstream(UpstreamError::Connect(_)) => {
-                "upstream unavailable: evalgate could not connect to the evaluation platform".to_owned()
-            }
-            Self::Upstream(UpstreamError::Timeout(_)) => {
-                "upstream timeout: the evaluation platform did not answer in time".to_owned()
-            }
-            Self::Upstream(UpstreamError::Transport(_) | UpstreamError::Incomplete) => {
-                "upstream failed: the connection to the evaluation platform broke; the request may have been processed".to_owned()
-            }
+            Self::Upstream(error) => match error.root() {
+                UpstreamError::Connect(_) => "upstream unavailable: evalgate could not connect to the evaluation platform".to_owned(),
+                UpstreamError::Timeout(_) => "upstream timeout: the evaluation platform did not answer in time".to_owned(),
+                UpstreamError::Transport(_) | UpstreamError::Incomplete | UpstreamError::Shared(_) => "upstream failed: the connection to the evaluation platform broke; the request may have been processed".to_owned(),
+                other @ (UpstreamError::NotAJsonObject(_) | UpstreamError::BodyTooLarge { .. }) => other.to_string(),
+            },
             Self::Jobs(JobsError::StoreUnavailable(..)) => {
                 "the job store is unavailable; retry shortly".to_owned()
             }
@@ -230,6 +243,9 @@ impl ApiError {
             );
         }
         response.extensions_mut().insert(ErrorCode(self.code()));
+        response
+            .extensions_mut()
+            .insert(PublicMessage(self.public_message()));
         response
     }
 }

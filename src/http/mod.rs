@@ -2,7 +2,9 @@
 //! Handlers extract, call one service function and map the result; `error` is the one mapping
 //! from errors to statuses and bodies.
 pub(crate) mod admin;
+pub(crate) mod arize;
 pub(crate) mod error;
+mod forward;
 pub(crate) mod headers;
 mod jobs;
 pub(crate) mod openapi;
@@ -29,6 +31,7 @@ use self::error::ApiError;
 use crate::{
     middleware::{self as mw, metrics::RouteLabel},
     state::AppState,
+    upstream::Platform,
 };
 
 /// The API-port router. Middleware, outermost first:
@@ -65,7 +68,10 @@ pub fn api_router(state: AppState) -> Router {
             mw::allowed_hosts::layer,
         ))
         .layer(middleware::from_fn_with_state(state, mw::hard_stop::layer))
-        .layer(middleware::from_fn(mw::metrics::layer))
+        .layer(middleware::from_fn_with_state(
+            Platform::Valiqor,
+            mw::metrics::layer,
+        ))
         .layer(middleware::from_fn(mw::request_id::layer))
         .layer(SetSensitiveRequestHeadersLayer::new([
             http::header::AUTHORIZATION,

@@ -15,6 +15,8 @@ pub(crate) enum Handling {
     Playground,
     /// A catalog GET answered from the taxonomy cache.
     Cached,
+    /// An Arize task run's status (GET): single-flight, shared by every watcher of the run.
+    RunStatus,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -29,12 +31,31 @@ const GET: &[Method] = &[Method::GET];
 const POST: &[Method] = &[Method::POST];
 const PATCH: &[Method] = &[Method::PATCH];
 const GET_POST: &[Method] = &[Method::GET, Method::POST];
+const GET_PATCH_DELETE: &[Method] = &[Method::GET, Method::PATCH, Method::DELETE];
 
-use Handling::{Cached, Forward, Playground, Submit};
+use Handling::{Cached, Forward, Playground, RunStatus, Submit};
 
-/// (template, methods, handling for the first method). `Submit`, `Playground` and `Cached`
-/// apply to POST, POST and GET respectively; other methods on the same template are forwarded.
-const TABLE: &[(&str, &[Method], Handling)] = &[
+/// One table: (template, methods, handling for the first method). `Submit`, `Playground`,
+/// `Cached` and `RunStatus` apply to POST, POST, GET and GET respectively; other methods on the
+/// same template are forwarded.
+type Table = &'static [(&'static str, &'static [Method], Handling)];
+
+/// The Arize tasks API (arize-tasks-api.md §1 and §1.1), on the Arize listener.
+pub(crate) const ARIZE: Table = &[
+    ("/v2/tasks", GET_POST, Forward),
+    ("/v2/tasks/{id}", GET_PATCH_DELETE, Forward),
+    ("/v2/tasks/{id}/trigger", POST, Forward),
+    ("/v2/tasks/{id}/runs", GET, Forward),
+    ("/v2/task-runs/{id}", GET, RunStatus),
+    ("/v2/task-runs/{id}/cancel", POST, Forward),
+    // Name resolution (§1.1)
+    ("/v2/spaces", GET, Forward),
+    ("/v2/projects", GET, Forward),
+    ("/v2/datasets", GET, Forward),
+];
+
+/// The Valiqor v2 API (valiqor-api.md §4), on the API listener.
+pub(crate) const VALIQOR: Table = &[
     // Unified client, auth (§4.1)
     ("/v2/projects", GET_POST, Forward),
     ("/v2/projects/{id}", GET, Forward),
@@ -135,9 +156,9 @@ pub(crate) struct RouteTable(matchit::Router<Route>);
 // === impl RouteTable ===
 
 impl RouteTable {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(table: Table) -> Self {
         let mut router = matchit::Router::new();
-        for &(template, methods, handling) in TABLE {
+        for &(template, methods, handling) in table {
             if let Err(error) = router.insert(
                 template,
                 Route {
@@ -169,7 +190,7 @@ impl RouteTable {
         }
         let handling = match route.handling {
             Submit | Playground if *method == Method::POST => route.handling,
-            Cached if *method == Method::GET => Cached,
+            Cached | RunStatus if *method == Method::GET => route.handling,
             _ => Forward,
         };
         Resolved::Found(route.template, handling)
@@ -194,11 +215,6 @@ fn is_bad_segment(segment: &str) -> bool {
     decoded == "." || decoded == ".."
 }
 
-impl Default for RouteTable {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -211,7 +227,7 @@ mod tests {
     fn admitted_paths_reach_the_upstream_segment_for_segment() {
         let config = crate::config::Config::for_tests("https://up.example/prefix/", "k", |_| {});
         let client = crate::upstream::UpstreamClient::new(&config.valiqor).unwrap();
-        let table = RouteTable::new();
+        let table = RouteTable::new(VALIQOR);
         let hostile = [
             "a%2Fb",
             "a%2Bb%3D%3D",
@@ -227,7 +243,7 @@ mod tests {
             "%23frag",
         ];
         let mut admitted = 0;
-        for &(template, methods, _) in TABLE {
+        for &(template, methods, _) in VALIQOR.iter().chain(ARIZE) {
             for id in hostile {
                 let path = template
                     .split('/')
@@ -249,14 +265,14 @@ mod tests {
             }
         }
         assert!(
-            admitted > TABLE.len(),
+            admitted > VALIQOR.len(),
             "hostile ids were admitted {admitted} times"
         );
     }
 
     #[test]
     fn dot_segments_in_any_spelling_are_not_served() {
-        let table = RouteTable::new();
+        let table = RouteTable::new(VALIQOR);
         for path in [
             "/v2/admin/projects/%2e%2e/metrics",
             "/v2/admin/projects/%2E%2e/metrics",
@@ -282,8 +298,8 @@ mod tests {
 
     #[test]
     fn every_template_compiles_and_resolves_to_itself() {
-        let table = RouteTable::new();
-        for &(template, methods, _) in TABLE {
+        let table = RouteTable::new(VALIQOR);
+        for &(template, methods, _) in VALIQOR.iter().chain(ARIZE) {
             let path = template.replace("{id}", "abc_123").replace("{item}", "x-9");
             match table.resolve(&methods[0], &path) {
                 Resolved::Found(t, _) => assert_eq!(t, template, "{path}"),
@@ -294,7 +310,7 @@ mod tests {
 
     #[test]
     fn handling_depends_on_path_and_method() {
-        let table = RouteTable::new();
+        let table = RouteTable::new(VALIQOR);
         assert_eq!(
             table.resolve(&Method::POST, "/v2/evaluate/"),
             Resolved::Found("/v2/evaluate/", Submit)

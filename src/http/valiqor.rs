@@ -10,8 +10,6 @@ use axum::{
     extract::{Request, State},
     response::{IntoResponse, Response},
 };
-use bytes::Bytes;
-use futures::StreamExt;
 use http::{
     HeaderValue, Method, StatusCode,
     header::{AGE, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING},
@@ -21,6 +19,7 @@ use http_body_util::{BodyExt, Limited};
 
 use super::{
     error::ApiError,
+    forward::{answer_back, buffered, declared_length, forward_streaming, record_outcome, send_upstream},
     headers::{self, CACHE_STATUS},
     read_body,
     routes::{Handling, Resolved},
@@ -36,7 +35,7 @@ use crate::{
     state::{AppState, InFlight},
     telemetry,
     tenants::{AuthError, Tenant},
-    upstream::{RequestBody, UpstreamError, UpstreamRequest},
+    upstream::{Platform, RequestBody, UpstreamError, UpstreamRequest},
 };
 
 /// Entry point for every API-port request.
@@ -105,53 +104,19 @@ async fn serve(
         return Err(ApiError::PayloadTooLarge { limit });
     }
     match handling {
-        Handling::Forward => forward_streaming(state, tenant, parts, body, admitted).await,
+        Handling::Forward | Handling::RunStatus => {
+            forward_streaming(state, &tenant.upstream, parts, body, admitted).await
+        }
         Handling::Playground => {
             state.limiters.check_playground()?;
-            forward_streaming(state, tenant, parts, body, admitted).await
+            forward_streaming(state, &tenant.upstream, parts, body, admitted).await
         }
         Handling::Submit => forward_submit(state, tenant, template, parts, body, admitted).await,
         Handling::Cached => serve_cached(state, tenant, parts, admitted).await,
     }
 }
 
-fn declared_length(parts: &Parts) -> Option<usize> {
-    parts
-        .headers
-        .get(CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
 
-/// Forwards with the body streamed through unchanged (held to the body limit).
-async fn forward_streaming(
-    state: &AppState,
-    tenant: &Arc<Tenant>,
-    parts: Parts,
-    body: Body,
-    admitted: InFlight,
-) -> Result<Response, ApiError> {
-    let limit = state.config.server.max_body_bytes;
-    let has_body = !http_body::Body::is_end_stream(&body);
-    let body = if has_body {
-        RequestBody::Stream(reqwest::Body::wrap_stream(
-            Limited::new(body, limit).into_data_stream(),
-        ))
-    } else {
-        RequestBody::Empty
-    };
-    let request = UpstreamRequest {
-        headers: headers::to_upstream(&parts.headers, true),
-        method: parts.method,
-        path: parts.uri.path().to_owned(),
-        query: parts.uri.query().map(str::to_owned),
-        body,
-        body_limit: limit,
-    };
-    send(state, tenant, request, admitted).await
-}
 
 /// Reads a submit body, applies the BYOK key, and forwards it.
 async fn forward_submit(
@@ -196,10 +161,10 @@ async fn forward_submit(
         body: RequestBody::Submit(original),
         body_limit: limit,
     };
-    let (upstream, elapsed) = send_upstream(state, tenant, request).await?;
+    let (upstream, elapsed) = send_upstream(state, &tenant.upstream, request).await?;
     let Some((kind, submission)) = managed.filter(|_| upstream.status() == StatusCode::BAD_REQUEST)
     else {
-        return answer_back(tenant, upstream, admitted, elapsed).await;
+        return answer_back(&tenant.upstream, upstream, admitted, elapsed).await;
     };
     // A 400 may be `dataset_too_large`: then the dataset becomes a managed job split to fit.
     let status = upstream.status();
@@ -252,103 +217,12 @@ fn dataset_too_large(body: &[u8]) -> Option<usize> {
     })
 }
 
-/// Sends upstream and streams the answer back; the admission slot is held until the body ends.
-async fn send(
-    state: &AppState,
-    tenant: &Arc<Tenant>,
-    request: UpstreamRequest,
-    admitted: InFlight,
-) -> Result<Response, ApiError> {
-    let (upstream, elapsed) = send_upstream(state, tenant, request).await?;
-    answer_back(tenant, upstream, admitted, elapsed).await
-}
 
-async fn send_upstream(
-    state: &AppState,
-    tenant: &Arc<Tenant>,
-    request: UpstreamRequest,
-) -> Result<(reqwest::Response, std::time::Duration), ApiError> {
-    state.limiters.check_upstream()?;
-    let started = Instant::now();
-    let result = tenant.upstream.send(request).await;
-    let elapsed = started.elapsed();
-    Ok((record_outcome(result)?, elapsed))
-}
 
-/// Error answers read whole, at most this much (they are small; a larger one is not relayed).
-const ERROR_BODY_CAP: usize = 1024 * 1024;
 
-/// The upstream's answer to the caller: a success streams through unchanged; an error answer is
-/// read (bounded) and every configured key is scrubbed out of it first, since error answers may
-/// echo the request (a validation error quoting the body, BYOK key included).
-async fn answer_back(
-    tenant: &Arc<Tenant>,
-    upstream: reqwest::Response,
-    admitted: InFlight,
-    elapsed: std::time::Duration,
-) -> Result<Response, ApiError> {
-    if upstream.status().is_success() {
-        return Ok(stream_back(upstream, admitted, elapsed));
-    }
-    let status = upstream.status();
-    let headers = headers::to_caller(upstream.headers());
-    let body = Limited::new(http::Response::from(upstream).into_body(), ERROR_BODY_CAP)
-        .collect()
-        .await
-        .map_err(|_| ApiError::Upstream(UpstreamError::Incomplete))?
-        .to_bytes();
-    Ok(buffered(
-        status,
-        headers,
-        tenant.upstream.scrub(body),
-        elapsed,
-    ))
-}
 
-/// A fully read answer; the length is the new body's (scrubbing may change it).
-fn buffered(
-    status: StatusCode,
-    mut headers: http::HeaderMap,
-    body: Bytes,
-    elapsed: std::time::Duration,
-) -> Response {
-    headers.remove(CONTENT_LENGTH);
-    headers.remove(TRANSFER_ENCODING);
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    response.extensions_mut().insert(UpstreamElapsed(elapsed));
-    response
-}
 
-fn stream_back(
-    upstream: reqwest::Response,
-    admitted: InFlight,
-    elapsed: std::time::Duration,
-) -> Response {
-    let status = upstream.status();
-    let headers = headers::to_caller(upstream.headers());
-    let stream = upstream.bytes_stream().map(move |chunk| {
-        let _slot = &admitted;
-        chunk
-    });
-    let mut response = Response::new(Body::from_stream(stream));
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    response.extensions_mut().insert(UpstreamElapsed(elapsed));
-    response
-}
 
-fn record_outcome(
-    result: Result<reqwest::Response, UpstreamError>,
-) -> Result<reqwest::Response, ApiError> {
-    let outcome = match &result {
-        Ok(_) => "response",
-        Err(error) => error.outcome(),
-    };
-    metrics::counter!(telemetry::UPSTREAM_REQUESTS, "outcome" => outcome).increment(1);
-    Ok(result?)
-}
 
 /// Catalog GETs: answered from the taxonomy cache, fetched (once per key) on a miss.
 async fn serve_cached(
@@ -405,7 +279,7 @@ async fn fetch_for_cache(
         body_limit: 0,
     };
     let started = Instant::now();
-    let upstream = record_outcome(tenant.upstream.send(request).await)?;
+    let upstream = record_outcome(Platform::Valiqor, tenant.upstream.send(request).await)?;
     let upstream_elapsed = started.elapsed();
     let status = upstream.status();
     let headers = headers::to_caller(upstream.headers());

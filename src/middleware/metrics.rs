@@ -2,10 +2,14 @@
 //! overhead (total minus the time spent waiting on the upstream).
 use std::time::{Duration, Instant};
 
-use axum::{extract::Request, middleware::Next, response::Response};
+use axum::{
+    extract::{Request, State},
+    middleware::Next,
+    response::Response,
+};
 
 use super::auth::TenantLabel;
-use crate::{http::error::ErrorCode, telemetry};
+use crate::{http::error::ErrorCode, telemetry, upstream::Platform};
 
 /// The route template a response was produced for (a metric label): set by the Valiqor handler
 /// from its route table, and from the matched path on the native routes.
@@ -16,7 +20,12 @@ pub(crate) struct RouteLabel(pub metrics::SharedString);
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct UpstreamElapsed(pub Duration);
 
-pub(crate) async fn layer(request: Request, next: Next) -> Response {
+/// Counts and times every request of a listener; `platform` is its `upstream` label.
+pub(crate) async fn layer(
+    State(platform): State<Platform>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let method = method_label(request.method());
     let response = next.run(request).await;
@@ -35,15 +44,16 @@ pub(crate) async fn layer(request: Request, next: Next) -> Response {
         .map_or(metrics::SharedString::const_str("-"), |t| {
             metrics::SharedString::from(t.0.to_shared())
         });
-    metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status, "tenant" => tenant)
+    let upstream = platform.as_str();
+    metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status, "tenant" => tenant, "upstream" => upstream)
         .increment(1);
-    metrics::histogram!(telemetry::HTTP_DURATION, "route" => route.clone())
+    metrics::histogram!(telemetry::HTTP_DURATION, "route" => route.clone(), "upstream" => upstream)
         .record(total.as_secs_f64());
-    if let Some(UpstreamElapsed(upstream)) = response.extensions().get::<UpstreamElapsed>() {
-        metrics::histogram!(telemetry::UPSTREAM_DURATION, "route" => route.clone())
-            .record(upstream.as_secs_f64());
-        metrics::histogram!(telemetry::OVERHEAD, "route" => route)
-            .record(total.saturating_sub(*upstream).as_secs_f64());
+    if let Some(UpstreamElapsed(waited)) = response.extensions().get::<UpstreamElapsed>() {
+        metrics::histogram!(telemetry::UPSTREAM_DURATION, "route" => route.clone(), "upstream" => upstream)
+            .record(waited.as_secs_f64());
+        metrics::histogram!(telemetry::OVERHEAD, "route" => route, "upstream" => upstream)
+            .record(total.saturating_sub(*waited).as_secs_f64());
     }
     if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
         metrics::counter!(telemetry::HTTP_ERRORS, "code" => *code).increment(1);

@@ -241,12 +241,9 @@ impl ArizeClient {
         })
     }
 
-    /// Forwards one pass-through request with this caller's key.
-    pub(crate) async fn forward(
-        &self,
-        request: UpstreamRequest,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        self.transport.send(request).await
+    /// The transport (pool, base URL, this caller's key) the pass-through forwards with.
+    pub(crate) fn transport(&self) -> &UpstreamClient {
+        &self.transport
     }
 
     /// `body` with every configured key replaced (for error answers).

@@ -23,6 +23,9 @@ pub(crate) enum UpstreamError {
     /// The caller's streamed body went over `server.max_body_bytes`.
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
+    /// The failure of one upstream call that several requests shared (single-flight).
+    #[error(transparent)]
+    Shared(std::sync::Arc<UpstreamError>),
 }
 
 // === impl UpstreamError ===
@@ -47,9 +50,18 @@ impl UpstreamError {
         }
     }
 
+    /// The failure itself, through any sharing.
+    pub(crate) fn root(&self) -> &Self {
+        match self {
+            Self::Shared(inner) => inner.root(),
+            other => other,
+        }
+    }
+
     /// Low-cardinality label for metrics.
     pub(crate) fn outcome(&self) -> &'static str {
         match self {
+            Self::Shared(inner) => inner.outcome(),
             Self::Connect(_) => "connect_error",
             Self::Timeout(_) => "timeout",
             Self::Transport(_) => "transport_error",

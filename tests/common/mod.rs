@@ -71,7 +71,7 @@ impl TestApp {
     }
 
     async fn spawn_config(upstream: RunningEmulator, config: Config) -> Self {
-        let listeners = Listeners::bind(&config.server)
+        let listeners = Listeners::bind(&config)
             .await
             .expect("listeners bind");
         let api = format!("http://{}", listeners.api_addr().unwrap());

@@ -1,12 +1,15 @@
-//! `valiqor-emulator`: the Valiqor backend emulator as a standalone server (demos, SDK runs, benchmarks).
-//! Prints `listening on http://IP:PORT` on stdout once bound and serves until SIGINT/SIGTERM.
+//! `valiqor-emulator`: the Valiqor backend emulator as a standalone server (demos, SDK runs, benchmarks), and with
+//! `--arize-listen` the Arize tasks API emulator beside it on its own listener.
+//! Prints `listening on http://IP:PORT` on stdout once bound (then `arize listening on http://IP:PORT` when the
+//! Arize emulator is enabled) and serves until SIGINT/SIGTERM.
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::Parser;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-use valiqor_emulator::{Emulator, EmulatorConfig, Faults};
+use valiqor_emulator::{ArizeConfig, ArizeEmulator, Emulator, EmulatorConfig, Faults};
 
 /// Serve an emulated Valiqor v2 backend (failure analysis, eval, security, traces) with scriptable faults.
 #[derive(Debug, Parser)]
@@ -42,6 +45,16 @@ struct Args {
     /// Fraction of requests whose connection is closed without a response.
     #[arg(long, default_value_t = 0.0, value_parser = rate)]
     drop_rate: f64,
+    /// Also serve the Arize tasks API emulator on this address (port 0 picks a free port). The fault and latency
+    /// options apply to it too.
+    #[arg(long)]
+    arize_listen: Option<SocketAddr>,
+    /// Arize emulator: accept only this bearer key (default: any non-empty key).
+    #[arg(long)]
+    arize_api_key: Option<String>,
+    /// Arize emulator: how long a triggered task run takes to finish, e.g. `3s`, `500ms`.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    arize_run_duration: Duration,
 }
 
 fn rate(s: &str) -> Result<f64, String> {
@@ -58,13 +71,25 @@ impl Args {
             inline_max_items: self.inline_max_items,
             max_dataset_items: self.max_dataset_items,
             job_duration: self.job_duration,
-            faults: Faults {
-                error_rate: self.error_rate,
-                rate_limit_rate: self.rate_limit_rate,
-                retry_after_secs: self.retry_after,
-                latency: self.latency,
-                drop_rate: self.drop_rate,
-            },
+            faults: self.faults(),
+        }
+    }
+
+    fn arize_config(&self) -> ArizeConfig {
+        ArizeConfig {
+            api_key: self.arize_api_key.clone(),
+            run_duration: self.arize_run_duration,
+            faults: self.faults(),
+        }
+    }
+
+    fn faults(&self) -> Faults {
+        Faults {
+            error_rate: self.error_rate,
+            rate_limit_rate: self.rate_limit_rate,
+            retry_after_secs: self.retry_after,
+            latency: self.latency,
+            drop_rate: self.drop_rate,
         }
     }
 }
@@ -85,23 +110,62 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    announce(&emulator.handle().base_url());
-    let shutdown = CancellationToken::new();
-    let run = emulator.run(shutdown.clone());
-    tokio::pin!(run);
-    let result = tokio::select! {
-        result = &mut run => result,
-        () = shutdown_signal() => {
-            tracing::info!("shutting down");
-            shutdown.cancel();
-            run.await
-        }
+    let arize = match args.arize_listen {
+        None => None,
+        Some(addr) => match ArizeEmulator::bind(args.arize_config(), addr).await {
+            Ok(arize) => Some(arize),
+            Err(error) => {
+                tracing::error!(%error, listen = %addr, "cannot bind the Arize emulator");
+                return ExitCode::FAILURE;
+            }
+        },
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(%error, "emulator failed");
-            ExitCode::FAILURE
+    announce("listening on", &emulator.handle().base_url());
+    if let Some(arize) = &arize {
+        announce("arize listening on", &arize.handle().base_url());
+    }
+    let shutdown = CancellationToken::new();
+    let mut servers = JoinSet::new();
+    servers.spawn(emulator.run(shutdown.clone()));
+    if let Some(arize) = arize {
+        servers.spawn(arize.run(shutdown.clone()));
+    }
+    if serve_until_signal(servers, &shutdown).await {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Waits for SIGINT/SIGTERM (or a server ending on its own), stops every server and waits for them; whether all
+/// of them ended cleanly.
+async fn serve_until_signal(
+    mut servers: JoinSet<std::io::Result<()>>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let mut clean = true;
+    loop {
+        tokio::select! {
+            () = &mut signal, if !shutdown.is_cancelled() => {
+                tracing::info!("shutting down");
+                shutdown.cancel();
+            }
+            joined = servers.join_next() => match joined {
+                None => return clean,
+                Some(Ok(Ok(()))) => shutdown.cancel(),
+                Some(Ok(Err(error))) => {
+                    tracing::error!(%error, "emulator failed");
+                    clean = false;
+                    shutdown.cancel();
+                }
+                Some(Err(error)) => {
+                    tracing::error!(%error, "emulator task failed");
+                    clean = false;
+                    shutdown.cancel();
+                }
+            },
         }
     }
 }
@@ -110,8 +174,8 @@ async fn main() -> ExitCode {
     clippy::print_stdout,
     reason = "the bound address on stdout is the binary's interface for scripts"
 )]
-fn announce(base_url: &str) {
-    println!("listening on {base_url}");
+fn announce(what: &str, base_url: &str) {
+    println!("{what} {base_url}");
 }
 
 /// Resolves on SIGINT or SIGTERM.

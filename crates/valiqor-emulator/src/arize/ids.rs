@@ -186,7 +186,16 @@ mod tests {
 
     #[test]
     fn base64_round_trips_and_is_strict() {
-        for text in ["", "f", "fo", "foo", "foob", "fooba", "foobar", "OnlineTask:1:emul"] {
+        for text in [
+            "",
+            "f",
+            "fo",
+            "foo",
+            "foob",
+            "fooba",
+            "foobar",
+            "OnlineTask:1:emul",
+        ] {
             let enc = b64_encode(text.as_bytes());
             if !text.is_empty() {
                 assert_eq!(b64_decode(&enc).unwrap(), text.as_bytes(), "{enc}");

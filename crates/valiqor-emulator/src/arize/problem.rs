@@ -64,7 +64,13 @@ impl ArizeError {
             .unwrap_or("error")
             .chars()
             .filter(|c| c.is_ascii_alphanumeric() || *c == ' ')
-            .map(|c| if c == ' ' { '_' } else { c.to_ascii_uppercase() })
+            .map(|c| {
+                if c == ' ' {
+                    '_'
+                } else {
+                    c.to_ascii_uppercase()
+                }
+            })
             .collect();
         Self {
             status,
@@ -117,7 +123,11 @@ pub(crate) async fn require_bearer(
     next: Next,
 ) -> Result<Response, ArizeError> {
     let key = bearer(req.headers()).ok_or_else(ArizeError::unauthorized)?;
-    if app.api_key.as_deref().is_some_and(|expected| key != expected) {
+    if app
+        .api_key
+        .as_deref()
+        .is_some_and(|expected| key != expected)
+    {
         return Err(ArizeError::unauthorized());
     }
     Ok(next.run(req).await)

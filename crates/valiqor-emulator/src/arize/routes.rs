@@ -43,12 +43,8 @@ pub(crate) fn routes() -> Router<App> {
 type Answer = Result<Response, ArizeError>;
 
 /// 200 with a JSON body.
-#[expect(
-    clippy::unnecessary_wraps,
-    reason = "handlers end with it; the Result is their return type"
-)]
-fn ok(body: Value) -> Answer {
-    Ok(Json(body).into_response())
+fn ok(body: Value) -> Response {
+    Json(body).into_response()
 }
 
 /// The (percent-decoded) id segment of the path.
@@ -115,7 +111,7 @@ fn named_list(
         .map(|row| (row.seq, render(row)))
         .collect();
     let (items, pagination) = paginate(items, Order::Ascending, page, list);
-    ok(json!({ list: items, "pagination": pagination }))
+    Ok(ok(json!({ list: items, "pagination": pagination })))
 }
 
 async fn list_spaces(State(app): State<App>, RawQuery(query): RawQuery) -> Answer {
@@ -142,12 +138,21 @@ async fn list_projects(State(app): State<App>, RawQuery(query): RawQuery) -> Ans
             "'project_type' must be APPLICATION, HARNESS or EXPERIMENT; got '{kind}'"
         )));
     }
-    let rows: Vec<Named> = if params.get("project_type").is_some_and(|k| k != "APPLICATION") {
+    let rows: Vec<Named> = if params
+        .get("project_type")
+        .is_some_and(|k| k != "APPLICATION")
+    {
         Vec::new()
     } else {
         store.projects.clone()
     };
-    named_list(&rows, &params, Some(&scope), "projects", Named::project_json)
+    named_list(
+        &rows,
+        &params,
+        Some(&scope),
+        "projects",
+        Named::project_json,
+    )
 }
 
 async fn list_datasets(State(app): State<App>, RawQuery(query): RawQuery) -> Answer {
@@ -204,20 +209,22 @@ async fn list_tasks(State(app): State<App>, RawQuery(query): RawQuery) -> Answer
         .map(|t| (t.seq, t.to_json()))
         .collect();
     let (tasks, pagination) = paginate(items, Order::Ascending, page, "tasks");
-    ok(json!({"tasks": tasks, "pagination": pagination}))
+    Ok(ok(json!({"tasks": tasks, "pagination": pagination})))
 }
 
 async fn create_task(State(app): State<App>, body: Bytes) -> Answer {
     let obj = validate::object(&body, false)?;
     let spec = validate::create(&obj)?;
     let mut store = app.store();
-    let space_id = store.container_space(&spec).ok_or_else(|| match &spec.project_id {
-        Some(id) => ArizeError::not_found(format!("project '{id}' not found")),
-        None => ArizeError::not_found(format!(
-            "dataset '{}' not found",
-            spec.dataset_id.as_deref().unwrap_or_default()
-        )),
-    })?;
+    let space_id = store
+        .container_space(&spec)
+        .ok_or_else(|| match &spec.project_id {
+            Some(id) => ArizeError::not_found(format!("project '{id}' not found")),
+            None => ArizeError::not_found(format!(
+                "dataset '{}' not found",
+                spec.dataset_id.as_deref().unwrap_or_default()
+            )),
+        })?;
     if store.name_taken(&space_id, &spec.name, None) {
         return Err(duplicate_name(&spec.name));
     }
@@ -236,7 +243,7 @@ async fn get_task(State(app): State<App>, path: Result<Path<String>, PathRejecti
     let id = path_id(path)?;
     let store = app.store();
     let task = store.task(&id).ok_or_else(|| task_not_found(&id))?;
-    ok(task.to_json())
+    Ok(ok(task.to_json()))
 }
 
 async fn update_task(
@@ -255,7 +262,7 @@ async fn update_task(
     let task = store.task_mut(&id).ok_or_else(|| task_not_found(&id))?;
     task.spec = spec;
     task.updated_at = crate::jobs::now_rfc3339();
-    ok(task.to_json())
+    Ok(ok(task.to_json()))
 }
 
 async fn delete_task(State(app): State<App>, path: Result<Path<String>, PathRejection>) -> Answer {
@@ -289,7 +296,9 @@ async fn trigger_run(
             format!("an experiment named '{name}' already exists in this dataset"),
         ));
     }
-    let run = store.trigger(&id, plan).ok_or_else(|| task_not_found(&id))?;
+    let run = store
+        .trigger(&id, plan)
+        .ok_or_else(|| task_not_found(&id))?;
     Ok((StatusCode::CREATED, Json(run.to_json(Instant::now()))).into_response())
 }
 
@@ -321,14 +330,14 @@ async fn list_runs(
         .map(|r| (r.seq, r.to_json(now)))
         .collect();
     let (runs, pagination) = paginate(items, Order::Descending, page, "runs");
-    ok(json!({"task_runs": runs, "pagination": pagination}))
+    Ok(ok(json!({"task_runs": runs, "pagination": pagination})))
 }
 
 async fn get_run(State(app): State<App>, path: Result<Path<String>, PathRejection>) -> Answer {
     let id = path_id(path)?;
     let store = app.store();
     let run = store.run(&id).ok_or_else(|| run_not_found(&id))?;
-    ok(run.to_json(Instant::now()))
+    Ok(ok(run.to_json(Instant::now())))
 }
 
 async fn cancel_run(State(app): State<App>, path: Result<Path<String>, PathRejection>) -> Answer {
@@ -337,10 +346,12 @@ async fn cancel_run(State(app): State<App>, path: Result<Path<String>, PathRejec
     let mut store = app.store();
     match store.cancel(&id, now) {
         None => Err(run_not_found(&id)),
-        Some(Ok(run)) => ok(run.to_json(now)),
+        Some(Ok(run)) => Ok(ok(run.to_json(now))),
         Some(Err(status)) => Err(ArizeError::bad_request_code(
             "RUN_NOT_CANCELLABLE",
-            format!("task run '{id}' is already {status}; only PENDING or RUNNING runs can be cancelled"),
+            format!(
+                "task run '{id}' is already {status}; only PENDING or RUNNING runs can be cancelled"
+            ),
         )),
     }
 }

@@ -453,7 +453,11 @@ impl ArizeStore {
     }
 
     /// Cancels a `PENDING`/`RUNNING` run; `Err(status)` when it is already terminal, `None` when unknown.
-    pub(crate) fn cancel(&mut self, run_id: &str, now: Instant) -> Option<Result<&Run, &'static str>> {
+    pub(crate) fn cancel(
+        &mut self,
+        run_id: &str,
+        now: Instant,
+    ) -> Option<Result<&Run, &'static str>> {
         let run = self.runs.iter_mut().find(|r| r.id == run_id)?;
         Some(match run.clock.cancel(now) {
             CancelOutcome::Cancelled => Ok(&*run),

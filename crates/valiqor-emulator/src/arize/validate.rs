@@ -113,7 +113,11 @@ fn opt_string(obj: &Object, key: &str, max: usize) -> Result<Option<String>, Ari
 fn req_string(obj: &Object, key: &str, max: usize) -> Result<String, ArizeError> {
     opt_string(obj, key, max)?
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| bad(format!("'{key}' is required and must be a non-empty string")))
+        .ok_or_else(|| {
+            bad(format!(
+                "'{key}' is required and must be a non-empty string"
+            ))
+        })
 }
 
 fn req_id(obj: &Object, key: &str) -> Result<String, ArizeError> {
@@ -188,9 +192,7 @@ fn string_map(v: &Value, key: &str) -> Result<(), ArizeError> {
     match v {
         Value::Null => Ok(()),
         Value::Object(map) if map.values().all(Value::is_string) => Ok(()),
-        _ => Err(bad(format!(
-            "'{key}' must be an object of string values"
-        ))),
+        _ => Err(bad(format!("'{key}' must be an object of string values"))),
     }
 }
 
@@ -205,7 +207,12 @@ pub(crate) fn create(obj: &Object) -> Result<TaskSpec, ArizeError> {
         ))
     })?;
     if task_type == ArizeTaskType::RunExperiment {
-        only(obj, &RUN_EXPERIMENT_FIELDS, &EVAL_FIELDS, "RUN_EXPERIMENT tasks")?;
+        only(
+            obj,
+            &RUN_EXPERIMENT_FIELDS,
+            &EVAL_FIELDS,
+            "RUN_EXPERIMENT tasks",
+        )?;
         let run_configuration = match obj.get("run_configuration") {
             None | Some(Value::Null) => return Err(bad("'run_configuration' is required")),
             Some(v) => run_configuration(v)?,
@@ -239,19 +246,31 @@ pub(crate) fn create(obj: &Object) -> Result<TaskSpec, ArizeError> {
         (None, None) => return Err(bad("one of 'project_id' or 'dataset_id' is required")),
         (Some(_), None) => {
             if !experiment_ids.is_empty() {
-                return Err(bad("'experiment_ids' must be omitted for project-based tasks"));
+                return Err(bad(
+                    "'experiment_ids' must be omitted for project-based tasks",
+                ));
             }
-            (Some(sampling_rate.unwrap_or(1.0)), Some(is_continuous.unwrap_or(false)), None)
+            (
+                Some(sampling_rate.unwrap_or(1.0)),
+                Some(is_continuous.unwrap_or(false)),
+                None,
+            )
         }
         (None, Some(_)) => {
             if experiment_ids.is_empty() {
-                return Err(bad("'experiment_ids' (at least one) is required with 'dataset_id'"));
+                return Err(bad(
+                    "'experiment_ids' (at least one) is required with 'dataset_id'",
+                ));
             }
             if sampling_rate.is_some() {
-                return Err(bad("'sampling_rate' is only supported on project-based tasks"));
+                return Err(bad(
+                    "'sampling_rate' is only supported on project-based tasks",
+                ));
             }
             if is_continuous == Some(true) {
-                return Err(bad("'is_continuous' must be false or omitted for dataset-based tasks"));
+                return Err(bad(
+                    "'is_continuous' must be false or omitted for dataset-based tasks",
+                ));
             }
             (None, Some(false), Some(experiment_ids))
         }
@@ -283,7 +302,9 @@ fn query_filters(v: &Value) -> Result<Value, ArizeError> {
     };
     only(obj, &["filters", "expression"], &[], "query_filters")?;
     let Some(Value::Array(filters)) = obj.get("filters") else {
-        return Err(bad("'query_filters.filters' is required and must be a list"));
+        return Err(bad(
+            "'query_filters.filters' is required and must be a list",
+        ));
     };
     if !(1..=5).contains(&filters.len()) {
         return Err(bad("'query_filters.filters' must have 1 to 5 entries"));
@@ -296,7 +317,9 @@ fn query_filters(v: &Value) -> Result<Value, ArizeError> {
         only(f, &["id", "filter"], &[], "a query filter")?;
         let id = req_string(f, "id", 1)?;
         if !QUERY_IDS.contains(&id.as_str()) {
-            return Err(bad(format!("query filter id must be one of A-E, got '{id}'")));
+            return Err(bad(format!(
+                "query filter id must be one of A-E, got '{id}'"
+            )));
         }
         if !seen.insert(id.clone()) {
             return Err(bad(format!("query filter id '{id}' is declared twice")));
@@ -364,7 +387,8 @@ fn evaluator(v: &Value) -> Result<Value, ArizeError> {
         None | Some(Value::Null) => None,
         Some(v) => Some(query_mappings(v)?),
     };
-    if query_mappings.is_some() && !(absent(obj, "query_filter") && absent(obj, "column_mappings")) {
+    if query_mappings.is_some() && !(absent(obj, "query_filter") && absent(obj, "column_mappings"))
+    {
         return Err(bad(
             "an evaluator mixes shapes: 'query_mappings' (trace/session) with 'query_filter'/'column_mappings' (span)",
         ));
@@ -392,13 +416,22 @@ fn query_mappings(v: &Value) -> Result<Value, ArizeError> {
         let Value::Object(m) = m else {
             return Err(bad("each query mapping must be an object"));
         };
-        only(m, &["variable_name", "query_ids", "attribute_path"], &[], "a query mapping")?;
+        only(
+            m,
+            &["variable_name", "query_ids", "attribute_path"],
+            &[],
+            "a query mapping",
+        )?;
         req_string(m, "variable_name", 256)?;
         req_string(m, "attribute_path", 1024)?;
         let Some(Value::Array(ids)) = m.get("query_ids") else {
             return Err(bad("each query mapping needs a 'query_ids' list"));
         };
-        if ids.len() > 5 || !ids.iter().all(|id| id.as_str().is_some_and(|id| QUERY_IDS.contains(&id))) {
+        if ids.len() > 5
+            || !ids
+                .iter()
+                .all(|id| id.as_str().is_some_and(|id| QUERY_IDS.contains(&id)))
+        {
             return Err(bad("'query_ids' must list at most 5 ids from A-E"));
         }
     }
@@ -409,7 +442,9 @@ fn query_mappings(v: &Value) -> Result<Value, ArizeError> {
 /// trace/session (`query_filters`, evaluators with `query_mappings` naming declared ids). Mixing them is a 400.
 fn check_shape(spec: &TaskSpec) -> Result<(), ArizeError> {
     if spec.query_filter.is_some() && spec.query_filters.is_some() {
-        return Err(bad("'query_filter' and 'query_filters' are mutually exclusive"));
+        return Err(bad(
+            "'query_filter' and 'query_filters' are mutually exclusive",
+        ));
     }
     let traces = spec
         .evaluators
@@ -425,10 +460,14 @@ fn check_shape(spec: &TaskSpec) -> Result<(), ArizeError> {
         return Ok(());
     }
     if traces != spec.evaluators.len() {
-        return Err(bad("all evaluators of a task must use the same shape (span or trace/session)"));
+        return Err(bad(
+            "all evaluators of a task must use the same shape (span or trace/session)",
+        ));
     }
     if spec.query_filter.is_some() {
-        return Err(bad("'query_filter' is span-shaped; trace/session evaluators use 'query_filters'"));
+        return Err(bad(
+            "'query_filter' is span-shaped; trace/session evaluators use 'query_filters'",
+        ));
     }
     let declared: Vec<&str> = spec
         .query_filters
@@ -444,7 +483,9 @@ fn check_shape(spec: &TaskSpec) -> Result<(), ArizeError> {
         .filter_map(Value::as_str)
         .find(|id| !declared.contains(id));
     match undeclared {
-        Some(id) => Err(bad(format!("query id '{id}' is not declared in 'query_filters.filters'"))),
+        Some(id) => Err(bad(format!(
+            "query id '{id}' is not declared in 'query_filters.filters'"
+        ))),
         None => Ok(()),
     }
 }
@@ -478,7 +519,9 @@ fn run_configuration(v: &Value) -> Result<Value, ArizeError> {
             messages(obj.get("messages"))?;
             let format = req_string(obj, "input_variable_format", 16)?;
             if !["F_STRING", "MUSTACHE", "NONE"].contains(&format.as_str()) {
-                return Err(bad("'input_variable_format' must be F_STRING, MUSTACHE or NONE"));
+                return Err(bad(
+                    "'input_variable_format' must be F_STRING, MUSTACHE or NONE",
+                ));
             }
             Ok(v.clone())
         }
@@ -539,7 +582,12 @@ fn messages(v: Option<&Value>) -> Result<(), ArizeError> {
         let Value::Object(m) = m else {
             return Err(bad("each message must be an object"));
         };
-        only(m, &["role", "content", "tool_call_id", "tool_calls"], &[], "a message")?;
+        only(
+            m,
+            &["role", "content", "tool_call_id", "tool_calls"],
+            &[],
+            "a message",
+        )?;
         let role = req_string(m, "role", 16)?;
         if !["USER", "ASSISTANT", "SYSTEM", "TOOL"].contains(&role.as_str()) {
             return Err(bad(format!(
@@ -575,7 +623,12 @@ pub(crate) fn update(spec: &TaskSpec, obj: &Object) -> Result<TaskSpec, ArizeErr
             .clone_into(&mut next.name);
     }
     if spec.task_type == ArizeTaskType::RunExperiment {
-        only(obj, &RUN_EXPERIMENT_UPDATE_FIELDS, &EVAL_UPDATE_FIELDS, "RUN_EXPERIMENT tasks")?;
+        only(
+            obj,
+            &RUN_EXPERIMENT_UPDATE_FIELDS,
+            &EVAL_UPDATE_FIELDS,
+            "RUN_EXPERIMENT tasks",
+        )?;
         if let Some(v) = obj.get("run_configuration") {
             if v.is_null() {
                 return Err(bad("'run_configuration' cannot be null"));
@@ -585,7 +638,12 @@ pub(crate) fn update(spec: &TaskSpec, obj: &Object) -> Result<TaskSpec, ArizeErr
         return Ok(next);
     }
     let what = format!("{} tasks", spec.task_type.as_str());
-    only(obj, &EVAL_UPDATE_FIELDS, &RUN_EXPERIMENT_UPDATE_FIELDS, &what)?;
+    only(
+        obj,
+        &EVAL_UPDATE_FIELDS,
+        &RUN_EXPERIMENT_UPDATE_FIELDS,
+        &what,
+    )?;
     let project_based = spec.project_id.is_some();
     for key in ["sampling_rate", "is_continuous", "evaluators"] {
         if obj.get(key).is_some_and(Value::is_null) {
@@ -594,7 +652,9 @@ pub(crate) fn update(spec: &TaskSpec, obj: &Object) -> Result<TaskSpec, ArizeErr
     }
     if let Some(rate) = opt_rate(obj, "sampling_rate")? {
         if !project_based {
-            return Err(bad("'sampling_rate' is only supported on project-based tasks"));
+            return Err(bad(
+                "'sampling_rate' is only supported on project-based tasks",
+            ));
         }
         next.sampling_rate = Some(rate);
     }
@@ -608,7 +668,11 @@ pub(crate) fn update(spec: &TaskSpec, obj: &Object) -> Result<TaskSpec, ArizeErr
         next.query_filter = opt_string(obj, "query_filter", 2000)?;
     }
     if let Some(v) = obj.get("query_filters") {
-        next.query_filters = if v.is_null() { None } else { Some(query_filters(v)?) };
+        next.query_filters = if v.is_null() {
+            None
+        } else {
+            Some(query_filters(v)?)
+        };
     }
     if obj.contains_key("evaluators") {
         next.evaluators = evaluators(obj.get("evaluators"))?;
@@ -632,16 +696,24 @@ pub(crate) fn trigger(
         return trigger_run_experiment(obj);
     }
     let what = format!("{} tasks", spec.task_type.as_str());
-    only(obj, &EVAL_TRIGGER_FIELDS, &RUN_EXPERIMENT_TRIGGER_FIELDS, &what)?;
-    let max_spans = opt_positive(obj, "max_spans")?
-        .map_or(DEFAULT_MAX_SPANS, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    only(
+        obj,
+        &EVAL_TRIGGER_FIELDS,
+        &RUN_EXPERIMENT_TRIGGER_FIELDS,
+        &what,
+    )?;
+    let max_spans = opt_positive(obj, "max_spans")?.map_or(DEFAULT_MAX_SPANS, |n| {
+        usize::try_from(n).unwrap_or(usize::MAX)
+    });
     let override_evaluations = opt_bool(obj, "override_evaluations")?.unwrap_or(false);
     let start = opt_time(obj, "data_start_time")?;
     let end = opt_time(obj, "data_end_time")?;
     let experiment_ids = opt_ids(obj, "experiment_ids")?;
     let (window, items) = if spec.dataset_id.is_some() {
         if start.is_some() || end.is_some() {
-            return Err(bad("'data_start_time' and 'data_end_time' are not applicable to dataset-based tasks"));
+            return Err(bad(
+                "'data_start_time' and 'data_end_time' are not applicable to dataset-based tasks",
+            ));
         }
         let experiments = experiment_ids
             .filter(|ids| !ids.is_empty())
@@ -675,7 +747,12 @@ pub(crate) fn trigger(
 }
 
 fn trigger_run_experiment(obj: &Object) -> Result<RunPlan, ArizeError> {
-    only(obj, &RUN_EXPERIMENT_TRIGGER_FIELDS, &EVAL_TRIGGER_FIELDS, "RUN_EXPERIMENT tasks")?;
+    only(
+        obj,
+        &RUN_EXPERIMENT_TRIGGER_FIELDS,
+        &EVAL_TRIGGER_FIELDS,
+        "RUN_EXPERIMENT tasks",
+    )?;
     let name = opt_string(obj, "experiment_name", usize::MAX)?.ok_or_else(|| {
         ArizeError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -692,7 +769,9 @@ fn trigger_run_experiment(obj: &Object) -> Result<RunPlan, ArizeError> {
     let example_ids = opt_ids(obj, "example_ids")?;
     let max_examples = opt_positive(obj, "max_examples")?;
     if example_ids.is_some() && max_examples.is_some() {
-        return Err(bad("'example_ids' and 'max_examples' are mutually exclusive"));
+        return Err(bad(
+            "'example_ids' and 'max_examples' are mutually exclusive",
+        ));
     }
     opt_string(obj, "query_filter", 2000)?;
     if let Some(v) = obj.get("tracing_metadata") {
@@ -701,7 +780,9 @@ fn trigger_run_experiment(obj: &Object) -> Result<RunPlan, ArizeError> {
     opt_ids(obj, "evaluation_task_ids")?;
     let total = match (example_ids, max_examples) {
         (Some(ids), _) if !ids.is_empty() => ids.len(),
-        (_, Some(max)) => usize::try_from(max).unwrap_or(usize::MAX).min(DATASET_EXAMPLES),
+        (_, Some(max)) => usize::try_from(max)
+            .unwrap_or(usize::MAX)
+            .min(DATASET_EXAMPLES),
         _ => DATASET_EXAMPLES,
     };
     Ok(RunPlan {
@@ -735,7 +816,14 @@ pub(crate) fn parse_datetime(s: &str) -> Option<SystemTime> {
                 return None;
             }
             let secs = h * 3600 + m * 60;
-            (s.get(..at)?, if s.as_bytes()[at] == b'+' { -i128::from(secs) } else { i128::from(secs) })
+            (
+                s.get(..at)?,
+                if s.as_bytes()[at] == b'+' {
+                    -i128::from(secs)
+                } else {
+                    i128::from(secs)
+                },
+            )
         }
         None => (s.trim_end_matches(['Z', 'z']), 0),
     };
@@ -771,7 +859,12 @@ mod tests {
         assert_eq!(secs("2025-01-01T00:00:00.678901"), utc);
         assert_eq!(secs("2025-01-01T02:00:00+02:00"), utc);
         assert_eq!(secs("2024-12-31T19:00:00-05:00"), utc);
-        for bad in ["2025-01-01", "yesterday", "2025-01-01T00:00:00+2", "2025-13-01T00:00:00"] {
+        for bad in [
+            "2025-01-01",
+            "yesterday",
+            "2025-01-01T00:00:00+2",
+            "2025-13-01T00:00:00",
+        ] {
             assert!(parse_datetime(bad).is_none(), "{bad}");
         }
     }
