@@ -568,3 +568,63 @@ async fn a_pending_webhook_survives_sigkill_and_is_delivered_after_restart() {
     );
     drop(gate);
 }
+
+/// A managed Arize task run: the run id is committed before the 202, so a SIGKILL right after it
+/// and a restart poll the same run and never trigger the task again.
+#[tokio::test]
+async fn sigkill_after_an_arize_trigger_then_restart_polls_the_same_run_without_triggering_again()
+{
+    const ARIZE_KEY: &str = "ak_restart_platform_key";
+    let upstream = emulator(Duration::from_secs(1), Faults::default()).await;
+    let arize = valiqor_emulator::ArizeEmulator::spawn(valiqor_emulator::ArizeConfig {
+        api_key: Some(ARIZE_KEY.to_owned()),
+        run_duration: Duration::from_secs(2),
+        ..valiqor_emulator::ArizeConfig::default()
+    })
+    .await
+    .unwrap();
+    let task = arize.seed_task("restart", valiqor_emulator::ArizeTaskType::CodeEvaluation);
+    let base = arize.base_url();
+    let extra = [
+        ("EVALGATE__ARIZE__LISTEN", "127.0.0.1:0"),
+        ("EVALGATE__ARIZE__BASE_URL", base.as_str()),
+        ("EVALGATE__ARIZE__API_KEY", ARIZE_KEY),
+        ("EVALGATE__ARIZE__RUN_STATUS_MAX_AGE", "100ms"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let store: PathBuf = dir.path().join("evalgate.db");
+    let mut first = Gate::start(&store, &upstream, &extra).await;
+    let response = first
+        .client
+        .post(format!("{}/v1/jobs", first.api))
+        .bearer_auth(CALLER_KEY)
+        .json(&json!({"kind": "arize_task_run", "task": task}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let accepted = json(response).await;
+    let id = accepted["job_id"].as_str().unwrap().to_owned();
+    let run_id = accepted["run_id"].as_str().expect("run id").to_owned();
+    first.signal("-KILL");
+    assert_eq!(first.exited().await, None, "killed by SIGKILL");
+    let (_, stored) = read_store(&store, &id);
+    assert_eq!(
+        stored[&0].upstream_job_id.as_deref(),
+        Some(run_id.as_str()),
+        "the run id was committed before the 202"
+    );
+
+    let mut second = Gate::start(&store, &upstream, &extra).await;
+    let status = second.finished(&id).await;
+    assert_eq!(status["status"], "completed", "{status}\n{}", second.log());
+    assert_eq!(batches(&status)[0]["upstream_job_id"], run_id.as_str());
+    let runs = arize.runs(&task);
+    assert_eq!(runs.len(), 1, "triggered once: {runs:?}");
+    let triggers = arize
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == Method::POST && r.path.ends_with("/trigger"))
+        .count();
+    assert_eq!(triggers, 1);
+}

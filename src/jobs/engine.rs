@@ -202,15 +202,15 @@ impl Worker for Ctx {
         })
     }
 
-    async fn pending_batches(&self, job: &JobId) -> Result<Vec<u32>, StoreError> {
+    async fn new_batches(&self, job: &JobId) -> Result<Vec<(u32, BatchState)>, StoreError> {
         let record = self.store.job(job).await?;
         Ok(record
             .map(|record| {
                 record
                     .batches
                     .iter()
-                    .filter(|b| b.state == BatchState::Pending)
-                    .map(|b| b.idx)
+                    .filter(|b| matches!(b.state, BatchState::Pending | BatchState::Running))
+                    .map(|b| (b.idx, b.state))
                     .collect()
             })
             .unwrap_or_default())

@@ -55,11 +55,12 @@ pub(super) trait Worker: Clone + Send + Sync + 'static {
     fn finalize_job(&self, job: JobId) -> impl Future<Output = ()> + Send;
     /// The runnable work according to the store, the source of truth.
     fn scan(&self) -> impl Future<Output = Result<Runnable, StoreError>> + Send;
-    /// The pending batches of a job just created (none when it is gone).
-    fn pending_batches(
+    /// The batches of a job just created that need work: pending ones, and running ones (a run
+    /// the caller started upstream itself); none when the job is gone.
+    fn new_batches(
         &self,
         job: &JobId,
-    ) -> impl Future<Output = Result<Vec<u32>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<(u32, BatchState)>, StoreError>> + Send;
     /// Deletes finished jobs past their retention.
     fn reap(&self) -> impl Future<Output = ()> + Send;
 }
@@ -189,17 +190,14 @@ impl<W: Worker> Slots<W> {
 
     async fn command(&mut self, command: Command) {
         match command {
-            Command::Start(job) => match self.worker.pending_batches(&job).await {
-                Ok(batches) => {
-                    for idx in batches {
-                        let work = Work {
-                            job: job.clone(),
-                            idx,
-                            action: Action::Submit,
-                        };
-                        self.schedule(work, Duration::ZERO);
-                    }
-                }
+            Command::Start(job) => match self.worker.new_batches(&job).await {
+                Ok(batches) => self.adopt(Runnable {
+                    batches: batches
+                        .into_iter()
+                        .map(|(idx, state)| (job.clone(), idx, state))
+                        .collect(),
+                    finalize: Vec::new(),
+                }),
                 Err(error) => tracing::warn!(
                     error = %ErrorChain(&error),
                     job_id = %job,
@@ -333,7 +331,7 @@ mod tests {
         /// Runs that panic, once each.
         panic_next: HashSet<Key>,
         scans: usize,
-        /// `pending_batches` calls that reached the gate.
+        /// `new_batches` calls that reached the gate.
         at_gate: usize,
     }
 
@@ -341,7 +339,7 @@ mod tests {
     struct Script {
         model: Arc<Mutex<Model>>,
         changed: Arc<watch::Sender<()>>,
-        /// `pending_batches` passes only with a permit: a store read the test can stall.
+        /// `new_batches` passes only with a permit: a store read the test can stall.
         gate: Arc<Semaphore>,
     }
 
@@ -445,14 +443,14 @@ mod tests {
             }))
         }
 
-        async fn pending_batches(&self, job: &JobId) -> Result<Vec<u32>, StoreError> {
+        async fn new_batches(&self, job: &JobId) -> Result<Vec<(u32, BatchState)>, StoreError> {
             self.edit(|m| m.at_gate += 1);
             let _permit = self.gate.acquire().await.unwrap();
             Ok(self.edit(|m| {
                 m.unfinished
                     .iter()
                     .filter(|(j, _, state)| j == job && *state == BatchState::Pending)
-                    .map(|(_, idx, _)| *idx)
+                    .map(|(_, idx, state)| (*idx, *state))
                     .collect()
             }))
         }

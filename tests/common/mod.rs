@@ -24,6 +24,8 @@ pub struct TestApp {
     pub api: String,
     /// `http://127.0.0.1:PORT` of the admin port.
     pub admin: String,
+    /// `http://127.0.0.1:PORT` of the Arize listener, while Arize is on.
+    pub arize: Option<String>,
     pub upstream: RunningEmulator,
     pub client: reqwest::Client,
     shutdown: CancellationToken,
@@ -76,6 +78,9 @@ impl TestApp {
             .expect("listeners bind");
         let api = format!("http://{}", listeners.api_addr().unwrap());
         let admin = format!("http://{}", listeners.admin_addr().unwrap());
+        let arize = listeners
+            .arize_addr()
+            .map(|addr| format!("http://{}", addr.unwrap()));
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         tasks.spawn(evalgate::run(config, listeners, shutdown.clone()));
@@ -86,6 +91,7 @@ impl TestApp {
         let app = Self {
             api,
             admin,
+            arize,
             upstream,
             client,
             shutdown,

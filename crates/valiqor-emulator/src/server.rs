@@ -68,6 +68,8 @@ pub(crate) struct Control {
     pub(crate) echo_next: usize,
     /// Routed requests whose answer is still to be replaced by a closed connection.
     pub(crate) drop_after_next: usize,
+    /// Only requests with this method count toward `drop_after_next` (`None`: any).
+    pub(crate) drop_after_method: Option<http::Method>,
     pub(crate) requests: VecDeque<RecordedRequest>,
     /// Sum of the recorded bodies' lengths.
     pub(crate) recorded_bytes: usize,
@@ -84,6 +86,7 @@ impl Control {
             garble_next: 0,
             echo_next: 0,
             drop_after_next: 0,
+            drop_after_method: None,
             requests: VecDeque::new(),
             recorded_bytes: 0,
             bearer_keys: Vec::new(),
@@ -281,10 +284,19 @@ async fn handle<B: Backend>(
             ))
         }
         Fault::None => {
+            let method = parts.method.clone();
             let Ok(res) = router
                 .oneshot(Request::from_parts(parts, Body::from(body)))
                 .await;
-            if take(&mut app.control().drop_after_next) {
+            let dropped = {
+                let mut control = app.control();
+                let counts = control
+                    .drop_after_method
+                    .as_ref()
+                    .is_none_or(|only| *only == method);
+                counts && take(&mut control.drop_after_next)
+            };
+            if dropped {
                 return Err(Dropped);
             }
             Ok(garble(&*app, res))

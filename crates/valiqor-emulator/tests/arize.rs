@@ -192,7 +192,8 @@ async fn a_run_goes_pending_running_completed_with_counts() -> TestResult {
     assert_eq!(run["task_id"], id);
     assert!(run["run_started_at"].is_null() && run["experiment_id"].is_null());
 
-    let seen = api.wait_terminal(run["id"].as_str().unwrap()).await?;
+    let mut seen = vec![run.clone()];
+    seen.extend(api.wait_terminal(run["id"].as_str().unwrap()).await?);
     assert_eq!(statuses(&seen), ["PENDING", "RUNNING", "COMPLETED"]);
     let done = seen.last().unwrap();
     let counts = ["num_successes", "num_errors", "num_skipped"].map(|k| done[k].as_u64().unwrap());

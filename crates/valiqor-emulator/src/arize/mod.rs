@@ -45,7 +45,8 @@
 //!   `EXPERIMENT_NAME_TAKEN` (the only 409; concurrent runs are allowed).
 //! - A task name already used in the space (create or rename): 400 `DUPLICATE_NAME`.
 //! - The first trigger of a project task without `data_start_time` uses a 24 h window before `data_end_time` (the
-//!   API requires a start on the first run); later ones start at the previous run's window end.
+//!   API requires a start on the first run); later ones start at the previous run's window end (or, when that is
+//!   not before the new end, again 24 h before it).
 //! - Unknown `space_id`/`project_id`/`dataset_id`/`org_id` filters and unknown project/dataset ids in a create
 //!   answer 404; evaluator, experiment and integration ids only have to be well-formed resource ids.
 //! - Deleting a task keeps its runs: `GET /v2/task-runs/{id}` and cancel still work, `/v2/tasks/{id}/runs` is 404.
@@ -261,7 +262,17 @@ impl ArizeHandle {
     /// The next `n` requests that reach the API are fully processed (a trigger really creates its run) and then
     /// the connection is closed without any answer: an ambiguous failure. Calls add up.
     pub fn drop_next_after_processing(&self, n: usize) {
-        self.app.control().drop_after_next += n;
+        let mut control = self.app.control();
+        control.drop_after_next += n;
+        control.drop_after_method = None;
+    }
+
+    /// [`ArizeHandle::drop_next_after_processing`] for the next `n` POSTs only (a trigger, a create, a cancel):
+    /// the reads before them are answered.
+    pub fn drop_next_post_after_processing(&self, n: usize) {
+        let mut control = self.app.control();
+        control.drop_after_next += n;
+        control.drop_after_method = Some(http::Method::POST);
     }
 
     /// Duration of runs triggered from now on.

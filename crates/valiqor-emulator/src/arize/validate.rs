@@ -725,8 +725,9 @@ pub(crate) fn trigger(
             return Err(bad("'experiment_ids' only applies to dataset-based tasks"));
         }
         let end = end.unwrap_or(now);
+        // The previous window's end, unless it is not before this end (then as on a first run).
         let start = start
-            .or(last_end)
+            .or(last_end.filter(|last| *last < end))
             .unwrap_or_else(|| end.checked_sub(DEFAULT_WINDOW).unwrap_or(end));
         let span = end
             .duration_since(start)
