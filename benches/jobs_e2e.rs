@@ -52,7 +52,7 @@ async fn run_job(
     .await
     .unwrap();
     let config = Config::for_tests(&emulator.handle().base_url(), KEY, edit);
-    let listeners = Listeners::bind(&config.server).await.unwrap();
+    let listeners = Listeners::bind(&config).await.unwrap();
     let api = format!("http://{}", listeners.api_addr().unwrap());
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -140,7 +140,7 @@ async fn webhook_latencies(jobs: usize) -> Vec<Duration> {
     let config = Config::for_tests(&emulator.handle().base_url(), KEY, |c| {
         c.webhooks.allowed_cidrs = vec!["127.0.0.0/8".parse().unwrap()];
     });
-    let listeners = Listeners::bind(&config.server).await.unwrap();
+    let listeners = Listeners::bind(&config).await.unwrap();
     let api = format!("http://{}", listeners.api_addr().unwrap());
     let shutdown = CancellationToken::new();
     tasks.spawn(evalgate::run(config, listeners, shutdown.clone()));

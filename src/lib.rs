@@ -117,6 +117,41 @@ const CUT_FLUSH: Duration = Duration::from_millis(500);
 /// How long the admin port may take to stop once everything else has.
 const ADMIN_STOP: Duration = Duration::from_millis(250);
 
+/// The servers: the API and Arize listeners stop with `shutdown`, the admin port with `admin_stop`.
+fn serve_listeners(
+    listeners: Listeners,
+    state: &AppState,
+    (tasks, shutdown): (&mut Supervisor, &CancellationToken),
+    (admin_tasks, admin_stop): (&mut Supervisor, &CancellationToken),
+) {
+    tasks.spawn(
+        "api-server",
+        serve::serve(
+            listeners.api,
+            http::api_router(state.clone()),
+            shutdown.clone(),
+        ),
+    );
+    if let Some(listener) = listeners.arize {
+        tasks.spawn(
+            "arize-server",
+            serve::serve(
+                listener,
+                http::arize::router(state.clone()),
+                shutdown.clone(),
+            ),
+        );
+    }
+    admin_tasks.spawn(
+        "admin-server",
+        serve::serve(
+            listeners.admin,
+            http::admin::router(state.clone()),
+            admin_stop.clone(),
+        ),
+    );
+}
+
 /// Serves until `shutdown` is cancelled (or a task fails), then drains and returns.
 ///
 /// Shutdown has one deadline, `server.shutdown_grace_period` after it starts: readiness turns
@@ -150,31 +185,11 @@ pub async fn run(
         "tenant-reloader",
         tenants::watch::run(state.tenants.clone(), shutdown.clone()),
     );
-    tasks.spawn(
-        "api-server",
-        serve::serve(
-            listeners.api,
-            http::api_router(state.clone()),
-            shutdown.clone(),
-        ),
-    );
-    if let Some(listener) = listeners.arize {
-        tasks.spawn(
-            "arize-server",
-            serve::serve(
-                listener,
-                http::arize::router(state.clone()),
-                shutdown.clone(),
-            ),
-        );
-    }
-    admin_tasks.spawn(
-        "admin-server",
-        serve::serve(
-            listeners.admin,
-            http::admin::router(state.clone()),
-            admin_stop.clone(),
-        ),
+    serve_listeners(
+        listeners,
+        &state,
+        (&mut tasks, &shutdown),
+        (&mut admin_tasks, &admin_stop),
     );
     state.readiness.set_serving();
     tracing::info!(

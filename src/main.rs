@@ -120,6 +120,7 @@ async fn serve(args: &Args) -> ExitCode {
     tracing::info!(
         listen = %display_addr(listeners.api_addr()),
         admin_listen = %display_addr(listeners.admin_addr()),
+        arize_listen = listeners.arize_addr().map(display_addr),
         "listening"
     );
 

@@ -5,12 +5,12 @@
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
-    clippy::panic,
     reason = "integration tests fail fast"
 )]
 
 mod common;
 #[path = "common/webhook_sink.rs"]
+#[expect(dead_code, reason = "only the recording side of the sink is used here")]
 mod webhook_sink;
 
 use std::time::Duration;
@@ -58,18 +58,26 @@ async fn spawn(emu: &ArizeHandle, max_age: &str) -> TestApp {
 }
 
 fn arize_url(app: &TestApp, path: &str) -> String {
-    format!("{}{path}", app.arize.as_deref().expect("the Arize listener is on"))
+    format!(
+        "{}{path}",
+        app.arize.as_deref().expect("the Arize listener is on")
+    )
 }
 
 async fn json_of(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
     let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// `quote(id, safe='')`, as the SDK encodes path parameters.
 fn encoded(id: &str) -> String {
-    id.replace('/', "%2F").replace('+', "%2B").replace('=', "%3D")
+    id.replace('/', "%2F")
+        .replace('+', "%2B")
+        .replace('=', "%3D")
 }
 
 async fn submit(app: &TestApp, body: Value) -> (StatusCode, Value) {
@@ -77,15 +85,25 @@ async fn submit(app: &TestApp, body: Value) -> (StatusCode, Value) {
 }
 
 async fn wait_job(app: &TestApp, job: &str) -> Value {
-    let (status, view) =
-        json_of(app.get(&format!("/v1/jobs/{job}?wait=20s")).send().await.unwrap()).await;
+    let (status, view) = json_of(
+        app.get(&format!("/v1/jobs/{job}?wait=20s"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{view}");
     view
 }
 
 async fn result_of(app: &TestApp, job: &str) -> Value {
-    let (status, result) =
-        json_of(app.get(&format!("/v1/jobs/{job}/result")).send().await.unwrap()).await;
+    let (status, result) = json_of(
+        app.get(&format!("/v1/jobs/{job}/result"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{result}");
     result
 }
@@ -94,7 +112,7 @@ async fn result_of(app: &TestApp, job: &str) -> Value {
 async fn the_pass_through_replaces_the_key_keeps_encoded_ids_and_answers_problems() {
     let emu = arize_emulator(Duration::from_secs(3)).await;
     let app = spawn(&emu, "1s").await;
-    let client = reqwest::Client::new();
+    let client = app.client.clone();
     // Create through evalgate: 201 and the Task as Arize sent it.
     let create = json!({"name": "pass-through", "project_id": emu.project_id(), "evaluators": [{"evaluator_id": emu.evaluator_id()}], "type": "TEMPLATE_EVALUATION"});
     let (status, task) = json_of(
@@ -110,7 +128,10 @@ async fn the_pass_through_replaces_the_key_keeps_encoded_ids_and_answers_problem
     assert_eq!(status, StatusCode::CREATED, "{task}");
     let id = task["id"].as_str().unwrap();
     let path = format!("/v2/tasks/{}", encoded(id));
-    assert!(path.contains("%3D"), "the id exercises percent-encoding: {path}");
+    assert!(
+        path.contains("%3D"),
+        "the id exercises percent-encoding: {path}"
+    );
     let (status, got) = json_of(
         client
             .get(arize_url(&app, &path))
@@ -176,10 +197,13 @@ async fn a_hundred_concurrent_watchers_of_one_run_cost_one_upstream_poll() {
     // A long max age: every poll of this test shares the first one's answer.
     let app = spawn(&emu, "30s").await;
     let task = emu.seed_task("watched", ArizeTaskType::TemplateEvaluation);
-    let client = reqwest::Client::new();
+    let client = app.client.clone();
     let (status, run) = json_of(
         client
-            .post(arize_url(&app, &format!("/v2/tasks/{}/trigger", encoded(&task))))
+            .post(arize_url(
+                &app,
+                &format!("/v2/tasks/{}/trigger", encoded(&task)),
+            ))
             .bearer_auth(CALLER_KEY)
             .json(&json!({}))
             .send()
@@ -194,8 +218,16 @@ async fn a_hundred_concurrent_watchers_of_one_run_cost_one_upstream_poll() {
         let client = client.clone();
         let url = arize_url(&app, &path);
         watchers.spawn(async move {
-            let response = client.get(url).bearer_auth(CALLER_KEY).send().await.unwrap();
-            let cache = response.headers()["x-evalgate-cache"].to_str().unwrap().to_owned();
+            let response = client
+                .get(url)
+                .bearer_auth(CALLER_KEY)
+                .send()
+                .await
+                .unwrap();
+            let cache = response.headers()["x-evalgate-cache"]
+                .to_str()
+                .unwrap()
+                .to_owned();
             let (status, body) = json_of(response).await;
             (status, body["status"].as_str().map(str::to_owned), cache)
         });
@@ -207,7 +239,11 @@ async fn a_hundred_concurrent_watchers_of_one_run_cost_one_upstream_poll() {
         assert!(matches!(run_status.as_deref(), Some("PENDING" | "RUNNING")));
         misses += usize::from(cache == "miss");
     }
-    assert_eq!(emu.requests_to(&Method::GET, &path).len(), 1, "one upstream poll");
+    assert_eq!(
+        emu.requests_to(&Method::GET, &path).len(),
+        1,
+        "one upstream poll"
+    );
     assert_eq!(misses, 1, "exactly one watcher's poll went upstream");
 }
 
@@ -266,7 +302,8 @@ async fn failed_and_cancelled_runs_map_to_their_job_states_with_the_run_as_resul
         ("nightly EMULATOR_RUN_CANCEL", "cancelled", "CANCELLED"),
     ] {
         let task = emu.seed_task(name, ArizeTaskType::TemplateEvaluation);
-        let (status, accepted) = submit(&app, json!({"kind": "arize_task_run", "task": task})).await;
+        let (status, accepted) =
+            submit(&app, json!({"kind": "arize_task_run", "task": task})).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
         let job = accepted["job_id"].as_str().unwrap();
         let view = wait_job(&app, job).await;
@@ -288,8 +325,13 @@ async fn cancelling_a_managed_run_cancels_it_upstream_and_a_watched_run_is_polle
     let (_, accepted) = submit(&app, json!({"kind": "arize_task_run", "task": task})).await;
     let job = accepted["job_id"].as_str().unwrap();
     let run_id = accepted["run_id"].as_str().unwrap();
-    let (status, cancelled) =
-        json_of(app.post(&format!("/v1/jobs/{job}/cancel")).send().await.unwrap()).await;
+    let (status, cancelled) = json_of(
+        app.post(&format!("/v1/jobs/{job}/cancel"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{cancelled}");
     assert_eq!(cancelled["status"], "cancelled");
     let cancel = format!("/v2/task-runs/{}/cancel", encoded(run_id));
@@ -300,8 +342,12 @@ async fn cancelling_a_managed_run_cancels_it_upstream_and_a_watched_run_is_polle
     let quick = arize_emulator(Duration::from_millis(300)).await;
     let app = spawn(&quick, "100ms").await;
     let task = quick.seed_task("own", ArizeTaskType::TemplateEvaluation);
-    let run = reqwest::Client::new()
-        .post(arize_url(&app, &format!("/v2/tasks/{}/trigger", encoded(&task))))
+    let run = app
+        .client
+        .post(arize_url(
+            &app,
+            &format!("/v2/tasks/{}/trigger", encoded(&task)),
+        ))
         .bearer_auth(CALLER_KEY)
         .json(&json!({}))
         .send()
@@ -351,7 +397,12 @@ async fn an_ambiguous_trigger_is_reconciled_instead_of_triggered_again() {
     let listed = emu
         .requests()
         .into_iter()
-        .filter(|r| r.path.ends_with("/runs") && r.query.as_deref().is_some_and(|q| q.contains("status=PENDING")))
+        .filter(|r| {
+            r.path.ends_with("/runs")
+                && r.query
+                    .as_deref()
+                    .is_some_and(|q| q.contains("status=PENDING"))
+        })
         .count();
     assert!(listed >= 1, "the retry reconciled first");
 }

@@ -572,8 +572,7 @@ async fn a_pending_webhook_survives_sigkill_and_is_delivered_after_restart() {
 /// A managed Arize task run: the run id is committed before the 202, so a SIGKILL right after it
 /// and a restart poll the same run and never trigger the task again.
 #[tokio::test]
-async fn sigkill_after_an_arize_trigger_then_restart_polls_the_same_run_without_triggering_again()
-{
+async fn sigkill_after_an_arize_trigger_then_restart_polls_the_same_run_without_triggering_again() {
     const ARIZE_KEY: &str = "ak_restart_platform_key";
     let upstream = emulator(Duration::from_secs(1), Faults::default()).await;
     let arize = valiqor_emulator::ArizeEmulator::spawn(valiqor_emulator::ArizeConfig {

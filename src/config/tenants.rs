@@ -107,10 +107,11 @@ impl TenantConfig {
                 .clone()
                 .or_else(|| defaults.openai_api_key.clone()),
             // A tenant's own Arize key applies only while Arize is on.
-            arize_api_key: defaults
-                .arize_api_key
-                .as_ref()
-                .map(|default| self.arize_api_key.clone().unwrap_or_else(|| default.clone())),
+            arize_api_key: defaults.arize_api_key.as_ref().map(|default| {
+                self.arize_api_key
+                    .clone()
+                    .unwrap_or_else(|| default.clone())
+            }),
         }
     }
 }

@@ -15,8 +15,8 @@ use super::{
     ServerConfig, StoreConfig, StorePath, TaxonomyCacheConfig, TelemetryConfig, ValiqorConfig,
     WEBHOOK_EVENTS, WebhookEndpoint, WebhooksConfig, parse_cidr,
     raw::{
-        self, RawArize, RawAuth, RawBatchLimits, RawBatching, RawJobs, RawRateLimit, RawServer, RawStore,
-        RawTaxonomyCache, RawTelemetry, RawTenant, RawValiqor, RawWebhooks,
+        self, RawArize, RawAuth, RawBatchLimits, RawBatching, RawJobs, RawRateLimit, RawServer,
+        RawStore, RawTaxonomyCache, RawTelemetry, RawTenant, RawValiqor, RawWebhooks,
     },
     tenants,
 };
@@ -105,21 +105,13 @@ pub(super) fn from_figment(
     let webhooks = problems
         .section::<RawWebhooks>(figment, "webhooks")
         .and_then(|raw| webhooks(&raw, env, &mut problems));
-    // Every API listener must be loopback for `auth.mode = "none"` (unless opted in).
-    let listeners_are_loopback = server.as_ref().zip(arize.as_ref()).map(|(s, a)| {
-        s.listen.ip().is_loopback() && a.listen.is_none_or(|l| l.ip().is_loopback())
-    });
-    if let (Some(server), Some(Some(arize_listen))) =
-        (&server, arize.as_ref().map(|a| a.listen))
-        && arize_listen.port() != 0
-        && (arize_listen == server.listen || arize_listen == server.admin_listen)
-    {
-        problems.push("arize.listen", "must differ from server.listen and server.admin_listen");
-    }
+    let listeners_are_loopback = listeners(server.as_ref(), arize.as_ref(), &mut problems);
     let auth = auth(
         figment,
         listeners_are_loopback,
-        arize.as_ref().and_then(|a| a.listen.is_some().then_some(())),
+        arize
+            .as_ref()
+            .and_then(|a| a.listen.is_some().then_some(())),
         shared_env,
         &mut problems,
     );
@@ -180,6 +172,26 @@ pub(super) fn from_figment(
             problems: problems.0,
         }),
     }
+}
+
+/// Whether every API listener is loopback (what `auth.mode = "none"` needs unless opted in);
+/// the Arize listener must not share a port with the others.
+fn listeners(
+    server: Option<&ServerConfig>,
+    arize: Option<&ArizeConfig>,
+    problems: &mut Problems,
+) -> Option<bool> {
+    let (server, arize) = server.zip(arize)?;
+    if let Some(listen) = arize.listen
+        && listen.port() != 0
+        && (listen == server.listen || listen == server.admin_listen)
+    {
+        problems.push(
+            "arize.listen",
+            "must differ from server.listen and server.admin_listen",
+        );
+    }
+    Some(server.listen.ip().is_loopback() && arize.listen.is_none_or(|l| l.ip().is_loopback()))
 }
 
 /// Every top-level key that is not a known section is a problem.
@@ -642,7 +654,12 @@ fn valiqor(
     env: &dyn EnvLookup,
     problems: &mut Problems,
 ) -> Option<ValiqorConfig> {
-    let base_url = base_url("valiqor", &raw.base_url, raw.allow_insecure_upstream, problems);
+    let base_url = base_url(
+        "valiqor",
+        &raw.base_url,
+        raw.allow_insecure_upstream,
+        problems,
+    );
     let api_key = upstream_key("valiqor.api_key", &raw.api_key, env, problems);
     let openai_api_key =
         optional_secret("valiqor.openai_api_key", &raw.openai_api_key, env, problems);
@@ -686,7 +703,12 @@ fn arize(raw: &RawArize, env: &dyn EnvLookup, problems: &mut Problems) -> Option
     } else {
         socket_addr("arize.listen", &raw.listen, problems).map(Some)
     };
-    let base_url = base_url("arize", &raw.base_url, raw.allow_insecure_upstream, problems);
+    let base_url = base_url(
+        "arize",
+        &raw.base_url,
+        raw.allow_insecure_upstream,
+        problems,
+    );
     let api_key = match listen {
         Some(Some(_)) => upstream_key("arize.api_key", &raw.api_key, env, problems).map(Some),
         _ => Some(None),

@@ -180,7 +180,10 @@ async fn run_status(arize: &ArizeClient, parts: &Parts) -> Result<Response, ApiE
     let status = if served.fetched { "miss" } else { "hit" };
     headers.insert(CACHE_STATUS, HeaderValue::from_static(status));
     if !served.fetched {
-        headers.insert(AGE, HeaderValue::from(answer.fetched_at.elapsed().as_secs()));
+        headers.insert(
+            AGE,
+            HeaderValue::from(answer.fetched_at.elapsed().as_secs()),
+        );
         if let Some(left) = answer.retry_after_left() {
             headers.insert(RETRY_AFTER, HeaderValue::from(whole_seconds(left)));
         }

@@ -107,12 +107,7 @@ pub(super) async fn answer_back(
         .await
         .map_err(|_| ApiError::Upstream(UpstreamError::Incomplete))?
         .to_bytes();
-    Ok(buffered(
-        status,
-        headers,
-        client.scrub(body),
-        elapsed,
-    ))
+    Ok(buffered(status, headers, client.scrub(body), elapsed))
 }
 
 /// A fully read answer; the length is the new body's (scrubbing may change it).
@@ -131,11 +126,7 @@ pub(super) fn buffered(
     response
 }
 
-fn stream_back(
-    upstream: reqwest::Response,
-    admitted: InFlight,
-    elapsed: Duration,
-) -> Response {
+fn stream_back(upstream: reqwest::Response, admitted: InFlight, elapsed: Duration) -> Response {
     let status = upstream.status();
     let headers = headers::to_caller(upstream.headers());
     let stream = upstream.bytes_stream().map(move |chunk| {

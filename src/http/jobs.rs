@@ -108,7 +108,9 @@ fn job_input(body: &bytes::Bytes, parsed: &SubmitJobRef<'_>) -> Result<JobInput,
         });
     }
     if parsed.dataset.is_some() {
-        return Err(bad("an arize_task_run has no `dataset`: give `task` (or `run_id`)"));
+        return Err(bad(
+            "an arize_task_run has no `dataset`: give `task` (or `run_id`)",
+        ));
     }
     let checked = |field: &str, id: &str| {
         arize::path_segment(id)
@@ -118,7 +120,9 @@ fn job_input(body: &bytes::Bytes, parsed: &SubmitJobRef<'_>) -> Result<JobInput,
     let run = match (&parsed.task, &parsed.run_id) {
         (Some(task), None) => {
             if options.is_some_and(|o| !o.get().trim_start().starts_with('{')) {
-                return Err(bad("`options` must be a JSON object of TriggerTaskRunRequest fields"));
+                return Err(bad(
+                    "`options` must be a JSON object of TriggerTaskRunRequest fields",
+                ));
             }
             ArizeRun::Trigger(RunSpec {
                 task: checked("task", task)?,
@@ -128,8 +132,16 @@ fn job_input(body: &bytes::Bytes, parsed: &SubmitJobRef<'_>) -> Result<JobInput,
         (None, Some(run_id)) if options.is_none() => ArizeRun::Watch {
             run_id: checked("run_id", run_id)?,
         },
-        (None, Some(_)) => return Err(bad("`options` apply to a trigger (`task`), not to a watched `run_id`")),
-        _ => return Err(bad("an arize_task_run needs exactly one of `task` (to trigger a run) and `run_id` (to watch one)")),
+        (None, Some(_)) => {
+            return Err(bad(
+                "`options` apply to a trigger (`task`), not to a watched `run_id`",
+            ));
+        }
+        _ => {
+            return Err(bad(
+                "an arize_task_run needs exactly one of `task` (to trigger a run) and `run_id` (to watch one)",
+            ));
+        }
     };
     Ok(JobInput::ArizeRun(run))
 }
@@ -217,7 +229,12 @@ pub(super) async fn submit(
         total_items: record.total_items,
         batches: record.batches.len(),
         run_id: (record.kind == JobKind::ArizeTaskRun)
-            .then(|| record.batches.first().and_then(|b| b.upstream_job_id.clone()))
+            .then(|| {
+                record
+                    .batches
+                    .first()
+                    .and_then(|b| b.upstream_job_id.clone())
+            })
             .flatten(),
         error: record.error.clone(),
         links: view::links(record.id.as_str()),

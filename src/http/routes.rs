@@ -215,7 +215,6 @@ fn is_bad_segment(segment: &str) -> bool {
     decoded == "." || decoded == ".."
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

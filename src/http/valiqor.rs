@@ -19,7 +19,9 @@ use http_body_util::{BodyExt, Limited};
 
 use super::{
     error::ApiError,
-    forward::{answer_back, buffered, declared_length, forward_streaming, record_outcome, send_upstream},
+    forward::{
+        answer_back, buffered, declared_length, forward_streaming, record_outcome, send_upstream,
+    },
     headers::{self, CACHE_STATUS},
     read_body,
     routes::{Handling, Resolved},
@@ -115,8 +117,6 @@ async fn serve(
         Handling::Cached => serve_cached(state, tenant, parts, admitted).await,
     }
 }
-
-
 
 /// Reads a submit body, applies the BYOK key, and forwards it.
 async fn forward_submit(
@@ -216,13 +216,6 @@ fn dataset_too_large(body: &[u8]) -> Option<usize> {
             .max(1)
     })
 }
-
-
-
-
-
-
-
 
 /// Catalog GETs: answered from the taxonomy cache, fetched (once per key) on a miss.
 async fn serve_cached(

@@ -17,11 +17,11 @@ use super::{
 };
 use crate::{
     batching::{BatchLimits, Submission},
-    upstream::arize::RunSpec,
     config::Config,
     store::{Created, JobRecord, JobStore, ListQuery, NewBatch, NewJob, StoreError, StoredEvent},
     tenants::{Tenant, Tenants},
     types::{JobId, JobKind, JobState, Origin, TenantName, now_millis},
+    upstream::arize::RunSpec,
     webhooks::{outbox, ssrf::TargetPolicy},
 };
 
@@ -274,10 +274,17 @@ impl JobService {
                 Ok(Ok(event)) if event.job_id == *id => return,
                 Ok(Ok(_)) => {}
                 Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
-                    let started = self.0.store.job(id).await.ok().flatten().is_none_or(|record| {
-                        record.state.is_terminal()
-                            || record.batches.iter().any(|b| b.upstream_job_id.is_some())
-                    });
+                    let started = self
+                        .0
+                        .store
+                        .job(id)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_none_or(|record| {
+                            record.state.is_terminal()
+                                || record.batches.iter().any(|b| b.upstream_job_id.is_some())
+                        });
                     if started {
                         return;
                     }

@@ -812,7 +812,10 @@ mod tests {
         ) else {
             panic!("a cancelled run is committed")
         };
-        assert_eq!((commit.change.to, commit.change.result), (Cancelled, Some(cancelled_run)));
+        assert_eq!(
+            (commit.change.to, commit.change.result),
+            (Cancelled, Some(cancelled_run))
+        );
     }
 
     #[test]

@@ -750,12 +750,18 @@ impl JobStore for SqliteStore {
             )?;
             let rows = stmt
                 .query_map([&job], |row| {
-                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, Vec<u8>>(2)?))
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, Vec<u8>>(2)?,
+                    ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows
                 .into_iter()
-                .map(|(start, end, result)| (to_usize(start), to_usize(end - start), Bytes::from(result)))
+                .map(|(start, end, result)| {
+                    (to_usize(start), to_usize(end - start), Bytes::from(result))
+                })
                 .collect())
         })
         .boxed()

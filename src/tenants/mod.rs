@@ -278,9 +278,7 @@ fn clients(
     keys: &UpstreamKeys,
     byok: ByokMode,
 ) -> Result<(UpstreamClient, Option<ArizeClient>), BuildError> {
-    let valiqor = base
-        .valiqor
-        .with_credentials(Credentials::new(keys, byok)?);
+    let valiqor = base.valiqor.with_credentials(Credentials::new(keys, byok)?);
     let arize = match (&base.arize, &keys.arize_api_key) {
         (Some(arize), Some(key)) => Some(arize.with_key(key)?),
         _ => None,

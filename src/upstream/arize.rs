@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    BuildError, Credentials, CredentialId, Endpoint, Platform, Redactor, RequestBody,
+    BuildError, CredentialId, Credentials, Endpoint, Platform, Redactor, RequestBody,
     UpstreamClient, UpstreamError, UpstreamRequest,
     jobs::{Failure, PollOutcome, SubmitOutcome, retry_after},
 };
@@ -60,7 +60,11 @@ const TERMINAL: [&str; 3] = ["COMPLETED", "FAILED", "CANCELLED"];
 
 /// An id as one path segment, or why it cannot be one.
 pub(crate) fn path_segment(id: &str) -> Result<String, String> {
-    if id.is_empty() || id == "." || id == ".." || id.len() > 1024 || id.chars().any(char::is_control)
+    if id.is_empty()
+        || id == "."
+        || id == ".."
+        || id.len() > 1024
+        || id.chars().any(char::is_control)
     {
         Err(format!("{id:?} is not a usable Arize id"))
     } else {
@@ -204,7 +208,10 @@ const EXPERIMENT_ONLY: [&str; 6] = [
 
 impl ArizeClient {
     /// The client with the default key of `[arize]`; `None` while Arize is off.
-    pub(crate) fn new(config: &ArizeConfig, redactor: Redactor) -> Result<Option<Self>, BuildError> {
+    pub(crate) fn new(
+        config: &ArizeConfig,
+        redactor: Redactor,
+    ) -> Result<Option<Self>, BuildError> {
         let Some(api_key) = &config.api_key else {
             return Ok(None);
         };
@@ -339,8 +346,9 @@ impl ArizeClient {
                     self.runs.max_age
                 }
             }
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => retry_after(headers)
-                .map_or(Duration::ZERO, |wait| wait.min(MAX_RETRY_HOLD)),
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                retry_after(headers).map_or(Duration::ZERO, |wait| wait.min(MAX_RETRY_HOLD))
+            }
             _ => Duration::ZERO,
         }
     }
@@ -381,7 +389,10 @@ impl ArizeClient {
         first_attempt_at: Option<Millis>,
         request_id: &str,
     ) -> SubmitOutcome {
-        match self.try_trigger(payload, first_attempt_at, request_id).await {
+        match self
+            .try_trigger(payload, first_attempt_at, request_id)
+            .await
+        {
             Ok(outcome) | Err(outcome) => outcome,
         }
     }
@@ -400,7 +411,13 @@ impl ArizeClient {
         // The task's type decides which trigger fields apply (the SDK reads it first too).
         let answer = self
             .transport
-            .call(Method::GET, format!("/v2/tasks/{task}"), None, None, request_id)
+            .call(
+                Method::GET,
+                format!("/v2/tasks/{task}"),
+                None,
+                None,
+                request_id,
+            )
             .await
             .map_err(SubmitOutcome::Failure)?;
         if answer.status != StatusCode::OK {
@@ -470,7 +487,9 @@ impl ArizeClient {
     ) -> Result<Option<String>, SubmitOutcome> {
         let since_ms = u64::try_from(since).unwrap_or(0);
         let since = SystemTime::UNIX_EPOCH + Duration::from_millis(since_ms);
-        let cutoff = since.checked_sub(RECONCILE_SKEW).unwrap_or(SystemTime::UNIX_EPOCH);
+        let cutoff = since
+            .checked_sub(RECONCILE_SKEW)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         let mut found: Option<(SystemTime, String)> = None;
         for status in ["PENDING", "RUNNING"] {
             let mut cursor: Option<String> = None;
@@ -505,7 +524,8 @@ impl ArizeClient {
                     })
                 })?;
                 for run in page.task_runs {
-                    let (Some(id), Some(created)) = (run.id, run.created_at.as_deref().and_then(parse_timestamp))
+                    let (Some(id), Some(created)) =
+                        (run.id, run.created_at.as_deref().and_then(parse_timestamp))
                     else {
                         continue;
                     };
@@ -562,9 +582,7 @@ fn check_options(task_type: &str, options: &str) -> Result<(), String> {
         .map_err(|_| "options must be a JSON object of TriggerTaskRunRequest fields".to_owned())?;
     if task_type == "RUN_EXPERIMENT" {
         if !fields.contains_key("experiment_name") {
-            return Err(
-                "a RUN_EXPERIMENT task run needs options.experiment_name".to_owned(),
-            );
+            return Err("a RUN_EXPERIMENT task run needs options.experiment_name".to_owned());
         }
     } else if let Some(field) = EXPERIMENT_ONLY.iter().find(|f| fields.contains_key(**f)) {
         return Err(format!(
@@ -622,12 +640,18 @@ async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Bytes, U
 /// An ISO-8601 timestamp as Arize writes them (`…Z`, `…+00:00`, or no offset = UTC).
 fn parse_timestamp(text: &str) -> Option<SystemTime> {
     let text = text.trim();
-    let (local, offset_secs) = match text.char_indices().skip(19).find(|(_, c)| matches!(c, '+' | '-' | 'Z' | 'z')) {
+    let (local, offset_secs) = match text
+        .char_indices()
+        .skip(19)
+        .find(|(_, c)| matches!(c, '+' | '-' | 'Z' | 'z'))
+    {
         None => (text, 0_i64),
         Some((at, 'Z' | 'z')) => (&text[..at], 0),
         Some((at, sign)) => {
             let offset = &text[at + 1..];
-            let (h, m) = offset.split_once(':').unwrap_or((offset.get(..2)?, offset.get(2..)?));
+            let (h, m) = offset
+                .split_once(':')
+                .unwrap_or((offset.get(..2)?, offset.get(2..)?));
             let secs = h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60;
             (&text[..at], if sign == '-' { -secs } else { secs })
         }
@@ -666,7 +690,10 @@ mod tests {
         assert_eq!(parse_timestamp("2026-11-22T12:03:04-01:00"), Some(utc));
         assert_eq!(parse_timestamp("2026-11-22T13:03:04"), Some(utc));
         let frac = parse_timestamp("2026-11-22T13:03:04.500000+00:00").unwrap();
-        assert_eq!(frac.duration_since(utc).unwrap(), Duration::from_millis(500));
+        assert_eq!(
+            frac.duration_since(utc).unwrap(),
+            Duration::from_millis(500)
+        );
         assert_eq!(parse_timestamp("yesterday"), None);
     }
 
@@ -683,17 +710,34 @@ mod tests {
 
     #[test]
     fn every_status_maps_and_the_final_answer_is_the_result() {
-        let run = |status: &str| Bytes::from(format!(r#"{{"id": "r", "status": "{status}", "failure_reason": "why"}}"#));
-        assert!(matches!(poll_outcome(&run("PENDING")), PollOutcome::Pending { .. }));
-        assert!(matches!(poll_outcome(&run("RUNNING")), PollOutcome::Pending { .. }));
+        let run = |status: &str| {
+            Bytes::from(format!(
+                r#"{{"id": "r", "status": "{status}", "failure_reason": "why"}}"#
+            ))
+        };
+        assert!(matches!(
+            poll_outcome(&run("PENDING")),
+            PollOutcome::Pending { .. }
+        ));
+        assert!(matches!(
+            poll_outcome(&run("RUNNING")),
+            PollOutcome::Pending { .. }
+        ));
         assert!(matches!(
             poll_outcome(&Bytes::from_static(b"{}")),
             PollOutcome::Pending { .. }
         ));
         let completed = run("COMPLETED");
-        assert!(matches!(poll_outcome(&completed), PollOutcome::Completed { result: Some(r) } if r == completed));
-        assert!(matches!(poll_outcome(&run("FAILED")), PollOutcome::Failed { error, result: Some(_) } if error == "why"));
-        assert!(matches!(poll_outcome(&run("CANCELLED")), PollOutcome::Cancelled { result: Some(_) }));
+        assert!(
+            matches!(poll_outcome(&completed), PollOutcome::Completed { result: Some(r) } if r == completed)
+        );
+        assert!(
+            matches!(poll_outcome(&run("FAILED")), PollOutcome::Failed { error, result: Some(_) } if error == "why")
+        );
+        assert!(matches!(
+            poll_outcome(&run("CANCELLED")),
+            PollOutcome::Cancelled { result: Some(_) }
+        ));
         assert!(matches!(
             poll_outcome(&run("completed")),
             PollOutcome::Failure(Failure::Transient { .. })

@@ -37,7 +37,12 @@ impl JobUpstream {
         }
     }
 
-    pub(crate) async fn poll(&self, kind: JobKind, upstream_id: &str, request_id: &str) -> PollOutcome {
+    pub(crate) async fn poll(
+        &self,
+        kind: JobKind,
+        upstream_id: &str,
+        request_id: &str,
+    ) -> PollOutcome {
         match self {
             Self::Valiqor(client) => client.poll_batch(kind, upstream_id, request_id).await,
             Self::Arize(client) => client.poll_run(upstream_id, request_id).await,

@@ -73,9 +73,7 @@ impl TestApp {
     }
 
     async fn spawn_config(upstream: RunningEmulator, config: Config) -> Self {
-        let listeners = Listeners::bind(&config)
-            .await
-            .expect("listeners bind");
+        let listeners = Listeners::bind(&config).await.expect("listeners bind");
         let api = format!("http://{}", listeners.api_addr().unwrap());
         let admin = format!("http://{}", listeners.admin_addr().unwrap());
         let arize = listeners
