@@ -60,7 +60,8 @@ pub enum Command {
         /// e.g. <http://127.0.0.1:9090/livez>
         url: String,
     },
-    /// Submit a dataset (JSON array or JSONL) as a managed job; `--wait` follows it to the end.
+    /// Submit a dataset (JSON array or JSONL) as a managed job, or an Arize task run
+    /// (`--kind arize_task_run --task ID`); `--wait` follows it to the end.
     ///
     /// Exit codes: 0 accepted (or `completed` with `--wait`), 2 `completed_with_errors`,
     /// 1 `failed`, `cancelled` or an error, 64 bad input (nothing is sent).
@@ -71,7 +72,8 @@ pub enum Command {
 #[derive(Debug, Clone, ClapArgs)]
 pub struct SubmitArgs {
     /// The dataset: a JSON array, or JSONL (one item per non-empty line); `-` reads stdin.
-    pub file: PathBuf,
+    /// Not for `--kind arize_task_run`, which takes `--task` or `--run-id` instead.
+    pub file: Option<PathBuf>,
 
     /// What the job evaluates.
     #[arg(long, value_enum)]
@@ -100,6 +102,15 @@ pub struct SubmitArgs {
     /// Same key and same request within the server's window: the same job, not a new one.
     #[arg(long)]
     pub idempotency_key: Option<String>,
+
+    /// `--kind arize_task_run`: the Arize task to trigger one run of (`--options` are the
+    /// trigger request's fields).
+    #[arg(long, conflicts_with = "run_id")]
+    pub task: Option<String>,
+
+    /// `--kind arize_task_run`: watch a run you triggered yourself instead.
+    #[arg(long)]
+    pub run_id: Option<String>,
 }
 
 /// `--kind`: the job kinds, spelled as on the wire.
@@ -109,6 +120,7 @@ pub enum KindArg {
     FailureAnalysis,
     Evaluation,
     SecurityAudit,
+    ArizeTaskRun,
 }
 
 impl From<KindArg> for JobKind {
@@ -117,6 +129,7 @@ impl From<KindArg> for JobKind {
             KindArg::FailureAnalysis => Self::FailureAnalysis,
             KindArg::Evaluation => Self::Evaluation,
             KindArg::SecurityAudit => Self::SecurityAudit,
+            KindArg::ArizeTaskRun => Self::ArizeTaskRun,
         }
     }
 }

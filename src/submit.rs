@@ -74,6 +74,8 @@ pub enum SubmitError {
     Url { url: String, problem: String },
     #[error("--idempotency-key must be 1-255 visible ASCII characters")]
     IdempotencyKey,
+    #[error("{0}")]
+    Usage(&'static str),
 
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
@@ -112,7 +114,8 @@ impl SubmitError {
             | Self::Dataset { .. }
             | Self::Options { .. }
             | Self::Url { .. }
-            | Self::IdempotencyKey => EX_USAGE,
+            | Self::IdempotencyKey
+            | Self::Usage(_) => EX_USAGE,
             Self::Client(_)
             | Self::Transport { .. }
             | Self::Server { .. }
@@ -162,17 +165,70 @@ async fn prepare(args: &SubmitArgs) -> Result<Prepared, SubmitError> {
         }
         (None, None) => None,
     };
-    let raw = read_input(&args.file).await?;
-    let dataset = batching::parse_json_lines(&raw).map_err(|error| SubmitError::Dataset {
-        path: display_path(&args.file),
-        problem: dataset_problem(error),
-    })?;
-    drop(raw);
+    let kind = JobKind::from(args.kind);
+    let body = match (kind, &args.file, &args.task, &args.run_id) {
+        (JobKind::ArizeTaskRun, None, task, run_id) => run_body(task, run_id, options.as_deref())?,
+        (JobKind::ArizeTaskRun, Some(_), ..) => {
+            return Err(SubmitError::Usage(
+                "--kind arize_task_run takes --task or --run-id, not a dataset FILE",
+            ));
+        }
+        (_, Some(file), None, None) => {
+            let raw = read_input(file).await?;
+            let dataset =
+                batching::parse_json_lines(&raw).map_err(|error| SubmitError::Dataset {
+                    path: display_path(file),
+                    problem: dataset_problem(error),
+                })?;
+            drop(raw);
+            request_body(kind, &dataset, options.as_deref())
+        }
+        (_, None, ..) => return Err(SubmitError::Usage("give the dataset FILE (or - for stdin)")),
+        (_, Some(_), ..) => {
+            return Err(SubmitError::Usage(
+                "--task and --run-id go with --kind arize_task_run",
+            ));
+        }
+    };
     Ok(Prepared {
         base,
-        body: request_body(args.kind.into(), &dataset, options.as_deref()),
+        body,
         idempotency_key,
     })
+}
+
+/// `{"kind": "arize_task_run", "task": ..., "options": ...}` or `{..., "run_id": ...}`.
+fn run_body(
+    task: &Option<String>,
+    run_id: &Option<String>,
+    options: Option<&[u8]>,
+) -> Result<Bytes, SubmitError> {
+    let options = options
+        .map(serde_json::from_slice::<serde_json::Value>)
+        .transpose()
+        .map_err(|e| SubmitError::Options {
+            what: "--options".to_owned(),
+            problem: e.to_string(),
+        })?;
+    let body = match (task, run_id, options) {
+        (Some(task), None, options) => {
+            serde_json::json!({"kind": "arize_task_run", "task": task, "options": options})
+        }
+        (None, Some(run_id), None) => {
+            serde_json::json!({"kind": "arize_task_run", "run_id": run_id})
+        }
+        (None, Some(_), Some(_)) => {
+            return Err(SubmitError::Usage(
+                "--options go with --task (a trigger), not with --run-id",
+            ));
+        }
+        _ => {
+            return Err(SubmitError::Usage(
+                "--kind arize_task_run needs --task ID (trigger a run) or --run-id ID (watch one)",
+            ));
+        }
+    };
+    Ok(Bytes::from(body.to_string()))
 }
 
 /// `--url` without a trailing slash, so paths can be appended.
