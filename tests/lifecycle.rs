@@ -49,8 +49,8 @@ async fn metrics_count_requests_by_route_template_and_record_overhead() {
     app.get("/v2/nope").send().await.unwrap();
     let metrics = app.metrics().await;
     for needle in [
-        "evalgate_http_requests_total{route=\"/v2/failure-analysis/runs/{id}/status\",method=\"GET\",status=\"404\",tenant=\"default\"} 2",
-        "evalgate_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\",tenant=\"default\"} 1",
+        "evalgate_http_requests_total{route=\"/v2/failure-analysis/runs/{id}/status\",method=\"GET\",status=\"404\",tenant=\"default\",upstream=\"valiqor\"} 2",
+        "evalgate_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\",tenant=\"default\",upstream=\"valiqor\"} 1",
         "evalgate_overhead_seconds_bucket{route=\"/v2/failure-analysis/runs/{id}/status\"",
         "evalgate_upstream_request_duration_seconds_count{route=\"/v2/failure-analysis/runs/{id}/status\"} 2",
         "evalgate_http_request_duration_seconds_count",

@@ -226,7 +226,6 @@ mod tests {
     fn admitted_paths_reach_the_upstream_segment_for_segment() {
         let config = crate::config::Config::for_tests("https://up.example/prefix/", "k", |_| {});
         let client = crate::upstream::UpstreamClient::new(&config.valiqor).unwrap();
-        let table = RouteTable::new(VALIQOR);
         let hostile = [
             "a%2Fb",
             "a%2Bb%3D%3D",
@@ -242,7 +241,14 @@ mod tests {
             "%23frag",
         ];
         let mut admitted = 0;
-        for &(template, methods, _) in VALIQOR.iter().chain(ARIZE) {
+        let tables = [
+            (RouteTable::new(VALIQOR), VALIQOR),
+            (RouteTable::new(ARIZE), ARIZE),
+        ];
+        for (table, &(template, methods, _)) in tables
+            .iter()
+            .flat_map(|(table, list)| list.iter().map(move |route| (table, route)))
+        {
             for id in hostile {
                 let path = template
                     .split('/')
@@ -264,7 +270,7 @@ mod tests {
             }
         }
         assert!(
-            admitted > VALIQOR.len(),
+            admitted > VALIQOR.len() + ARIZE.len(),
             "hostile ids were admitted {admitted} times"
         );
     }
@@ -297,14 +303,30 @@ mod tests {
 
     #[test]
     fn every_template_compiles_and_resolves_to_itself() {
-        let table = RouteTable::new(VALIQOR);
-        for &(template, methods, _) in VALIQOR.iter().chain(ARIZE) {
-            let path = template.replace("{id}", "abc_123").replace("{item}", "x-9");
-            match table.resolve(&methods[0], &path) {
-                Resolved::Found(t, _) => assert_eq!(t, template, "{path}"),
-                other => panic!("{path} resolved to {other:?}"),
+        for list in [VALIQOR, ARIZE] {
+            let table = RouteTable::new(list);
+            for &(template, methods, _) in list {
+                let path = template.replace("{id}", "abc_123").replace("{item}", "x-9");
+                match table.resolve(&methods[0], &path) {
+                    Resolved::Found(t, _) => assert_eq!(t, template, "{path}"),
+                    other => panic!("{path} resolved to {other:?}"),
+                }
             }
         }
+        // Only a task run's GET is single-flight; its cancel is forwarded.
+        let arize = RouteTable::new(ARIZE);
+        assert_eq!(
+            arize.resolve(&Method::GET, "/v2/task-runs/VGFz%2Fvg%3D%3D"),
+            Resolved::Found("/v2/task-runs/{id}", RunStatus)
+        );
+        assert_eq!(
+            arize.resolve(&Method::POST, "/v2/task-runs/VGFz%2Fvg%3D%3D/cancel"),
+            Resolved::Found("/v2/task-runs/{id}/cancel", Forward)
+        );
+        assert_eq!(
+            arize.resolve(&Method::GET, "/v2/webhooks"),
+            Resolved::NotFound
+        );
     }
 
     #[test]
