@@ -90,7 +90,14 @@ async fn serve(args: &Args) -> ExitCode {
         (None, Vec::new())
     };
 
-    let config = match Config::load(&sources(args, overrides)) {
+    let mut loaded = Config::load(&sources(args, overrides.clone()));
+    // --demo serves the Arize emulator too: on the documented port unless arize.listen is set.
+    if demo.is_some() && loaded.as_ref().is_ok_and(|c| !c.arize.is_enabled()) {
+        let mut overrides = overrides;
+        overrides.push(("arize.listen".to_owned(), DEMO_ARIZE_LISTEN.to_owned()));
+        loaded = Config::load(&sources(args, overrides));
+    }
+    let config = match loaded {
         Ok(config) => config,
         Err(error) => {
             eprintln!("{error}");
@@ -116,6 +123,13 @@ async fn serve(args: &Args) -> ExitCode {
             emulator = %demo.base_url(),
             "demo mode: forwarding to the built-in Valiqor emulator; any vq_ key works"
         );
+        if let Some(arize) = listeners.arize_addr() {
+            tracing::info!(
+                arize = %format!("http://{}", display_addr(arize)),
+                emulator = %demo.arize_base_url(),
+                "demo mode: the Arize tasks API, forwarding to the built-in Arize emulator; any key works"
+            );
+        }
     }
     tracing::info!(
         listen = %display_addr(listeners.api_addr()),
@@ -172,22 +186,30 @@ fn rust_log() -> Option<String> {
     std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty())
 }
 
-/// `--demo`: the Valiqor emulator as the upstream, on a loopback port.
+/// Where `--demo` serves the Arize tasks API when `arize.listen` is not set.
+const DEMO_ARIZE_LISTEN: &str = "127.0.0.1:8081";
+
+/// `--demo`: the Valiqor and Arize emulators as the upstreams, on loopback ports.
 #[cfg(feature = "demo")]
 mod demo {
     use std::{io, net::Ipv4Addr, process::ExitCode};
 
     use tokio_util::sync::CancellationToken;
-    use valiqor_emulator::{Emulator, EmulatorConfig};
+    use valiqor_emulator::{ArizeConfig, ArizeEmulator, Emulator, EmulatorConfig};
 
     use crate::Overrides;
 
     /// The key the demo emulator accepts and evalgate injects.
     const DEMO_UPSTREAM_KEY: &str = "vq_demo_upstream_key";
+    /// The key the demo Arize emulator accepts and evalgate injects.
+    const DEMO_ARIZE_KEY: &str = "ak_demo_upstream_key";
 
-    /// The demo upstream: bound, not yet serving.
+    /// The demo upstreams: bound, not yet serving.
     #[derive(Debug)]
-    pub(crate) struct Demo(Emulator);
+    pub(crate) struct Demo {
+        valiqor: Emulator,
+        arize: ArizeEmulator,
+    }
 
     impl Demo {
         /// Binds the emulator and returns it with the configuration overrides that point evalgate at it.
@@ -200,28 +222,47 @@ mod demo {
                 api_key: Some(DEMO_UPSTREAM_KEY.to_owned()),
                 ..EmulatorConfig::default()
             };
-            let emulator = match Emulator::bind(config, (Ipv4Addr::LOCALHOST, 0).into()).await {
-                Ok(emulator) => emulator,
+            let loopback = (Ipv4Addr::LOCALHOST, 0).into();
+            let arize_config = ArizeConfig {
+                api_key: Some(DEMO_ARIZE_KEY.to_owned()),
+                ..ArizeConfig::default()
+            };
+            let bound = match Emulator::bind(config, loopback).await {
+                Ok(valiqor) => ArizeEmulator::bind(arize_config, loopback)
+                    .await
+                    .map(|arize| (valiqor, arize)),
+                Err(error) => Err(error),
+            };
+            let (valiqor, arize) = match bound {
+                Ok(bound) => bound,
                 Err(error) => {
-                    eprintln!("cannot start the demo emulator: {error}");
+                    eprintln!("cannot start the demo emulators: {error}");
                     return Err(ExitCode::FAILURE);
                 }
             };
             let overrides = vec![
-                ("valiqor.base_url".to_owned(), emulator.handle().base_url()),
+                ("valiqor.base_url".to_owned(), valiqor.handle().base_url()),
                 ("valiqor.api_key".to_owned(), DEMO_UPSTREAM_KEY.to_owned()),
+                ("arize.base_url".to_owned(), arize.handle().base_url()),
+                ("arize.api_key".to_owned(), DEMO_ARIZE_KEY.to_owned()),
                 ("store.path".to_owned(), ":memory:".to_owned()),
             ];
-            Ok((Self(emulator), overrides))
+            Ok((Self { valiqor, arize }, overrides))
         }
 
         pub(crate) fn base_url(&self) -> String {
-            self.0.handle().base_url()
+            self.valiqor.handle().base_url()
         }
 
-        /// Serves until `shutdown` is cancelled.
+        pub(crate) fn arize_base_url(&self) -> String {
+            self.arize.handle().base_url()
+        }
+
+        /// Serves both until `shutdown` is cancelled.
         pub(crate) async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
-            self.0.run(shutdown).await
+            let (valiqor, arize) =
+                tokio::join!(self.valiqor.run(shutdown.clone()), self.arize.run(shutdown));
+            valiqor.and(arize)
         }
     }
 }
@@ -254,6 +295,10 @@ mod demo {
         }
 
         pub(crate) fn base_url(&self) -> String {
+            match *self {}
+        }
+
+        pub(crate) fn arize_base_url(&self) -> String {
             match *self {}
         }
 

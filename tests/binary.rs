@@ -368,10 +368,12 @@ async fn demo_mode_serves_over_the_built_in_emulator() {
             .arg("--demo")
             .env("EVALGATE__SERVER__LISTEN", "127.0.0.1:0")
             .env("EVALGATE__SERVER__ADMIN_LISTEN", "127.0.0.1:0")
+            .env("EVALGATE__ARIZE__LISTEN", "127.0.0.1:0")
             .env("EVALGATE__SERVER__SHUTDOWN_GRACE_PERIOD", "2s"),
     );
     let listening = running.wait_for("listening").await;
     let api = format!("http://{}", listening["listen"].as_str().unwrap());
+    let arize = format!("http://{}", listening["arize_listen"].as_str().unwrap());
     let admin = format!("http://{}", listening["admin_listen"].as_str().unwrap());
     let client = reqwest::Client::builder().build().unwrap();
     common::eventually(Duration::from_secs(10), || async {
@@ -393,6 +395,17 @@ async fn demo_mode_serves_over_the_built_in_emulator() {
         .await
         .unwrap();
     assert_eq!(run["status"], "completed", "{run}");
+    // Both upstreams: the Arize tasks API answers too, with its seeded space.
+    let spaces: Value = client
+        .get(format!("{arize}/v2/spaces?name=demo-space&limit=100"))
+        .bearer_auth("any-arize-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(spaces["spaces"][0]["name"], "demo-space", "{spaces}");
     let (code, log) = running.terminate(Duration::from_secs(2)).await;
     assert_eq!(
         code,
