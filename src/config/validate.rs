@@ -851,6 +851,59 @@ mod tests {
     }
 
     #[test]
+    fn arize_is_off_by_default_and_its_key_is_needed_only_when_on() {
+        let env = [("VALIQOR_API_KEY", "vq_live")];
+        let off = load("", &env).unwrap();
+        assert!(!off.arize.is_enabled());
+        assert!(off.arize.api_key.is_none(), "not resolved while off");
+        let on = "[arize]\nlisten = \"127.0.0.1:8081\"\n";
+        let missing = load(on, &env).unwrap_err();
+        assert!(
+            missing.problems.iter().any(|p| p.starts_with("arize.api_key")),
+            "{missing}"
+        );
+        let env = [("VALIQOR_API_KEY", "vq_live"), ("ARIZE_API_KEY", "ak_live")];
+        let config = load(on, &env).unwrap();
+        assert_eq!(config.arize.listen.unwrap().port(), 8081);
+        assert_eq!(config.arize.api_key.unwrap().expose(), "ak_live");
+        assert_eq!(config.arize.run_status_max_age, std::time::Duration::from_secs(1));
+        // A tenant's own Arize key wins over the default; without one, the default applies.
+        let tenants = "[arize]\nlisten = \"127.0.0.1:8081\"\n[auth]\nmode = \"tokens\"\n\
+            [[tenants]]\nname = \"a\"\ntokens = [\"token-of-tenant-a-0001\"]\narize_api_key = \"ak_team_a\"\n\
+            [[tenants]]\nname = \"b\"\ntokens = [\"token-of-tenant-b-0001\"]\n";
+        let config = load(tenants, &env).unwrap();
+        let defaults = config.auth.source.load().unwrap().defaults;
+        let keys: Vec<String> = config
+            .auth
+            .tenants
+            .iter()
+            .map(|t| t.keys(&defaults).arize_api_key.unwrap().expose().clone())
+            .collect();
+        assert_eq!(keys, ["ak_team_a", "ak_live"]);
+    }
+
+    #[test]
+    fn the_arize_listener_is_checked_like_the_api_listener() {
+        let env = [("VALIQOR_API_KEY", "vq_live"), ("ARIZE_API_KEY", "ak_live")];
+        for (extra, key) in [
+            ("[arize]\nlisten = \"0.0.0.0:8081\"\n", "auth.mode"),
+            ("[arize]\nlisten = \"127.0.0.1:8080\"\n", "arize.listen"),
+            ("[arize]\nlisten = \"nope\"\n", "arize.listen"),
+            ("[arize]\nbase_url = \"http://arize.example\"\n", "arize.base_url"),
+            ("[arize]\nrun_status_max_age = \"0s\"\n", "arize.run_status_max_age"),
+        ] {
+            let error = load(extra, &env).unwrap_err();
+            assert!(
+                error.problems.iter().any(|p| p.starts_with(key)),
+                "{extra}: {error}"
+            );
+        }
+        // Non-loopback with an explicit opt-in is fine.
+        let trusted = "[arize]\nlisten = \"0.0.0.0:8081\"\n[auth]\nallow_unauthenticated = true\n";
+        assert!(load(trusted, &env).is_ok());
+    }
+
+    #[test]
     fn defaults_are_valid_once_the_api_key_env_is_set() {
         let config = load("", &[("VALIQOR_API_KEY", "vq_live")]).unwrap();
         assert_eq!(config.valiqor.api_key.expose(), "vq_live");
