@@ -406,3 +406,120 @@ async fn an_ambiguous_trigger_is_reconciled_instead_of_triggered_again() {
         .count();
     assert!(listed >= 1, "the retry reconciled first");
 }
+
+#[tokio::test]
+async fn each_tenant_uses_its_own_arize_key_and_never_sees_another_keys_run_answers() {
+    const TEAM_A_KEY: &str = "ak_team_a_own_key_0001";
+    const TOKEN_A: &str = "token-of-team-a-000001";
+    const TOKEN_B: &str = "token-of-team-b-000001";
+    // Any key is accepted upstream, so only what evalgate sends decides which key is used.
+    let emu = valiqor_emulator::ArizeEmulator::spawn(ArizeConfig {
+        api_key: None,
+        run_duration: Duration::from_secs(30),
+        ..ArizeConfig::default()
+    })
+    .await
+    .unwrap();
+    let toml = format!(
+        "{}[auth]\nmode = \"tokens\"\n[[tenants]]\nname = \"team-a\"\ntokens = [\"{TOKEN_A}\"]\narize_api_key = \"{TEAM_A_KEY}\"\n[[tenants]]\nname = \"team-b\"\ntokens = [\"{TOKEN_B}\"]\n",
+        arize_toml(&emu, "30s")
+    );
+    let app = TestApp::spawn_toml(emulator_config(), &toml, fast).await;
+    let task = emu.seed_task("shared", ArizeTaskType::TemplateEvaluation);
+    let trigger = format!("/v2/tasks/{}/trigger", encoded(&task));
+    let (status, run) = json_of(
+        app.client
+            .post(arize_url(&app, &trigger))
+            .bearer_auth(TOKEN_A)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    assert_eq!(
+        emu.requests_to(&Method::POST, &trigger)[0].bearer(),
+        Some(TEAM_A_KEY)
+    );
+    let path = format!("/v2/task-runs/{}", encoded(run["id"].as_str().unwrap()));
+    let poll = |token: &'static str| {
+        app.client
+            .get(arize_url(&app, &path))
+            .bearer_auth(token)
+            .send()
+    };
+    for token in [TOKEN_A, TOKEN_B, TOKEN_A, TOKEN_B] {
+        assert_eq!(poll(token).await.unwrap().status(), StatusCode::OK);
+    }
+    // One upstream poll per key: a tenant is never answered from another key's poll.
+    let polls = emu.requests_to(&Method::GET, &path);
+    let mut keys: Vec<&str> = polls.iter().filter_map(|r| r.bearer()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, [ARIZE_KEY, TEAM_A_KEY]);
+    // Without a token: 401 as a problem document, and nothing reaches Arize.
+    let before = emu.requests().len();
+    let response = app.client.get(arize_url(&app, &path)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    assert_eq!(emu.requests().len(), before);
+    for key in emu.seen_bearer_keys() {
+        assert!(key == ARIZE_KEY || key == TEAM_A_KEY, "{key} reached Arize");
+    }
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_holds_a_runs_polls_until_it_passes() {
+    let emu = arize_emulator(Duration::from_secs(30)).await;
+    let app = spawn(&emu, "100ms").await;
+    let task = emu.seed_task("throttled", ArizeTaskType::TemplateEvaluation);
+    let (_, run) = json_of(
+        app.client
+            .post(arize_url(
+                &app,
+                &format!("/v2/tasks/{}/trigger", encoded(&task)),
+            ))
+            .bearer_auth(CALLER_KEY)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let path = format!("/v2/task-runs/{}", encoded(run["id"].as_str().unwrap()));
+    emu.set_faults(valiqor_emulator::Faults {
+        retry_after_secs: 30,
+        ..valiqor_emulator::Faults::default()
+    });
+    emu.fail_next(1, StatusCode::TOO_MANY_REQUESTS);
+    let first = app
+        .client
+        .get(arize_url(&app, &path))
+        .bearer_auth(CALLER_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(first.headers()["x-evalgate-cache"], "miss");
+    // Well past run_status_max_age, the upstream's Retry-After still holds: answered from
+    // memory with what is left of it, and Arize is not asked again.
+    let second = app
+        .client
+        .get(arize_url(&app, &path))
+        .bearer_auth(CALLER_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(second.headers()["x-evalgate-cache"], "hit");
+    let left: u64 = second.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&left), "{left}");
+    assert_eq!(emu.requests_to(&Method::GET, &path).len(), 1);
+}
