@@ -167,7 +167,9 @@ async fn prepare(args: &SubmitArgs) -> Result<Prepared, SubmitError> {
     };
     let kind = JobKind::from(args.kind);
     let body = match (kind, &args.file, &args.task, &args.run_id) {
-        (JobKind::ArizeTaskRun, None, task, run_id) => run_body(task, run_id, options.as_deref())?,
+        (JobKind::ArizeTaskRun, None, task, run_id) => {
+            run_body(task.as_ref(), run_id.as_ref(), options.as_deref())?
+        }
         (JobKind::ArizeTaskRun, Some(_), ..) => {
             return Err(SubmitError::Usage(
                 "--kind arize_task_run takes --task or --run-id, not a dataset FILE",
@@ -199,8 +201,8 @@ async fn prepare(args: &SubmitArgs) -> Result<Prepared, SubmitError> {
 
 /// `{"kind": "arize_task_run", "task": ..., "options": ...}` or `{..., "run_id": ...}`.
 fn run_body(
-    task: &Option<String>,
-    run_id: &Option<String>,
+    task: Option<&String>,
+    run_id: Option<&String>,
     options: Option<&[u8]>,
 ) -> Result<Bytes, SubmitError> {
     let options = options

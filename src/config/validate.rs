@@ -859,14 +859,20 @@ mod tests {
         let on = "[arize]\nlisten = \"127.0.0.1:8081\"\n";
         let missing = load(on, &env).unwrap_err();
         assert!(
-            missing.problems.iter().any(|p| p.starts_with("arize.api_key")),
+            missing
+                .problems
+                .iter()
+                .any(|p| p.starts_with("arize.api_key")),
             "{missing}"
         );
         let env = [("VALIQOR_API_KEY", "vq_live"), ("ARIZE_API_KEY", "ak_live")];
         let config = load(on, &env).unwrap();
         assert_eq!(config.arize.listen.unwrap().port(), 8081);
         assert_eq!(config.arize.api_key.unwrap().expose(), "ak_live");
-        assert_eq!(config.arize.run_status_max_age, std::time::Duration::from_secs(1));
+        assert_eq!(
+            config.arize.run_status_max_age,
+            std::time::Duration::from_secs(1)
+        );
         // A tenant's own Arize key wins over the default; without one, the default applies.
         let tenants = "[arize]\nlisten = \"127.0.0.1:8081\"\n[auth]\nmode = \"tokens\"\n\
             [[tenants]]\nname = \"a\"\ntokens = [\"token-of-tenant-a-0001\"]\narize_api_key = \"ak_team_a\"\n\
@@ -889,8 +895,14 @@ mod tests {
             ("[arize]\nlisten = \"0.0.0.0:8081\"\n", "auth.mode"),
             ("[arize]\nlisten = \"127.0.0.1:8080\"\n", "arize.listen"),
             ("[arize]\nlisten = \"nope\"\n", "arize.listen"),
-            ("[arize]\nbase_url = \"http://arize.example\"\n", "arize.base_url"),
-            ("[arize]\nrun_status_max_age = \"0s\"\n", "arize.run_status_max_age"),
+            (
+                "[arize]\nbase_url = \"http://arize.example\"\n",
+                "arize.base_url",
+            ),
+            (
+                "[arize]\nrun_status_max_age = \"0s\"\n",
+                "arize.run_status_max_age",
+            ),
         ] {
             let error = load(extra, &env).unwrap_err();
             assert!(
