@@ -51,11 +51,11 @@ async fn metrics_count_requests_by_route_template_and_record_overhead() {
     for needle in [
         "evalgate_http_requests_total{route=\"/v2/failure-analysis/runs/{id}/status\",method=\"GET\",status=\"404\",tenant=\"default\",upstream=\"valiqor\"} 2",
         "evalgate_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\",tenant=\"default\",upstream=\"valiqor\"} 1",
-        "evalgate_overhead_seconds_bucket{route=\"/v2/failure-analysis/runs/{id}/status\"",
-        "evalgate_upstream_request_duration_seconds_count{route=\"/v2/failure-analysis/runs/{id}/status\"} 2",
+        "evalgate_overhead_seconds_bucket{route=\"/v2/failure-analysis/runs/{id}/status\",upstream=\"valiqor\"",
+        "evalgate_upstream_request_duration_seconds_count{route=\"/v2/failure-analysis/runs/{id}/status\",upstream=\"valiqor\"} 2",
         "evalgate_http_request_duration_seconds_count",
         "evalgate_http_errors_total{code=\"unknown_route\"} 1",
-        "evalgate_upstream_requests_total{outcome=\"response\"} 2",
+        "evalgate_upstream_requests_total{outcome=\"response\",upstream=\"valiqor\"} 2",
         "evalgate_http_in_flight",
     ] {
         assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");

@@ -17,7 +17,6 @@ use super::{error::ApiError, headers};
 use crate::{
     middleware::metrics::UpstreamElapsed,
     state::{AppState, InFlight},
-    telemetry,
     upstream::{Platform, RequestBody, UpstreamClient, UpstreamError, UpstreamRequest},
 };
 
@@ -82,7 +81,7 @@ pub(super) async fn send_upstream(
     let started = Instant::now();
     let result = client.send(request).await;
     let elapsed = started.elapsed();
-    Ok((record_outcome(client.platform(), result)?, elapsed))
+    Ok((result?, elapsed))
 }
 
 /// Error answers read whole, at most this much (they are small; a larger one is not relayed).
@@ -138,17 +137,4 @@ fn stream_back(upstream: reqwest::Response, admitted: InFlight, elapsed: Duratio
     *response.headers_mut() = headers;
     response.extensions_mut().insert(UpstreamElapsed(elapsed));
     response
-}
-
-/// Counts an upstream call by platform and outcome.
-pub(super) fn record_outcome(
-    platform: Platform,
-    result: Result<reqwest::Response, UpstreamError>,
-) -> Result<reqwest::Response, ApiError> {
-    let outcome = match &result {
-        Ok(_) => "response",
-        Err(error) => error.outcome(),
-    };
-    metrics::counter!(telemetry::UPSTREAM_REQUESTS, "outcome" => outcome, "upstream" => platform.as_str()).increment(1);
-    Ok(result?)
 }

@@ -19,9 +19,7 @@ use http_body_util::{BodyExt, Limited};
 
 use super::{
     error::ApiError,
-    forward::{
-        answer_back, buffered, declared_length, forward_streaming, record_outcome, send_upstream,
-    },
+    forward::{answer_back, buffered, declared_length, forward_streaming, send_upstream},
     headers::{self, CACHE_STATUS},
     read_body,
     routes::{Handling, Resolved},
@@ -37,7 +35,7 @@ use crate::{
     state::{AppState, InFlight},
     telemetry,
     tenants::{AuthError, Tenant},
-    upstream::{Platform, RequestBody, UpstreamError, UpstreamRequest},
+    upstream::{RequestBody, UpstreamError, UpstreamRequest},
 };
 
 /// Entry point for every API-port request.
@@ -272,7 +270,7 @@ async fn fetch_for_cache(
         body_limit: 0,
     };
     let started = Instant::now();
-    let upstream = record_outcome(Platform::Valiqor, tenant.upstream.send(request).await)?;
+    let upstream = tenant.upstream.send(request).await?;
     let upstream_elapsed = started.elapsed();
     let status = upstream.status();
     let headers = headers::to_caller(upstream.headers());

@@ -308,11 +308,6 @@ impl ArizeClient {
         let started = Instant::now();
         let response = self.transport.send(request).await;
         let upstream_elapsed = started.elapsed();
-        let outcome = match &response {
-            Ok(_) => "response",
-            Err(error) => error.outcome(),
-        };
-        metrics::counter!(crate::telemetry::UPSTREAM_REQUESTS, "outcome" => outcome, "upstream" => Platform::Arize.as_str()).increment(1);
         let response = response?;
         let status = response.status();
         let headers = response.headers().clone();

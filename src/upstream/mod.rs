@@ -322,10 +322,17 @@ impl UpstreamClient {
                 );
             }
         }
-        builder
+        let result = builder
             .send()
             .await
-            .map_err(|error| UpstreamError::from_reqwest(error, request.body_limit))
+            .map_err(|error| UpstreamError::from_reqwest(error, request.body_limit));
+        // Every upstream call, whoever made it (a forward, a cache fill, the job engine).
+        let outcome = match &result {
+            Ok(_) => "response",
+            Err(error) => error.outcome(),
+        };
+        metrics::counter!(crate::telemetry::UPSTREAM_REQUESTS, "outcome" => outcome, "upstream" => self.platform.as_str()).increment(1);
+        result
     }
 }
 
