@@ -80,6 +80,27 @@ fn encoded(id: &str) -> String {
         .replace('=', "%3D")
 }
 
+/// Triggers a run of `task` through evalgate's Arize listener with `token`; the run, and the
+/// path its polls go to (the id encoded as the SDK encodes it).
+async fn trigger_through(app: &TestApp, task: &str, token: &str) -> (Value, String) {
+    let (status, run) = json_of(
+        app.client
+            .post(arize_url(
+                app,
+                &format!("/v2/tasks/{}/trigger", encoded(task)),
+            ))
+            .bearer_auth(token)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    let path = format!("/v2/task-runs/{}", encoded(run["id"].as_str().unwrap()));
+    (run, path)
+}
+
 async fn submit(app: &TestApp, body: Value) -> (StatusCode, Value) {
     json_of(app.post("/v1/jobs").json(&body).send().await.unwrap()).await
 }
@@ -198,21 +219,7 @@ async fn a_hundred_concurrent_watchers_of_one_run_cost_one_upstream_poll() {
     let app = spawn(&emu, "30s").await;
     let task = emu.seed_task("watched", ArizeTaskType::TemplateEvaluation);
     let client = app.client.clone();
-    let (status, run) = json_of(
-        client
-            .post(arize_url(
-                &app,
-                &format!("/v2/tasks/{}/trigger", encoded(&task)),
-            ))
-            .bearer_auth(CALLER_KEY)
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{run}");
-    let path = format!("/v2/task-runs/{}", encoded(run["id"].as_str().unwrap()));
+    let (_, path) = trigger_through(&app, &task, CALLER_KEY).await;
     let mut watchers = tokio::task::JoinSet::new();
     for _ in 0..100 {
         let client = client.clone();
@@ -342,18 +349,7 @@ async fn cancelling_a_managed_run_cancels_it_upstream_and_a_watched_run_is_polle
     let quick = arize_emulator(Duration::from_millis(300)).await;
     let app = spawn(&quick, "100ms").await;
     let task = quick.seed_task("own", ArizeTaskType::TemplateEvaluation);
-    let run = app
-        .client
-        .post(arize_url(
-            &app,
-            &format!("/v2/tasks/{}/trigger", encoded(&task)),
-        ))
-        .bearer_auth(CALLER_KEY)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    let (_, run) = json_of(run).await;
+    let (run, _) = trigger_through(&app, &task, CALLER_KEY).await;
     let (status, accepted) =
         submit(&app, json!({"kind": "arize_task_run", "run_id": run["id"]})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
@@ -426,23 +422,12 @@ async fn each_tenant_uses_its_own_arize_key_and_never_sees_another_keys_run_answ
     );
     let app = TestApp::spawn_toml(emulator_config(), &toml, fast).await;
     let task = emu.seed_task("shared", ArizeTaskType::TemplateEvaluation);
+    let (_, path) = trigger_through(&app, &task, TOKEN_A).await;
     let trigger = format!("/v2/tasks/{}/trigger", encoded(&task));
-    let (status, run) = json_of(
-        app.client
-            .post(arize_url(&app, &trigger))
-            .bearer_auth(TOKEN_A)
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{run}");
     assert_eq!(
         emu.requests_to(&Method::POST, &trigger)[0].bearer(),
         Some(TEAM_A_KEY)
     );
-    let path = format!("/v2/task-runs/{}", encoded(run["id"].as_str().unwrap()));
     let poll = |token: &'static str| {
         app.client
             .get(arize_url(&app, &path))
@@ -476,20 +461,7 @@ async fn a_429_with_retry_after_holds_a_runs_polls_until_it_passes() {
     let emu = arize_emulator(Duration::from_secs(30)).await;
     let app = spawn(&emu, "100ms").await;
     let task = emu.seed_task("throttled", ArizeTaskType::TemplateEvaluation);
-    let (_, run) = json_of(
-        app.client
-            .post(arize_url(
-                &app,
-                &format!("/v2/tasks/{}/trigger", encoded(&task)),
-            ))
-            .bearer_auth(CALLER_KEY)
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let path = format!("/v2/task-runs/{}", encoded(run["id"].as_str().unwrap()));
+    let (_, path) = trigger_through(&app, &task, CALLER_KEY).await;
     emu.set_faults(valiqor_emulator::Faults {
         retry_after_secs: 30,
         ..valiqor_emulator::Faults::default()

@@ -14,7 +14,7 @@ use axum::{
     body::Body,
     extract::{Request, State},
     middleware::{self, Next},
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use http::{
     HeaderValue,
@@ -22,88 +22,38 @@ use http::{
     request::Parts,
 };
 use percent_encoding::percent_decode_str;
-use tower_http::{
-    catch_panic::CatchPanicLayer, sensitive_headers::SetSensitiveRequestHeadersLayer,
-};
 
 use super::{
     error::{ApiError, ErrorCode, PublicMessage},
     forward::{declared_length, forward_streaming},
     headers::{self, CACHE_STATUS, REQUEST_ID},
-    routes::{Handling, Resolved},
+    routes::Handling,
 };
 use crate::{
-    middleware::{
-        self as mw,
-        auth::Caller,
-        metrics::{RouteLabel, UpstreamElapsed},
-    },
+    middleware::{auth::Caller, metrics::UpstreamElapsed},
     state::AppState,
     tenants::AuthError,
     upstream::{Platform, arize::ArizeClient},
 };
 
 /// The Arize listener's router: the API listener's middleware (see `http::api_router`), with
-/// evalgate's own errors rendered as problem documents.
+/// evalgate's own errors rendered as problem documents between the caller layers and metrics.
 pub(crate) fn router(state: AppState) -> Router {
-    Router::new()
-        .fallback(handle)
-        .with_state(state.clone())
-        .layer(middleware::from_fn(mw::json_only::layer))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            mw::auth::layer,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            mw::allowed_hosts::layer,
-        ))
-        .layer(middleware::from_fn_with_state(state, mw::hard_stop::layer))
-        .layer(middleware::from_fn(problems))
-        .layer(middleware::from_fn_with_state(
-            Platform::Arize,
-            mw::metrics::layer,
-        ))
-        .layer(middleware::from_fn(mw::request_id::layer))
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            http::header::AUTHORIZATION,
-            http::header::PROXY_AUTHORIZATION,
-            http::header::COOKIE,
-        ]))
-        .layer(CatchPanicLayer::new())
+    let routes = Router::new().fallback(handle).with_state(state.clone());
+    let inner = super::caller_layers(routes, state).layer(middleware::from_fn(problems));
+    super::outer_layers(inner, Platform::Arize)
 }
 
 /// Every request of the Arize listener.
 #[tracing::instrument(name = "request", level = "debug", skip_all, fields(method = %request.method(), route, status, upstream = "arize"))]
 async fn handle(State(state): State<AppState>, request: Request) -> Response {
-    let resolved = state
-        .arize_routes
-        .resolve(request.method(), request.uri().path());
-    let (template, response) = match resolved {
-        Resolved::NotFound => ("unmatched", ApiError::UnknownRoute.into_response()),
-        Resolved::BadPath => ("unmatched", ApiError::BadPath.into_response()),
-        Resolved::MethodNotAllowed(template) => {
-            (template, ApiError::MethodNotAllowed.into_response())
-        }
-        Resolved::Found(template, handling) => {
-            tracing::Span::current().record("route", template);
-            let deadline = state.config.server.request_timeout;
-            let served =
-                tokio::time::timeout(deadline, serve(&state, template, handling, request)).await;
-            let response = match served {
-                Ok(Ok(response)) => response,
-                Ok(Err(error)) => error.into_response(),
-                Err(_) => ApiError::RequestTimeout.into_response(),
-            };
-            (template, response)
-        }
-    };
-    tracing::Span::current().record("status", response.status().as_u16());
-    let mut response = response;
-    response
-        .extensions_mut()
-        .insert(RouteLabel(metrics::SharedString::const_str(template)));
-    response
+    super::dispatch(
+        &state,
+        &state.arize_routes,
+        request,
+        |template, handling, request| serve(&state, template, handling, request),
+    )
+    .await
 }
 
 async fn serve(

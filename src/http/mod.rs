@@ -27,7 +27,14 @@ use tower_http::{
     catch_panic::CatchPanicLayer, sensitive_headers::SetSensitiveRequestHeadersLayer,
 };
 
-use self::error::ApiError;
+use std::future::Future;
+
+use axum::response::IntoResponse;
+
+use self::{
+    error::ApiError,
+    routes::{Handling, Resolved, RouteTable},
+};
 use crate::{
     middleware::{self as mw, metrics::RouteLabel},
     state::AppState,
@@ -50,14 +57,21 @@ use crate::{
 ///    applies, in order: route table, admission (max in flight), rate limits, body limit, BYOK,
 ///    cache, forward (all under `server.request_timeout`).
 pub fn api_router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .merge(jobs::router())
         .merge(webhooks::router())
         .route("/openapi.json", get(openapi::serve))
         .route_layer(middleware::from_fn_with_state(state.clone(), admit))
         .route_layer(middleware::from_fn(label_route))
         .fallback(valiqor::handle)
-        .with_state(state.clone())
+        .with_state(state.clone());
+    outer_layers(caller_layers(routes, state), Platform::Valiqor)
+}
+
+/// Layers 5-8 of every API listener (see `api_router`): hard stop, allowed hosts, caller, JSON
+/// only, outermost first.
+pub(crate) fn caller_layers(router: Router, state: AppState) -> Router {
+    router
         .layer(middleware::from_fn(mw::json_only::layer))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -68,10 +82,12 @@ pub fn api_router(state: AppState) -> Router {
             mw::allowed_hosts::layer,
         ))
         .layer(middleware::from_fn_with_state(state, mw::hard_stop::layer))
-        .layer(middleware::from_fn_with_state(
-            Platform::Valiqor,
-            mw::metrics::layer,
-        ))
+}
+
+/// Layers 1-4 of every API listener (see `api_router`), `platform` labelling its metrics.
+pub(crate) fn outer_layers(router: Router, platform: Platform) -> Router {
+    router
+        .layer(middleware::from_fn_with_state(platform, mw::metrics::layer))
         .layer(middleware::from_fn(mw::request_id::layer))
         .layer(SetSensitiveRequestHeadersLayer::new([
             http::header::AUTHORIZATION,
@@ -108,6 +124,47 @@ async fn admit(State(state): State<AppState>, request: Request, next: Next) -> R
         frame
     });
     Response::from_parts(parts, Body::new(body))
+}
+
+/// Resolves a platform request against `table` and serves it with `serve` under
+/// `server.request_timeout`; an unknown path, a bad path or a wrong method is answered here. The
+/// response carries its route template as the metric label. (The end of the shutdown grace
+/// period is handled around every route: `middleware::hard_stop`.)
+pub(crate) async fn dispatch<F, Fut>(
+    state: &AppState,
+    table: &RouteTable,
+    request: Request,
+    serve: F,
+) -> Response
+where
+    F: FnOnce(&'static str, Handling, Request) -> Fut,
+    Fut: Future<Output = Result<Response, ApiError>>,
+{
+    let (template, response) = match table.resolve(request.method(), request.uri().path()) {
+        Resolved::NotFound => ("unmatched", ApiError::UnknownRoute.into_response()),
+        Resolved::BadPath => ("unmatched", ApiError::BadPath.into_response()),
+        Resolved::MethodNotAllowed(template) => {
+            (template, ApiError::MethodNotAllowed.into_response())
+        }
+        Resolved::Found(template, handling) => {
+            tracing::Span::current().record("route", template);
+            let deadline = state.config.server.request_timeout;
+            let response =
+                match tokio::time::timeout(deadline, serve(template, handling, request)).await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(error)) => error.into_response(),
+                    Err(_) => ApiError::RequestTimeout.into_response(),
+                };
+            (template, response)
+        }
+    };
+    tracing::Span::current().record("status", response.status().as_u16());
+    tracing::debug!("request served");
+    let mut response = response;
+    response
+        .extensions_mut()
+        .insert(RouteLabel(metrics::SharedString::const_str(template)));
+    response
 }
 
 /// Reads a whole request body, held to `limit` bytes as it streams in (413 beyond it).

@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Instant};
 use axum::{
     body::Body,
     extract::{Request, State},
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use http::{
     HeaderValue, Method, StatusCode,
@@ -22,16 +22,13 @@ use super::{
     forward::{answer_back, buffered, declared_length, forward_streaming, send_upstream},
     headers::{self, CACHE_STATUS},
     read_body,
-    routes::{Handling, Resolved},
+    routes::Handling,
     valiqor_jobs,
 };
 use crate::{
     batching::Submission,
     cache::{CacheKey, StoredResponse},
-    middleware::{
-        auth::Caller,
-        metrics::{RouteLabel, UpstreamElapsed},
-    },
+    middleware::{auth::Caller, metrics::UpstreamElapsed},
     state::{AppState, InFlight},
     telemetry,
     tenants::{AuthError, Tenant},
@@ -41,34 +38,13 @@ use crate::{
 /// Entry point for every API-port request.
 #[tracing::instrument(name = "request", level = "debug", skip_all, fields(method = %request.method(), route, status))]
 pub(crate) async fn handle(State(state): State<AppState>, request: Request) -> Response {
-    let resolved = state.routes.resolve(request.method(), request.uri().path());
-    let (template, response) = match resolved {
-        Resolved::NotFound => ("unmatched", ApiError::UnknownRoute.into_response()),
-        Resolved::BadPath => ("unmatched", ApiError::BadPath.into_response()),
-        Resolved::MethodNotAllowed(template) => {
-            (template, ApiError::MethodNotAllowed.into_response())
-        }
-        Resolved::Found(template, handling) => {
-            tracing::Span::current().record("route", template);
-            let deadline = state.config.server.request_timeout;
-            // The end of the shutdown grace period is handled around every route (middleware::hard_stop).
-            let served =
-                tokio::time::timeout(deadline, serve(&state, template, handling, request)).await;
-            let response = match served {
-                Ok(Ok(response)) => response,
-                Ok(Err(error)) => error.into_response(),
-                Err(_) => ApiError::RequestTimeout.into_response(),
-            };
-            (template, response)
-        }
-    };
-    tracing::Span::current().record("status", response.status().as_u16());
-    tracing::debug!("request served");
-    let mut response = response;
-    response
-        .extensions_mut()
-        .insert(RouteLabel(metrics::SharedString::const_str(template)));
-    response
+    super::dispatch(
+        &state,
+        &state.routes,
+        request,
+        |template, handling, request| serve(&state, template, handling, request),
+    )
+    .await
 }
 
 async fn serve(
