@@ -46,6 +46,10 @@ const RUN_BODY_CAP: usize = 256 * 1024;
 const RECONCILE_SKEW: Duration = Duration::from_secs(60);
 /// Pages of one status read while reconciling (100 runs each).
 const RECONCILE_PAGES: usize = 10;
+/// Idle keep-alive connections kept toward Arize, and for how long (a task API sees far less
+/// traffic than the Valiqor submit path; the `[valiqor]` pool settings are not reused).
+const POOL_MAX_IDLE: usize = 16;
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Python's `quote(id, safe='')`, as the SDK encodes path parameters: everything but
 /// `A-Za-z0-9-._~` is percent-encoded (`/` → `%2F`, `+` → `%2B`, `=` → `%3D`).
@@ -220,8 +224,8 @@ impl ArizeClient {
             base_url: &config.base_url,
             connect_timeout: config.connect_timeout,
             timeout: config.timeout,
-            pool_max_idle_per_host: 64,
-            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: POOL_MAX_IDLE,
+            pool_idle_timeout: POOL_IDLE_TIMEOUT,
         };
         let transport =
             UpstreamClient::build(endpoint, Credentials::platform_key(api_key)?, redactor)?;
