@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packaging checks: the Dockerfile (hadolint) and the Helm chart (helm lint --strict,
 # helm template | kubernetes-validate --strict, render assertions: secrets, tenants, auth,
-# NetworkPolicy, sidecar shapes; config/default.toml sync).
+# NetworkPolicy, sidecar shapes, the Arize listener; config/default.toml sync).
 #
 #   bash .ci/packaging.sh
 #
@@ -199,7 +199,7 @@ if not ref_tenants:
             ref_tenants.add(text.split(" ", 1)[0])
 ref = keys(ref_doc)
 # Filled in by the chart: the keys from `secrets`, [auth] from `auth`.
-managed = {"valiqor.api_key", "valiqor.openai_api_key", "auth.mode", "auth.allow_unauthenticated", "auth.tenants_file"}
+managed = {"valiqor.api_key", "valiqor.openai_api_key", "arize.api_key", "auth.mode", "auth.allow_unauthenticated", "auth.tenants_file"}
 sets = {
     "rendered config.toml": keys(cfg),
     "values.yaml config": keys(yaml.safe_load(open(values_yaml))["config"]) | managed,
@@ -217,7 +217,7 @@ if not tenants:
 for t in tenants:
     if set(t) - ref_tenants:
         ok = False; print(f"[[tenants]] {t.get('name')}: keys not in config/default.toml's [[tenants]]: {sorted(set(t) - ref_tenants)}")
-for key in ("valiqor.api_key", "valiqor.openai_api_key"):
+for key in ("valiqor.api_key", "valiqor.openai_api_key", "arize.api_key"):
     section, name = key.split(".")
     if not str(cfg[section][name]).startswith("file:/var/run/secrets/evalgate/"):
         ok = False; print(f"{key} is not a file: reference: {cfg[section][name]!r}")
@@ -349,9 +349,10 @@ PY
 }
 
 # netpol RENDERED VALUES...: the one NetworkPolicy selects the evalgate pods, admits the API port
-# from networkPolicy.api.from and the admin port from networkPolicy.admin.from (the monitoring
-# selector) as given by the chart's values.yaml overridden by VALUES..., and has no other rule and
-# no rule without `from` (which would admit every source).
+# (and the Arize port, when the container has one) from networkPolicy.api.from and the admin port
+# from networkPolicy.admin.from (the monitoring selector) as given by the chart's values.yaml
+# overridden by VALUES..., and has no other rule and no rule without `from` (which would admit
+# every source).
 netpol() {
   pycheck "$1" "$CHART/values.yaml" "${@:2}" <<'PY'
 import sys, yaml
@@ -385,12 +386,14 @@ for rule in spec.get("ingress", []):
         by_port[p["port"]] = rule.get("from")
 if by_port.get(ports["http"]) != want["api"]:
     problems.append(f"API port {ports['http']} from {by_port.get(ports['http'])}, want {want['api']}")
+if "arize" in ports and by_port.get(ports["arize"]) != want["api"]:
+    problems.append(f"Arize port {ports['arize']} from {by_port.get(ports['arize'])}, want the API peers {want['api']}")
 if want["admin"]:
     if by_port.get(ports["admin"]) != want["admin"]:
         problems.append(f"admin port {ports['admin']} from {by_port.get(ports['admin'])}, want the monitoring selector {want['admin']}")
 elif ports["admin"] in by_port:
     problems.append("admin port admitted although networkPolicy.admin.from is empty")
-if set(by_port) - {ports["http"], ports["admin"]}:
+if set(by_port) - set(ports.values()):
     problems.append(f"rules for other ports: {sorted(set(by_port) - set(ports.values()))}")
 print("\n".join(problems) or "ok")
 sys.exit(1 if problems else 0)
@@ -487,6 +490,8 @@ check "defaults: tokens mode, no tenants, API on 0.0.0.0:8080" \
 check "defaults: no float in config.toml, no tenants, no PVC/PDB/ServiceMonitor, no admin port on the Service" \
   lacks defaults '= [0-9]+\.0$' '\[\[tenants\]\]' 'kind: PersistentVolumeClaim' 'kind: PodDisruptionBudget' 'kind: ServiceMonitor' \
   'targetPort: admin'
+check "defaults: Arize off: no listener, port, key or Secret" \
+  lacks defaults 'EVALGATE__ARIZE__LISTEN' 'name: arize$' 'arize-api-key' 'evalgate-arize' '^    listen = "[^"]+:8081"$'
 check "defaults: pod invariants" pod_invariants "$OUT/defaults.yaml"
 check "defaults: file: references are mounted keys" refs_mounted "$OUT/defaults.yaml"
 check "defaults: NetworkPolicy (API from the release namespace, admin from the monitoring selector)" \
@@ -545,6 +550,27 @@ if [ -f "$OUT/standalone-tenants-values.yaml" ]; then
   check "tenants: NetworkPolicy API rule from the values' peers" \
     netpol "$OUT/standalone-tenants-values.yaml" "$CHART/ci/standalone-tenants-values.yaml"
 fi
+if [ -f "$OUT/standalone-arize-values.yaml" ]; then
+  check "standalone+arize: listener, env, container/Service ports, key from its Secret, tenant's own key" \
+    has standalone-arize-values '^    listen = "0.0.0.0:8081"$' 'name: EVALGATE__ARIZE__LISTEN$' 'value: "0.0.0.0:8081"$' \
+    'containerPort: 8081$' 'targetPort: arize$' 'api_key = "file:/var/run/secrets/evalgate/arize-api-key"$' \
+    'name: evalgate-arize$' 'path: arize-api-key$' \
+    'arize_api_key = "file:/var/run/secrets/evalgate/tenants/team-a/arize-api-key"$' 'path: tenants/team-a/arize-api-key$'
+  check "standalone+arize: NetworkPolicy admits the API peers to the Arize port" \
+    netpol "$OUT/standalone-arize-values.yaml" "$CHART/ci/standalone-arize-values.yaml"
+fi
+if [ -f "$OUT/sidecar-arize-values.yaml" ]; then
+  check "sidecar+arize: loopback listener and port, the example app's arize SDK settings" \
+    has sidecar-arize-values '^    listen = "127.0.0.1:8081"$' 'value: "127.0.0.1:8081"$' 'containerPort: 8081$' \
+    'name: ARIZE_API_HOST$' 'value: 127.0.0.1$' 'name: ARIZE_API_PORT$' 'value: "8081"$' \
+    'api_key = "file:/var/run/secrets/evalgate/arize-api-key"$'
+  check "sidecar+arize: no Service, no NetworkPolicy" lacks sidecar-arize-values 'kind: Service$' 'kind: NetworkPolicy'
+fi
+arize_demo() {
+  render_and_validate arize-demo -f "$CHART/ci/demo-values.yaml" --set config.arize.listen=0.0.0.0:8081 || return 1
+  has arize-demo 'targetPort: arize$' 'containerPort: 8081$' && lacks arize-demo 'arize-api-key' 'evalgate-arize'
+}
+check "demo+arize: no Arize Secret (the demo's emulator), port on the Service" arize_demo
 if [ -f "$OUT/demo-values.yaml" ]; then
   check "demo: unauthenticated opt-in rendered, no API key Secret mounted" \
     has demo-values '^    mode = "none"$' '^    allow_unauthenticated = true$' '- --demo$'
@@ -672,6 +698,22 @@ check "fails on a tenant listed twice" \
   expect_fail 'lists the tenant "team-a" twice' -f "$CHART/ci/standalone-tenants-values.yaml" --set 'auth.tenants[1].name=team-a'
 check "fails on a bad tenant name (schema)" \
   expect_fail "auth.tenants.0.name: Does not match pattern" --set 'auth.tenants[0].name=Team_A' --set 'auth.tenants[0].tokenSha256[0]=00'
+check "fails on Arize without its key Secret" \
+  expect_fail "config.arize.listen is set, so the Arize API key is required" \
+  --set config.arize.listen=0.0.0.0:8081 --set secrets.arizeApiKey.existingSecret=
+check "fails on an Arize key in config (schema)" \
+  expect_fail "Additional property api_key is not allowed" --set config.arize.api_key=ak-123
+check "fails on a loopback Arize address in standalone mode" \
+  expect_fail "in standalone mode config.arize.listen must not be a loopback" --set config.arize.listen=127.0.0.1:8081
+check "fails on a non-loopback Arize address in sidecar mode" \
+  expect_fail "in sidecar mode config.arize.listen must be a loopback address" --set mode=sidecar --set config.arize.listen=0.0.0.0:8081
+check "fails on an Arize port shared with the API" \
+  expect_fail "config.arize.listen (0.0.0.0:8080) must use a port of its own" --set config.arize.listen=0.0.0.0:8080
+check "fails on an Arize Service port shared with the API" \
+  expect_fail "service.arizePort (8080) must differ from service.port" --set config.arize.listen=0.0.0.0:8081 --set service.arizePort=8080
+check "fails on a tenant's Arize key doubling as its token" \
+  expect_fail 'tenant "team-a" uses one key of its Secret twice' --set 'auth.tenants[0].name=team-a' \
+  --set 'auth.tenants[0].existingSecret=s' --set 'auth.tenants[0].tokenKeys[0]=token' --set 'auth.tenants[0].arizeApiKeyKey=token'
 check "fails on an empty NetworkPolicy API peer list" \
   expect_fail "networkPolicy.api.from must list at least one peer" -f "$OUT/api-closed.values.yaml"
 check "fails on persistence with 2 replicas" \
@@ -679,8 +721,9 @@ check "fails on persistence with 2 replicas" \
 check "fails on a PDB that blocks every drain" \
   expect_fail "must be below replicaCount" --set podDisruptionBudget.enabled=true --set podDisruptionBudget.minAvailable=1
 
-check "render config with both secrets and tenants" \
-  render sync -f "$CHART/ci/standalone-tenants-values.yaml" --set secrets.openaiApiKey.existingSecret=s
+check "render config with every secret, Arize on, and tenants" \
+  render sync -f "$CHART/ci/standalone-tenants-values.yaml" --set secrets.openaiApiKey.existingSecret=s \
+  --set config.arize.listen=0.0.0.0:8081
 check "config.toml / values.yaml / values.schema.json mirror config/default.toml" config_in_sync
 grep '^WARNING' "$OUT/check.log" || true
 
@@ -695,6 +738,10 @@ if [ -n "$evalgate_bin" ] && "$evalgate_bin" check-config --help >/dev/null 2>&1
   check "evalgate check-config accepts the rendered defaults ($evalgate_bin)" check_config_with_binary "$evalgate_bin"
   check "evalgate check-config accepts the rendered tenants, masks their secrets" \
     check_config_with_binary "$evalgate_bin" -f "$CHART/ci/standalone-tenants-values.yaml" --set secrets.openaiApiKey.existingSecret=s
+  check "evalgate check-config accepts the rendered Arize listener and the tenants' Arize keys" \
+    check_config_with_binary "$evalgate_bin" -f "$CHART/ci/standalone-arize-values.yaml"
+  check "evalgate check-config accepts the rendered sidecar with a loopback Arize listener" \
+    check_config_with_binary "$evalgate_bin" -f "$CHART/ci/sidecar-arize-values.yaml"
 else
   log "skipped: evalgate check-config on the rendered config (no built binary with check-config; set EVALGATE_BIN)"
 fi

@@ -126,6 +126,20 @@ mode (the API stays on the pod's loopback).
 {{- include "evalgate.portOf" (include "evalgate.listen" .) }}
 {{- end }}
 
+{{/*
+The Arize listener address, config.arize.listen; empty = Arize off. Unlike config.server.listen
+there is no mode default: empty means off, as in evalgate.
+*/}}
+{{- define "evalgate.arizeListen" -}}
+{{- $arize := .Values.config.arize | default dict }}
+{{- toString (get $arize "listen" | default "") }}
+{{- end }}
+
+{{/* Container port of the Arize tasks API (from config.arize.listen); call only when it is set. */}}
+{{- define "evalgate.arizePort" -}}
+{{- include "evalgate.portOf" (include "evalgate.arizeListen" .) }}
+{{- end }}
+
 {{/* Container port of the admin endpoints (from config.server.admin_listen). */}}
 {{- define "evalgate.adminPort" -}}
 {{- include "evalgate.portOf" .Values.config.server.admin_listen }}
@@ -197,9 +211,17 @@ preStopSleepSeconds + ceil(shutdown_grace_period) + 10.
 {{- if not .Values.demo }}{{ .Values.secrets.apiKey.existingSecret }}{{ end }}
 {{- end }}
 
+{{/*
+Name of the Secret holding the Arize key: secrets.arizeApiKey.existingSecret while Arize is on
+(config.arize.listen set) and not in demo mode (the demo's Arize emulator needs none); else empty.
+*/}}
+{{- define "evalgate.arizeKeySecret" -}}
+{{- if and (include "evalgate.arizeListen" .) (not .Values.demo) }}{{ .Values.secrets.arizeApiKey.existingSecret }}{{ end }}
+{{- end }}
+
 {{/* Keys of a tenant's Secret that are mounted, in order: token keys, then the upstream keys. */}}
 {{- define "evalgate.tenantKeys" -}}
-{{- $keys := concat (.tokenKeys | default list) (compact (list (.valiqorApiKeyKey | default "") (.openaiApiKeyKey | default ""))) }}
+{{- $keys := concat (.tokenKeys | default list) (compact (list (.valiqorApiKeyKey | default "") (.openaiApiKeyKey | default "") (.arizeApiKeyKey | default ""))) }}
 {{- toJson $keys }}
 {{- end }}
 
@@ -241,6 +263,39 @@ preStopSleepSeconds + ceil(shutdown_grace_period) + 10.
 {{- end }}
 {{- end }}
 
+{{/* The Arize listener checks of evalgate.validate (config.arize.listen, its key, its ports). */}}
+{{- define "evalgate.validateArize" -}}
+{{- $arize := .Values.config.arize | default dict }}
+{{- if hasKey $arize "api_key" }}
+{{- fail "evalgate: do not put arize.api_key in config; reference an existing Secret with secrets.arizeApiKey" }}
+{{- end }}
+{{- $listen := include "evalgate.arizeListen" . }}
+{{- if $listen }}
+{{- if not (or .Values.demo .Values.secrets.arizeApiKey.existingSecret) }}
+{{- fail "evalgate: config.arize.listen is set, so the Arize API key is required. Create a Secret (kubectl create secret generic evalgate-arize --from-literal=api-key=...) and set secrets.arizeApiKey.existingSecret=evalgate-arize (the default; and secrets.arizeApiKey.key if the key is not \"api-key\"), or leave config.arize.listen empty to keep Arize off" }}
+{{- end }}
+{{- if and .Values.secrets.arizeApiKey.existingSecret (not .Values.secrets.arizeApiKey.key) }}
+{{- fail "evalgate: secrets.arizeApiKey.key must name the key inside secrets.arizeApiKey.existingSecret" }}
+{{- end }}
+{{- $port := include "evalgate.arizePort" . }}
+{{- if or (eq $port (include "evalgate.apiPort" .)) (eq $port (include "evalgate.adminPort" .)) }}
+{{- fail (printf "evalgate: config.arize.listen (%s) must use a port of its own, not the port of config.server.listen (%s) or config.server.admin_listen (%s)" $listen (include "evalgate.listen" .) (toString .Values.config.server.admin_listen)) }}
+{{- end }}
+{{- if and (eq .Values.mode "sidecar") (not (include "evalgate.isLoopback" $listen)) }}
+{{- fail (printf "evalgate: in sidecar mode config.arize.listen must be a loopback address (got %q): the Arize tasks API is for the application in the same pod only. Use 127.0.0.1:<port>, or standalone mode to serve other pods" $listen) }}
+{{- end }}
+{{- if eq .Values.mode "standalone" }}
+{{- if include "evalgate.isLoopback" $listen }}
+{{- fail (printf "evalgate: in standalone mode config.arize.listen must not be a loopback address (got %q), or the Service cannot reach it (use 0.0.0.0:<port>, e.g. 0.0.0.0:8081)" $listen) }}
+{{- end }}
+{{- $svc := .Values.service }}
+{{- if or (eq (int $svc.arizePort) (int $svc.port)) (and .Values.metrics.serviceMonitor.enabled (eq (int $svc.arizePort) (int $svc.adminPort))) }}
+{{- fail (printf "evalgate: service.arizePort (%d) must differ from service.port%s: a Service port number is used once" (int $svc.arizePort) (ternary " and service.adminPort" "" .Values.metrics.serviceMonitor.enabled)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/*
 Checks that fail the render with a clear message. Included by every template that renders
 evalgate's pod parts or ConfigMap.
@@ -271,6 +326,7 @@ evalgate's pod parts or ConfigMap.
 {{- $_ := include "evalgate.storeDir" . }}
 {{- $_ := include "evalgate.terminationGracePeriodSeconds" . }}
 {{- include "evalgate.validateAuth" . }}
+{{- include "evalgate.validateArize" . }}
 {{- $listen := include "evalgate.listen" . }}
 {{- if and (eq .Values.mode "sidecar") (not (include "evalgate.isLoopback" $listen)) }}
 {{- fail (printf "evalgate: in sidecar mode config.server.listen must be a loopback address (got %q): the API is for the application in the same pod only. Use 127.0.0.1:<port> (or leave it empty for 127.0.0.1:8080), or standalone mode to serve other pods" $listen) }}
@@ -376,6 +432,11 @@ The effective config.toml: .Values.config plus the secret references managed by 
 {{- $_ := set $valiqor "openai_api_key" (printf "file:%s/openai-api-key" $dir) }}
 {{- end }}
 {{- $_ := set $cfg "valiqor" $valiqor }}
+{{- if include "evalgate.arizeKeySecret" . }}
+{{- $arize := get $cfg "arize" | default dict }}
+{{- $_ := set $arize "api_key" (printf "file:%s/arize-api-key" $dir) }}
+{{- $_ := set $cfg "arize" $arize }}
+{{- end }}
 {{- $auth := dict "mode" (include "evalgate.authMode" .) "allow_unauthenticated" .Values.auth.allowUnauthenticated }}
 {{- if or .Values.auth.tenantsFile.existingConfigMap .Values.auth.tenantsFile.existingSecret }}
 {{- $_ := set $auth "tenants_file" (printf "%s/tenants.toml" $dir) }}
@@ -401,6 +462,9 @@ valiqor_api_key = {{ include "evalgate.toml.value" (printf "file:%s/%s" $tdir .)
 {{- end }}
 {{- with $t.openaiApiKeyKey }}
 openai_api_key = {{ include "evalgate.toml.value" (printf "file:%s/%s" $tdir .) }}
+{{- end }}
+{{- with $t.arizeApiKeyKey }}
+arize_api_key = {{ include "evalgate.toml.value" (printf "file:%s/%s" $tdir .) }}
 {{- end }}
 {{- range $pair := list (list "requestsPerSecond" "requests_per_second") (list "burst" "burst") (list "maxActiveJobs" "max_active_jobs") }}
 {{- $v := index $t (index $pair 0) }}
@@ -447,6 +511,11 @@ env:
     value: {{ .Values.config.server.admin_listen | toString | quote }}
   - name: EVALGATE__STORE__PATH
     value: {{ .Values.config.store.path | toString | quote }}
+  {{- with include "evalgate.arizeListen" . }}
+  # The Arize tasks API listener (config.arize.listen), pinned the same way.
+  - name: EVALGATE__ARIZE__LISTEN
+    value: {{ . | quote }}
+  {{- end }}
   {{- with .Values.extraEnv }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
@@ -457,6 +526,11 @@ ports:
   - name: admin
     containerPort: {{ include "evalgate.adminPort" . }}
     protocol: TCP
+  {{- if include "evalgate.arizeListen" . }}
+  - name: arize
+    containerPort: {{ include "evalgate.arizePort" . }}
+    protocol: TCP
+  {{- end }}
 {{- with .Values.probes.startup }}
 {{- if .enabled }}
 startupProbe:
@@ -534,7 +608,7 @@ restartPolicy: Always
 {{/* Non-empty when at least one secret is mounted. */}}
 {{- define "evalgate.hasSecrets" -}}
 {{- $file := .Values.auth.tenantsFile }}
-{{- if or (include "evalgate.apiKeySecret" .) .Values.secrets.openaiApiKey.existingSecret .Values.extraSecretMounts $file.existingConfigMap $file.existingSecret }}true{{ end }}
+{{- if or (include "evalgate.apiKeySecret" .) .Values.secrets.openaiApiKey.existingSecret (include "evalgate.arizeKeySecret" .) .Values.extraSecretMounts $file.existingConfigMap $file.existingSecret }}true{{ end }}
 {{- range .Values.auth.tenants }}{{ if .existingSecret }}true{{ end }}{{ end }}
 {{- end }}
 
@@ -575,6 +649,13 @@ restartPolicy: Always
             - key: {{ .key }}
               path: openai-api-key
       {{- end }}
+      {{- end }}
+      {{- with include "evalgate.arizeKeySecret" . }}
+      - secret:
+          name: {{ . }}
+          items:
+            - key: {{ $.Values.secrets.arizeApiKey.key }}
+              path: arize-api-key
       {{- end }}
       {{- /* Each tenant's keys under tenants/<name>/ (evalgate re-reads them when the kubelet updates the Secret). */}}
       {{- range $t := .Values.auth.tenants }}
