@@ -1,14 +1,15 @@
 //! Integration tests of the Arize tasks API emulator: real HTTP on 127.0.0.1:0 through reqwest, with ids
 //! percent-encoded in paths the way the SDK sends them.
 
-use std::time::{Duration, Instant};
+mod common;
 
-use http::{HeaderMap, Method, StatusCode, header::RETRY_AFTER};
+use std::time::Duration;
+
+use common::{Client, TestResult};
+use http::{Method, StatusCode, header::RETRY_AFTER};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use valiqor_emulator::{ArizeConfig, ArizeEmulator, ArizeTaskType, Faults, RunningArizeEmulator};
-
-type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const KEY: &str = "ak_emulator_test";
 /// Upper bound for any run to reach a terminal status in these tests.
@@ -29,11 +30,23 @@ fn quote(s: &str) -> String {
         .collect()
 }
 
-struct Api {
-    emu: RunningArizeEmulator,
-    http: reqwest::Client,
-    key: Option<String>,
+/// The id of a task run body.
+fn id_of(run: &Value) -> TestResult<&str> {
+    Ok(run["id"]
+        .as_str()
+        .ok_or_else(|| format!("no id in {run}"))?)
 }
+
+/// `/v2/task-runs/{id}` of a run body, id percent-encoded.
+fn run_path(run: &Value) -> TestResult<String> {
+    Ok(format!("/v2/task-runs/{}", quote(id_of(run)?)))
+}
+
+fn trigger_path(task_id: &str) -> String {
+    format!("/v2/tasks/{}/trigger", quote(task_id))
+}
+
+type Api = common::Api<RunningArizeEmulator>;
 
 impl Api {
     async fn start(run_duration: Duration) -> TestResult<Self> {
@@ -45,45 +58,9 @@ impl Api {
     }
 
     async fn with(config: ArizeConfig) -> TestResult<Self> {
-        Ok(Self {
-            emu: ArizeEmulator::spawn(config).await?,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
-            key: Some(KEY.to_owned()),
-        })
-    }
-
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<(StatusCode, HeaderMap, Value), reqwest::Error> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.emu.base_url()));
-        if let Some(key) = &self.key {
-            req = req.bearer_auth(key);
-        }
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        let res = req.send().await?;
-        let (status, headers) = (res.status(), res.headers().clone());
-        let bytes = res.bytes().await?;
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok((status, headers, json))
-    }
-
-    async fn get(&self, path: &str) -> TestResult<(StatusCode, Value)> {
-        let (status, _, body) = self.send(Method::GET, path, None).await?;
-        Ok((status, body))
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> TestResult<(StatusCode, Value)> {
-        let (status, _, body) = self.send(Method::POST, path, Some(body)).await?;
-        Ok((status, body))
+        let emu = ArizeEmulator::spawn(config).await?;
+        let base_url = emu.base_url();
+        Self::new(emu, base_url, KEY)
     }
 
     /// Creates a task (201 expected) and returns it.
@@ -95,33 +72,29 @@ impl Api {
 
     /// Triggers a run (201 expected) and returns it.
     async fn trigger(&self, task_id: &str, body: &Value) -> TestResult<Value> {
-        let (status, run) = self
-            .post(&format!("/v2/tasks/{}/trigger", quote(task_id)), body)
-            .await?;
+        let (status, run) = self.post(&trigger_path(task_id), body).await?;
         assert_eq!(status, StatusCode::CREATED, "{run}");
         Ok(run)
     }
 
     /// Polls a run until it is terminal (bounded by `DEADLINE`); returns every body seen.
-    async fn wait_terminal(&self, run_id: &str) -> TestResult<Vec<Value>> {
-        let path = format!("/v2/task-runs/{}", quote(run_id));
-        let started = Instant::now();
-        let mut seen = Vec::new();
-        loop {
-            let (code, run) = self.get(&path).await?;
-            if code != StatusCode::OK {
-                return Err(format!("run poll answered {code}: {run}").into());
-            }
-            let terminal = TERMINAL.contains(&run["status"].as_str().unwrap_or_default());
-            seen.push(run);
-            if terminal {
-                return Ok(seen);
-            }
-            if started.elapsed() > DEADLINE {
-                return Err(format!("run not terminal after {DEADLINE:?}: {seen:?}").into());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    async fn wait_terminal(&self, run: &Value) -> TestResult<Vec<Value>> {
+        self.poll_until(&run_path(run)?, &TERMINAL, DEADLINE).await
+    }
+
+    /// The run as it ends: the last body `wait_terminal` sees.
+    async fn finished(&self, run: &Value) -> TestResult<Value> {
+        Ok(self
+            .wait_terminal(run)
+            .await?
+            .pop()
+            .ok_or("a poll returns at least one body")?)
+    }
+
+    /// Triggers a run (201 expected) and waits for it to end; returns its terminal body.
+    async fn trigger_to_end(&self, task_id: &str, body: &Value) -> TestResult<Value> {
+        let run = self.trigger(task_id, body).await?;
+        self.finished(&run).await
     }
 }
 
@@ -193,7 +166,7 @@ async fn a_run_goes_pending_running_completed_with_counts() -> TestResult {
     assert!(run["run_started_at"].is_null() && run["experiment_id"].is_null());
 
     let mut seen = vec![run.clone()];
-    seen.extend(api.wait_terminal(run["id"].as_str().unwrap()).await?);
+    seen.extend(api.wait_terminal(&run).await?);
     assert_eq!(statuses(&seen), ["PENDING", "RUNNING", "COMPLETED"]);
     let done = seen.last().unwrap();
     let counts = ["num_successes", "num_errors", "num_skipped"].map(|k| done[k].as_u64().unwrap());
@@ -211,12 +184,7 @@ async fn name_hooks_end_runs_failed_or_cancelled_and_override_completes() -> Tes
     let failing = api
         .emu
         .seed_task("nightly EMULATOR_RUN_FAIL", ArizeTaskType::CodeEvaluation);
-    let run = api.trigger(&failing, &json!({})).await?;
-    let failed = api
-        .wait_terminal(run["id"].as_str().unwrap())
-        .await?
-        .pop()
-        .unwrap();
+    let failed = api.trigger_to_end(&failing, &json!({})).await?;
     assert_eq!(failed["status"], "FAILED");
     assert!(
         failed["failure_reason"]
@@ -228,12 +196,7 @@ async fn name_hooks_end_runs_failed_or_cancelled_and_override_completes() -> Tes
         "EMULATOR_RUN_CANCEL-eval",
         ArizeTaskType::TemplateEvaluation,
     );
-    let run = api.trigger(&nothing, &json!({})).await?;
-    let cancelled = api
-        .wait_terminal(run["id"].as_str().unwrap())
-        .await?
-        .pop()
-        .unwrap();
+    let cancelled = api.trigger_to_end(&nothing, &json!({})).await?;
     assert_eq!(cancelled["status"], "CANCELLED");
     assert_eq!(cancelled["num_successes"], 0);
     assert_eq!(cancelled["num_errors"], 0);
@@ -244,14 +207,9 @@ async fn name_hooks_end_runs_failed_or_cancelled_and_override_completes() -> Tes
             .is_some_and(|r| r.contains("override_evaluations"))
     );
 
-    let run = api
-        .trigger(&nothing, &json!({"override_evaluations": true}))
-        .await?;
     let done = api
-        .wait_terminal(run["id"].as_str().unwrap())
-        .await?
-        .pop()
-        .unwrap();
+        .trigger_to_end(&nothing, &json!({"override_evaluations": true}))
+        .await?;
     assert_eq!(done["status"], "COMPLETED");
     assert_eq!(api.emu.runs(&nothing).len(), 2);
     Ok(())
@@ -265,10 +223,7 @@ async fn cancel_stops_a_pending_run_and_a_terminal_run_cannot_be_cancelled() -> 
         .seed_task("to-cancel", ArizeTaskType::TemplateEvaluation);
     let first = api.trigger(&task, &json!({})).await?;
     let second = api.trigger(&task, &json!({})).await?; // concurrent runs are fine
-    let cancel = format!(
-        "/v2/task-runs/{}/cancel",
-        quote(first["id"].as_str().unwrap())
-    );
+    let cancel = format!("{}/cancel", run_path(&first)?);
     let (status, _, run) = api.send(Method::POST, &cancel, None).await?;
     assert_eq!(status, StatusCode::OK, "{run}");
     assert_eq!(run["status"], "CANCELLED");
@@ -302,9 +257,9 @@ async fn percent_encoded_ids_round_trip_and_raw_paths_are_recorded() -> TestResu
     assert_eq!(api.emu.requests_to(&Method::GET, &path).len(), 1);
 
     let run = api.trigger(&id, &json!({})).await?;
-    let run_id = run["id"].as_str().unwrap();
+    let run_id = id_of(&run)?;
     assert!(run_id.contains('/') && run_id.contains('='), "{run_id}");
-    let run_path = format!("/v2/task-runs/{}", quote(run_id));
+    let run_path = run_path(&run)?;
     assert_eq!(api.get(&run_path).await?.1["id"], run_id);
     assert_eq!(api.emu.requests_to(&Method::GET, &run_path).len(), 1);
 
@@ -365,14 +320,12 @@ async fn tasks_and_runs_page_with_opaque_cursors() -> TestResult {
 
     let task = &ids[0];
     let runs: Vec<Value> = [0, 1, 2].iter().map(|_| json!({})).collect();
-    let mut run_ids = Vec::new();
+    let mut triggered = Vec::new();
     for body in &runs {
-        run_ids.push(api.trigger(task, body).await?["id"].clone());
+        triggered.push(api.trigger(task, body).await?);
     }
-    let cancel = format!(
-        "/v2/task-runs/{}/cancel",
-        quote(run_ids[1].as_str().unwrap())
-    );
+    let run_ids: Vec<Value> = triggered.iter().map(|r| r["id"].clone()).collect();
+    let cancel = format!("{}/cancel", run_path(&triggered[1])?);
     assert_eq!(
         api.send(Method::POST, &cancel, None).await?.0,
         StatusCode::OK
@@ -560,7 +513,7 @@ async fn errors_are_problem_json_with_401_404_405_400() -> TestResult {
 async fn trigger_bodies_are_checked_against_the_task_type() -> TestResult {
     let api = Api::start(FAST_RUN).await?;
     let eval = api.emu.seed_task("eval", ArizeTaskType::TemplateEvaluation);
-    let trigger = format!("/v2/tasks/{}/trigger", quote(&eval));
+    let trigger = trigger_path(&eval);
     for body in [
         json!({"data_start_time": "2025-01-01T00:00:00+00:00", "data_end_time": "2025-03-01T00:00:00+00:00"}),
         json!({"data_start_time": "2025-01-02T00:00:00Z", "data_end_time": "2025-01-01T00:00:00Z"}),
@@ -583,7 +536,7 @@ async fn trigger_bodies_are_checked_against_the_task_type() -> TestResult {
     let rx_id = rx["id"].as_str().unwrap();
     assert_eq!(rx["run_configuration"]["experiment_type"], "LLM_GENERATION");
     assert_eq!(rx["evaluators"], json!([]));
-    let rx_trigger = format!("/v2/tasks/{}/trigger", quote(rx_id));
+    let rx_trigger = trigger_path(rx_id);
     let (status, problem) = api.post(&rx_trigger, &json!({})).await?;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_problem(
@@ -613,11 +566,7 @@ async fn trigger_bodies_are_checked_against_the_task_type() -> TestResult {
         .await?;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_problem(&problem, StatusCode::CONFLICT, "EXPERIMENT_NAME_TAKEN");
-    let done = api
-        .wait_terminal(run["id"].as_str().unwrap())
-        .await?
-        .pop()
-        .unwrap();
+    let done = api.finished(&run).await?;
     assert_eq!(done["status"], "COMPLETED");
     assert!(
         done["experiment_id"]
@@ -685,12 +634,7 @@ async fn update_delete_and_the_synthesized_expression() -> TestResult {
         StatusCode::NOT_FOUND
     );
     // EMULATOR CHOICE: the runs of a deleted task stay readable.
-    let (status, kept) = api
-        .get(&format!(
-            "/v2/task-runs/{}",
-            quote(run["id"].as_str().unwrap())
-        ))
-        .await?;
+    let (status, kept) = api.get(&run_path(&run)?).await?;
     assert_eq!(
         (status, kept["task_id"].as_str()),
         (StatusCode::OK, Some(id))
@@ -705,7 +649,7 @@ async fn a_dropped_trigger_still_creates_its_run() -> TestResult {
     let task = api
         .emu
         .seed_task("ambiguous", ArizeTaskType::TemplateEvaluation);
-    let trigger = format!("/v2/tasks/{}/trigger", quote(&task));
+    let trigger = trigger_path(&task);
     api.emu.drop_next_after_processing(1);
     let err = api
         .send(Method::POST, &trigger, Some(&json!({})))
@@ -742,7 +686,7 @@ async fn fail_next_answers_problems_with_retry_after_then_recovers() -> TestResu
     api.emu.fail_next(1, StatusCode::TOO_MANY_REQUESTS);
     api.emu.fail_next(1, StatusCode::SERVICE_UNAVAILABLE);
     api.emu.fail_next(1, StatusCode::INTERNAL_SERVER_ERROR);
-    let trigger = format!("/v2/tasks/{}/trigger", quote(&task));
+    let trigger = trigger_path(&task);
     for (expected, code) in [
         (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS"),
         (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
@@ -780,14 +724,8 @@ async fn run_serves_a_caller_bound_listener_until_cancelled() -> TestResult {
     let token = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(emulator.run(token.clone()));
-    let res = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?
-        .get(format!("{}/v2/spaces", handle.base_url()))
-        .bearer_auth("anything")
-        .send()
-        .await?;
-    assert_eq!(res.status(), StatusCode::OK);
+    let client = Client::new(handle.base_url(), Some("anything"))?;
+    assert_eq!(client.get("/v2/spaces").await?.0, StatusCode::OK);
     token.cancel();
     let joined = tokio::time::timeout(DEADLINE, tasks.join_next()).await?;
     joined.unwrap()??;

@@ -1,14 +1,15 @@
 //! Integration tests of the Valiqor backend emulator itself: real HTTP on 127.0.0.1:0 through reqwest.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, Method, StatusCode, header::RETRY_AFTER};
+use common::{Client, TestResult};
+use http::{Method, StatusCode, header::RETRY_AFTER};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use valiqor_emulator::{Emulator, EmulatorConfig, Faults, RunningEmulator};
-
-type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const KEY: &str = "vq_emulator_test";
 /// Upper bound for any job to reach a terminal status in these tests.
@@ -16,73 +17,19 @@ const DEADLINE: Duration = Duration::from_secs(5);
 const FAST_JOB: Duration = Duration::from_millis(300);
 const ANALYZE: &str = "/v2/failure-analysis/analyze";
 
-/// A running emulator plus a client that speaks to it like the SDK does.
-struct Api {
-    emu: RunningEmulator,
-    http: reqwest::Client,
-    key: String,
-}
+type Api = common::Api<RunningEmulator>;
 
 impl Api {
     async fn start(config: EmulatorConfig) -> TestResult<Self> {
-        Ok(Self {
-            emu: Emulator::spawn(config).await?,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
-            key: KEY.to_owned(),
-        })
-    }
-
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<(StatusCode, HeaderMap, Value), reqwest::Error> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.emu.base_url()))
-            .bearer_auth(&self.key);
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        let res = req.send().await?;
-        let (status, headers) = (res.status(), res.headers().clone());
-        let bytes = res.bytes().await?;
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok((status, headers, json))
-    }
-
-    async fn get(&self, path: &str) -> TestResult<(StatusCode, Value)> {
-        let (status, _, body) = self.send(Method::GET, path, None).await?;
-        Ok((status, body))
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> TestResult<(StatusCode, Value)> {
-        let (status, _, body) = self.send(Method::POST, path, Some(body)).await?;
-        Ok((status, body))
+        let emu = Emulator::spawn(config).await?;
+        let base_url = emu.base_url();
+        Self::new(emu, base_url, KEY)
     }
 
     /// Polls a status URL until the job is terminal (bounded by `DEADLINE`); returns every status body seen.
     async fn wait_terminal(&self, status_path: &str) -> TestResult<Vec<Value>> {
-        let started = Instant::now();
-        let mut seen = Vec::new();
-        loop {
-            let (code, body) = self.get(status_path).await?;
-            if code != StatusCode::OK {
-                return Err(format!("status poll answered {code}: {body}").into());
-            }
-            let status = body["status"].as_str().unwrap_or_default().to_owned();
-            seen.push(body);
-            if matches!(status.as_str(), "completed" | "failed" | "cancelled") {
-                return Ok(seen);
-            }
-            if started.elapsed() > DEADLINE {
-                return Err(format!("job not terminal after {DEADLINE:?}: {seen:?}").into());
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        self.poll_until(status_path, &["completed", "failed", "cancelled"], DEADLINE)
+            .await
     }
 }
 
@@ -368,15 +315,7 @@ async fn only_the_configured_key_is_accepted_and_every_key_is_recorded() -> Test
         ..config()
     })
     .await?;
-    let url = format!("{}/v2/failure-analysis/taxonomy", api.emu.base_url());
-    let anonymous = api.http.get(&url).send().await?;
-    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        anonymous.json::<Value>().await?,
-        json!({"detail": "Invalid API key"})
-    );
-
-    api.key = "vq_wrong".to_owned();
+    api.key = None;
     let (status, body) = api.get("/v2/failure-analysis/taxonomy").await?;
     assert_eq!(
         (status, body),
@@ -385,7 +324,17 @@ async fn only_the_configured_key_is_accepted_and_every_key_is_recorded() -> Test
             json!({"detail": "Invalid API key"})
         )
     );
-    api.key = "vq_right".to_owned();
+
+    api.key = Some("vq_wrong".to_owned());
+    let (status, body) = api.get("/v2/failure-analysis/taxonomy").await?;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::UNAUTHORIZED,
+            json!({"detail": "Invalid API key"})
+        )
+    );
+    api.key = Some("vq_right".to_owned());
     let (status, body) = api.get("/v2/failure-analysis/taxonomy").await?;
     assert_eq!(status, StatusCode::OK);
     assert!(body["buckets"].as_array().is_some_and(|b| b.len() >= 3));
@@ -395,9 +344,9 @@ async fn only_the_configured_key_is_accepted_and_every_key_is_recorded() -> Test
 
     // Without a configured key any `vq_` key passes and others do not.
     let mut open = Api::start(config()).await?;
-    open.key = "sk-not-valiqor".to_owned();
+    open.key = Some("sk-not-valiqor".to_owned());
     assert_eq!(open.get("/v2/projects").await?.0, StatusCode::UNAUTHORIZED);
-    open.key = "vq_anything".to_owned();
+    open.key = Some("vq_anything".to_owned());
     assert_eq!(open.get("/v2/projects").await?.0, StatusCode::OK);
     Ok(())
 }
@@ -800,13 +749,8 @@ async fn run_serves_a_caller_bound_listener_until_cancelled() -> TestResult {
     let mut tasks = JoinSet::new();
     tasks.spawn(emulator.run(token.clone()));
 
-    let http = reqwest::Client::builder().build()?;
-    let res = http
-        .get(format!("{}/v2/auth/usage", handle.base_url()))
-        .bearer_auth(KEY)
-        .send()
-        .await?;
-    assert_eq!(res.status(), StatusCode::OK);
+    let client = Client::new(handle.base_url(), Some(KEY))?;
+    assert_eq!(client.get("/v2/auth/usage").await?.0, StatusCode::OK);
 
     token.cancel();
     let joined = tokio::time::timeout(DEADLINE, tasks.join_next()).await?;
