@@ -12,15 +12,12 @@ Also one call of evalgate's native API: a managed `arize_task_run` job, waited f
 Usage: python tests/sdk/test_arize_sdk.py  (EVALGATE_BIN and EMULATOR_BIN name the binaries)
 """
 
-import json
 import logging
 import os
 import re
 import shutil
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 import uuid
 
 from arize import ArizeClient
@@ -28,7 +25,8 @@ from arize._generated.api_client.exceptions import NotFoundException, Unauthoriz
 from arize._generated.api_client.models.span_evaluator_input import SpanEvaluatorInput
 from arize.tasks.types import TaskEvaluatorInput, TaskType
 
-from test_sdk import Proc, check, json_field, wait_ready
+from harness import Proc, http_json, json_field, wait_ready
+from test_sdk import check
 
 # Every tasks call logs a "[BETA] ... is a beta API" warning; keep the output to the checks.
 logging.getLogger("arize.pre_releases").setLevel(logging.ERROR)
@@ -107,16 +105,6 @@ def main():
 def arize_client(key, hostport):
     host, port = hostport.rsplit(":", 1)
     return ArizeClient(api_key=key, api_scheme="http", api_host=host, api_port=int(port))
-
-
-def http_json(method, url, body=None, timeout=60):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read().decode() or "null")
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def run_checks(api, arize_listen, arize_upstream, failures):

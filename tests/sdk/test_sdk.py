@@ -8,17 +8,12 @@ successful call proves the caller's key was swapped for the platform key.
 Usage: python tests/sdk/test_sdk.py  (EVALGATE_BIN and EMULATOR_BIN name the binaries)
 """
 
-import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
-import time
-import urllib.request
 
+from harness import Proc, http_get, json_field, wait_ready
 from valiqor import ValiqorClient
 from valiqor.common import exceptions
 
@@ -31,79 +26,6 @@ UPSTREAM_KEY = "vq_sdk_upstream_key"
 CALLER_KEY = "vq_sdk_tenant_token_0001"
 UNKNOWN_KEY = "vq_sdk_not_a_tenant_token"
 BYOK_KEY = "sk-sdk-test-byok"
-
-
-class Proc:
-    """A child process whose output lines are collected on a thread."""
-
-    def __init__(self, argv, env=None):
-        self.lines = []
-        self.cond = threading.Condition()
-        self.proc = subprocess.Popen(
-            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            with self.cond:
-                self.lines.append(line.rstrip("\n"))
-                self.cond.notify_all()
-
-    def wait_for(self, predicate, timeout=30):
-        deadline = time.monotonic() + timeout
-        seen = 0
-        with self.cond:
-            while True:
-                for line in self.lines[seen:]:
-                    found = predicate(line)
-                    if found:
-                        return found
-                seen = len(self.lines)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.proc.poll() is not None:
-                    raise RuntimeError("did not see the expected line; output:\n" + "\n".join(self.lines[-40:]))
-                self.cond.wait(min(remaining, 0.5))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                return self.proc.wait()
-        return self.proc.returncode
-
-
-def json_field(name, value):
-    def match(line):
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            return None
-        return obj if obj.get(name) == value else None
-
-    return match
-
-
-def http_get(url):
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.status, response.read().decode()
-
-
-def wait_ready(admin, timeout=20):
-    """Polls /readyz until 200 (readiness follows the listeners by a moment)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if http_get(admin + "/readyz")[0] == 200:
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("evalgate did not become ready")
-        time.sleep(0.05)
 
 
 def main():
