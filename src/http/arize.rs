@@ -30,9 +30,8 @@ use super::{
     routes::Handling,
 };
 use crate::{
-    middleware::{auth::Caller, metrics::UpstreamElapsed},
+    middleware::metrics::UpstreamElapsed,
     state::AppState,
-    tenants::AuthError,
     upstream::{Platform, arize::ArizeClient},
 };
 
@@ -62,15 +61,8 @@ async fn serve(
     handling: Handling,
     request: Request,
 ) -> Result<Response, ApiError> {
-    // Set by the auth layer before every route; without it nothing is forwarded (fail closed).
-    let caller = request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or(ApiError::Unauthenticated(AuthError::Missing))?;
     // The listener runs only while Arize is on, and then every tenant has an Arize client.
-    let arize = caller
-        .0
+    let arize = super::caller(&request)?
         .arize
         .clone()
         .ok_or_else(|| ApiError::NotFound("Arize is off here".to_owned()))?;

@@ -36,8 +36,9 @@ use self::{
     routes::{Handling, Resolved, RouteTable},
 };
 use crate::{
-    middleware::{self as mw, metrics::RouteLabel},
+    middleware::{self as mw, auth::Caller, metrics::RouteLabel},
     state::AppState,
+    tenants::{AuthError, Tenant},
     upstream::Platform,
 };
 
@@ -165,6 +166,16 @@ where
         .extensions_mut()
         .insert(RouteLabel(metrics::SharedString::const_str(template)));
     response
+}
+
+/// The request's tenant. The auth layer runs before every route and always sets it; without one,
+/// nothing is forwarded (fail closed).
+pub(crate) fn caller(request: &Request) -> Result<std::sync::Arc<Tenant>, ApiError> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map(|caller| std::sync::Arc::clone(&caller.0))
+        .ok_or(ApiError::Unauthenticated(AuthError::Missing))
 }
 
 /// Reads a whole request body, held to `limit` bytes as it streams in (413 beyond it).

@@ -28,10 +28,10 @@ use super::{
 use crate::{
     batching::Submission,
     cache::{CacheKey, StoredResponse},
-    middleware::{auth::Caller, metrics::UpstreamElapsed},
+    middleware::metrics::UpstreamElapsed,
     state::{AppState, InFlight},
     telemetry,
-    tenants::{AuthError, Tenant},
+    tenants::Tenant,
     upstream::{RequestBody, UpstreamError, UpstreamRequest},
 };
 
@@ -53,14 +53,7 @@ async fn serve(
     handling: Handling,
     request: Request,
 ) -> Result<Response, ApiError> {
-    // The auth middleware runs before every route and always sets the caller; without one,
-    // nothing is forwarded (fail closed).
-    let caller = request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or(ApiError::Unauthenticated(AuthError::Missing))?;
-    let tenant = &caller.0;
+    let tenant = &super::caller(&request)?;
     let admitted = state.admit()?;
     // evalgate's own job ids are answered here; every other id passes through.
     if let Some(id) = valiqor_jobs::evalgate_id(request.uri().path()) {

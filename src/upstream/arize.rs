@@ -26,7 +26,7 @@ use serde_json::value::RawValue;
 use super::{
     BuildError, CredentialId, Credentials, Endpoint, Platform, Redactor, RequestBody,
     UpstreamClient, UpstreamError, UpstreamRequest,
-    jobs::{Failure, PollOutcome, SubmitOutcome, retry_after},
+    jobs::{Answer, Failure, PollOutcome, SubmitOutcome, retry_after},
 };
 use crate::{
     config::ArizeConfig,
@@ -257,11 +257,6 @@ impl ArizeClient {
         &self.transport
     }
 
-    /// `body` with every configured key replaced (for error answers).
-    pub(crate) fn scrub(&self, body: Bytes) -> Bytes {
-        self.transport.scrub(body)
-    }
-
     /// The status of run `run_id` (decoded), single-flight. `path` is the upstream path the
     /// poll is sent to if this call is the one that goes upstream (a caller's exact encoding).
     pub(crate) async fn run_status(
@@ -317,11 +312,7 @@ impl ArizeClient {
         let headers = response.headers().clone();
         let body = read_capped(response, RUN_BODY_CAP).await?;
         let hold = self.hold_for(status, &headers, &body);
-        let body = if status.is_success() {
-            body
-        } else {
-            self.scrub(body)
-        };
+        let body = self.transport.scrub_error(status, body);
         Ok(RunAnswer {
             status,
             headers,
@@ -418,14 +409,8 @@ impl ArizeClient {
                 request_id,
             )
             .await
+            .and_then(Answer::ok)
             .map_err(SubmitOutcome::Failure)?;
-        if answer.status != StatusCode::OK {
-            return Err(SubmitOutcome::Failure(Failure::from_status(
-                answer.status,
-                &answer.headers,
-                &answer.body,
-            )));
-        }
         let kind = serde_json::from_slice::<TaskType>(&answer.body)
             .ok()
             .and_then(|t| t.kind)
@@ -508,14 +493,8 @@ impl ArizeClient {
                         request_id,
                     )
                     .await
+                    .and_then(Answer::ok)
                     .map_err(SubmitOutcome::Failure)?;
-                if answer.status != StatusCode::OK {
-                    return Err(SubmitOutcome::Failure(Failure::from_status(
-                        answer.status,
-                        &answer.headers,
-                        &answer.body,
-                    )));
-                }
                 let page: RunPage = serde_json::from_slice(&answer.body).map_err(|e| {
                     SubmitOutcome::Failure(Failure::Transient {
                         reason: format!("Arize's run list is unreadable: {e}"),

@@ -293,6 +293,17 @@ pub(super) struct Answer {
     pub(super) body: Bytes,
 }
 
+impl Answer {
+    /// The answer if it is a 200, else the failure its status means.
+    pub(super) fn ok(self) -> Result<Self, Failure> {
+        if self.status == StatusCode::OK {
+            Ok(self)
+        } else {
+            Err(Failure::from_status(self.status, &self.headers, &self.body))
+        }
+    }
+}
+
 // === impl UpstreamClient (jobs) ===
 
 impl UpstreamClient {
@@ -331,11 +342,7 @@ impl UpstreamClient {
             retry_after: None,
         })?;
         // An error answer may echo what it was sent; its text ends up in stored batch errors.
-        let body = if status.is_success() {
-            body
-        } else {
-            self.scrub(body)
-        };
+        let body = self.scrub_error(status, body);
         Ok(Answer {
             status,
             headers,

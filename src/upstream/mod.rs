@@ -286,6 +286,15 @@ impl UpstreamClient {
         self.redactor.scrub(body)
     }
 
+    /// An answer's body as it may be kept or relayed: an error answer scrubbed, a success as is.
+    pub(crate) fn scrub_error(&self, status: http::StatusCode, body: Bytes) -> Bytes {
+        if status.is_success() {
+            body
+        } else {
+            self.scrub(body)
+        }
+    }
+
     pub(crate) fn credential(&self) -> CredentialId {
         self.credentials.id
     }
