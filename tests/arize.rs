@@ -105,28 +105,19 @@ async fn submit(app: &TestApp, body: Value) -> (StatusCode, Value) {
     json_of(app.post("/v1/jobs").json(&body).send().await.unwrap()).await
 }
 
+/// A native GET that must answer 200; its JSON.
+async fn get_ok(app: &TestApp, path: &str) -> Value {
+    let (status, body) = json_of(app.get(path).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    body
+}
+
 async fn wait_job(app: &TestApp, job: &str) -> Value {
-    let (status, view) = json_of(
-        app.get(&format!("/v1/jobs/{job}?wait=20s"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{view}");
-    view
+    get_ok(app, &format!("/v1/jobs/{job}?wait=20s")).await
 }
 
 async fn result_of(app: &TestApp, job: &str) -> Value {
-    let (status, result) = json_of(
-        app.get(&format!("/v1/jobs/{job}/result"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{result}");
-    result
+    get_ok(app, &format!("/v1/jobs/{job}/result")).await
 }
 
 #[tokio::test]
