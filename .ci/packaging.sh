@@ -682,6 +682,8 @@ check "fails on a loopback API address in standalone mode" \
   expect_fail "in standalone mode config.server.listen must not be a loopback" --set config.server.listen=127.0.0.1:8080
 check "fails on a non-loopback API address in sidecar mode" \
   expect_fail "in sidecar mode config.server.listen must be a loopback address" --set mode=sidecar --set config.server.listen=0.0.0.0:8080
+check "fails on a host name as listen address (evalgate takes IP:port only)" \
+  expect_fail "listen" --set mode=sidecar --set config.server.listen=localhost:8080
 check "fails on standalone auth.mode=none without the opt-in" \
   expect_fail "standalone mode with auth.mode=none would serve every pod" --set auth.mode=none
 check "fails on tenants with auth.mode=none" \

@@ -102,7 +102,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* Non-empty when a "host:port" listen address is a loopback address. */}}
 {{- define "evalgate.isLoopback" -}}
-{{- if regexMatch "^(127\\.|localhost:|\\[::1\\]:)" (toString .) }}true{{ end }}
+{{- if regexMatch "^(127\\.|\\[::1\\]:)" (toString .) }}true{{ end }}
 {{- end }}
 
 {{/*
