@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packaging checks: the Dockerfile (hadolint) and the Helm chart (helm lint --strict,
 # helm template | kubernetes-validate --strict, render assertions: secrets, tenants, auth,
-# NetworkPolicy, sidecar shapes, the Arize listener; config/default.toml sync).
+# NetworkPolicy, sidecar shapes, the Arize listener, the PostgreSQL store and several replicas
+# (PodDisruptionBudget, topology spread); config/default.toml sync).
 #
 #   bash .ci/packaging.sh
 #
@@ -198,8 +199,8 @@ if not ref_tenants:
         elif block and line.startswith("#") and re.match(r"^[a-z_]+ = \S", text):
             ref_tenants.add(text.split(" ", 1)[0])
 ref = keys(ref_doc)
-# Filled in by the chart: the keys from `secrets`, [auth] from `auth`.
-managed = {"valiqor.api_key", "valiqor.openai_api_key", "arize.api_key", "auth.mode", "auth.allow_unauthenticated", "auth.tenants_file"}
+# Filled in by the chart: the keys from `secrets`, store.url from `store.postgres`, [auth] from `auth`.
+managed = {"valiqor.api_key", "valiqor.openai_api_key", "arize.api_key", "store.url", "auth.mode", "auth.allow_unauthenticated", "auth.tenants_file"}
 sets = {
     "rendered config.toml": keys(cfg),
     "values.yaml config": keys(yaml.safe_load(open(values_yaml))["config"]) | managed,
@@ -217,7 +218,7 @@ if not tenants:
 for t in tenants:
     if set(t) - ref_tenants:
         ok = False; print(f"[[tenants]] {t.get('name')}: keys not in config/default.toml's [[tenants]]: {sorted(set(t) - ref_tenants)}")
-for key in ("valiqor.api_key", "valiqor.openai_api_key", "arize.api_key"):
+for key in ("valiqor.api_key", "valiqor.openai_api_key", "arize.api_key", "store.url"):
     section, name = key.split(".")
     if not str(cfg[section][name]).startswith("file:/var/run/secrets/evalgate/"):
         ok = False; print(f"{key} is not a file: reference: {cfg[section][name]!r}")
@@ -228,10 +229,14 @@ PY
 # Pod-level invariants of every rendered evalgate container.
 pod_invariants() {
   pycheck "$1" <<'PY'
-import sys, yaml
+import sys, tomllib, yaml
 problems = []
-for doc in yaml.safe_load_all(open(sys.argv[1])):
-    if not doc or doc.get("kind") != "Deployment":
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+# The store in force, from the rendered config.toml: PostgreSQL (store.url set) or SQLite.
+cfgs = [tomllib.loads(d["data"]["config.toml"]) for d in docs if d.get("kind") == "ConfigMap" and "config.toml" in d.get("data", {})]
+postgres = bool(cfgs and cfgs[0].get("store", {}).get("url"))
+for doc in docs:
+    if doc.get("kind") != "Deployment":
         continue
     pod = doc["spec"]["template"]
     spec = pod["spec"]
@@ -266,9 +271,11 @@ for doc in yaml.safe_load_all(open(sys.argv[1])):
             problems.append(f"{where}: {m['name']} is a subPath mount (never updated: no hot reload)")
     if not mounts.get("evalgate-config", {}).get("readOnly"):
         problems.append(f"{where}: config not mounted readOnly")
-    if "evalgate-store" not in mounts:
-        problems.append(f"{where}: no store volume")
     vols = {v["name"] for v in spec.get("volumes", [])}
+    if postgres and ("evalgate-store" in mounts or "evalgate-store" in vols):
+        problems.append(f"{where}: PostgreSQL store (store.url), yet a SQLite store volume")
+    if not postgres and "evalgate-store" not in mounts:
+        problems.append(f"{where}: no store volume")
     if not set(mounts) <= vols:
         problems.append(f"{where}: mounts without volumes: {sorted(set(mounts) - vols)}")
     if spec.get("terminationGracePeriodSeconds", 30) <= 0:
@@ -461,8 +468,12 @@ def walk(v):
         n += 1
         os.makedirs(os.path.dirname(v[5:]), exist_ok=True)
         with open(v[5:], "w") as f:
-            # evalgate wants tokens of 16+ printable characters.
-            f.write(f"test-secret-{n:02d}-0123456789abcdef\n")
+            if v.endswith("/store-url"):
+                # store.url: a PostgreSQL URL whose password check-config must mask.
+                f.write(f"postgres://evalgate:test-secret-{n:02d}-0123456789abcdef@db.example:5432/evalgate\n")
+            else:
+                # evalgate wants tokens of 16+ printable characters.
+                f.write(f"test-secret-{n:02d}-0123456789abcdef\n")
 walk(cfg)
 if cfg.get("auth", {}).get("tenants_file"):
     with open(cfg["auth"]["tenants_file"], "w") as f:
@@ -473,6 +484,77 @@ PY
     || { cat "$dir/check-config.txt"; return 1; }
   cat "$dir/check-config.txt"
   ! grep -n 'test-secret-' "$dir/check-config.txt" || { echo "check-config printed a secret"; return 1; }
+}
+
+# replicas_spread RENDERED multi|single: with several replicas (multi) the PodDisruptionBudget and
+# the default topology spread constraint select exactly the Deployment's pods (the chart's
+# defaults: maxUnavailable 1, unhealthy pods evictable; spread over nodes, maxSkew 1,
+# ScheduleAnyway, per rollout); with one replica (single) neither exists.
+replicas_spread() {
+  pycheck "$1" "$2" <<'PY'
+import sys, yaml
+rendered, want = sys.argv[1:]
+docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
+dep = next(d for d in docs if d["kind"] == "Deployment")
+pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+sel = dep["spec"]["selector"]["matchLabels"]
+labels = dep["spec"]["template"]["metadata"]["labels"]
+tsc = dep["spec"]["template"]["spec"].get("topologySpreadConstraints", [])
+problems = []
+if any(labels.get(k) != v for k, v in sel.items()):
+    problems.append(f"pod labels {labels} do not carry the selector {sel}")
+if want == "multi":
+    if len(pdbs) != 1:
+        problems.append(f"{len(pdbs)} PodDisruptionBudgets, want 1")
+    else:
+        spec = pdbs[0]["spec"]
+        if spec.get("selector") != {"matchLabels": sel}:
+            problems.append(f"PDB selector {spec.get('selector')} is not the Deployment's {sel}")
+        if spec.get("maxUnavailable") != 1 or "minAvailable" in spec:
+            problems.append(f"PDB {spec}: want maxUnavailable 1")
+        if spec.get("unhealthyPodEvictionPolicy") != "AlwaysAllow":
+            problems.append(f"PDB unhealthyPodEvictionPolicy {spec.get('unhealthyPodEvictionPolicy')!r}, want AlwaysAllow")
+    want_tsc = [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+                 "labelSelector": {"matchLabels": sel}, "matchLabelKeys": ["pod-template-hash"]}]
+    if tsc != want_tsc:
+        problems.append(f"topologySpreadConstraints {tsc}\nwant {want_tsc}")
+else:
+    if pdbs:
+        problems.append("a PodDisruptionBudget with a single replica")
+    if tsc:
+        problems.append(f"topologySpreadConstraints with a single replica: {tsc}")
+print("\n".join(problems) or "ok")
+sys.exit(1 if problems else 0)
+PY
+}
+
+# A topologySpreadConstraints list in the values replaces the default constraint, and an entry
+# without labelSelector gets the Deployment's selector.
+spread_override() {
+  pycheck "$1" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+dep = next(d for d in docs if d["kind"] == "Deployment")
+sel = dep["spec"]["selector"]["matchLabels"]
+tsc = dep["spec"]["template"]["spec"].get("topologySpreadConstraints", [])
+want = [
+    {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+     "labelSelector": {"matchLabels": sel}},
+    {"maxSkew": 2, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+     "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "evalgate"}}},
+]
+print("ok" if tsc == want else f"topologySpreadConstraints {tsc}\nwant {want}")
+sys.exit(0 if tsc == want else 1)
+PY
+}
+
+# check-config on a render with the PostgreSQL store: in force, its URL shown with the password masked.
+check_config_postgres() {
+  check_config_with_binary "$@" || return 1
+  local out="$CACHE/check-config/check-config.txt"
+  grep -q '^in_force = "postgres"$' "$out" || { echo "no in_force = \"postgres\""; return 1; }
+  grep -q '^url = "postgres://evalgate:\*\*\*\*\*@db.example:5432/evalgate"$' "$out" \
+    || { echo "the PostgreSQL URL is not shown masked"; return 1; }
 }
 
 log "checks"
@@ -487,9 +569,12 @@ check "defaults: Deployment, Service, ConfigMap, NetworkPolicy; API key from Sec
   'max_body_bytes = 134217728$' 'terminationGracePeriodSeconds: 30$'
 check "defaults: tokens mode, no tenants, API on 0.0.0.0:8080" \
   has defaults '^    mode = "tokens"$' '^    allow_unauthenticated = false$' '^    listen = "0.0.0.0:8080"$' 'value: "0.0.0.0:8080"$'
-check "defaults: no float in config.toml, no tenants, no PVC/PDB/ServiceMonitor, no admin port on the Service" \
+check "defaults: no float in config.toml, no tenants, no PVC/PDB/ServiceMonitor/topology spread, no admin port on the Service" \
   lacks defaults '= [0-9]+\.0$' '\[\[tenants\]\]' 'kind: PersistentVolumeClaim' 'kind: PodDisruptionBudget' 'kind: ServiceMonitor' \
-  'targetPort: admin'
+  'topologySpreadConstraints:' 'targetPort: admin'
+check "defaults: SQLite store on an emptyDir, no store.url, no PostgreSQL Secret" \
+  has defaults 'name: evalgate-store$' 'sizeLimit: 1Gi$' '^    path = "/var/lib/evalgate/evalgate.db"$'
+check "defaults: no PostgreSQL" lacks defaults '^    url = ' 'store-url'
 check "defaults: Arize off: no listener, port, key or Secret" \
   lacks defaults 'EVALGATE__ARIZE__LISTEN' 'name: arize$' 'arize-api-key' 'evalgate-arize' '^    listen = "[^"]+:8081"$'
 check "defaults: pod invariants" pod_invariants "$OUT/defaults.yaml"
@@ -534,10 +619,12 @@ if [ -f "$OUT/sidecar-classic-values.yaml" ]; then
   check "sidecar classic: no initContainers" lacks sidecar-classic-values 'initContainers:' 'restartPolicy: Always'
 fi
 if [ -f "$OUT/standalone-pvc-values.yaml" ]; then
-  check "standalone+pvc: PVC, PDB, ServiceMonitor, Recreate, extra secret, admin port on the Service" \
-    has standalone-pvc-values 'kind: PersistentVolumeClaim' 'kind: PodDisruptionBudget' 'kind: ServiceMonitor' \
+  check "standalone+pvc: PVC, ServiceMonitor, Recreate, extra secret, admin port on the Service" \
+    has standalone-pvc-values 'kind: PersistentVolumeClaim' 'kind: ServiceMonitor' \
     'type: Recreate' 'claimName: evalgate-store' 'path: webhooks/signing-secret' 'mountPath: /data/evalgate$' \
     'targetPort: admin'
+  check "standalone+pvc: one replica, so no PodDisruptionBudget and no topology spread" \
+    replicas_spread "$OUT/standalone-pvc-values.yaml" single
   check "standalone+pvc: NetworkPolicy admin rule is the values' monitoring selector" \
     netpol "$OUT/standalone-pvc-values.yaml" "$CHART/ci/standalone-pvc-values.yaml"
 fi
@@ -566,6 +653,51 @@ if [ -f "$OUT/sidecar-arize-values.yaml" ]; then
     'api_key = "file:/var/run/secrets/evalgate/arize-api-key"$'
   check "sidecar+arize: no Service, no NetworkPolicy" lacks sidecar-arize-values 'kind: Service$' 'kind: NetworkPolicy'
 fi
+if [ -f "$OUT/standalone-postgres-values.yaml" ]; then
+  check "standalone+postgres: store.url is a file: reference to the mounted Secret key, pool settings passed" \
+    has standalone-postgres-values '^    url = "file:/var/run/secrets/evalgate/store-url"$' 'name: evalgate-postgres$' \
+    '^ *- key: url$' '^ *path: store-url$' '^    pool_size = 8$' '^    statement_timeout = "15s"$' 'replicas: 3$'
+  check "standalone+postgres: no SQLite store volume, no PVC, no EVALGATE__STORE__URL" \
+    lacks standalone-postgres-values 'name: evalgate-store$' 'kind: PersistentVolumeClaim' 'claimName:' 'EVALGATE__STORE__URL'
+  check "standalone+postgres: 3 replicas -> PodDisruptionBudget and topology spread over the release's pods" \
+    replicas_spread "$OUT/standalone-postgres-values.yaml" multi
+  check "standalone+postgres, 1 replica: render+validate" \
+    render_and_validate postgres-1 -f "$CHART/ci/standalone-postgres-values.yaml" --set replicaCount=1
+  check "standalone+postgres, 1 replica: no PodDisruptionBudget, no topology spread" \
+    replicas_spread "$OUT/postgres-1.yaml" single
+  check "standalone+postgres, 1 replica: still no store volume" pod_invariants "$OUT/postgres-1.yaml"
+  check "standalone+postgres: PDB and spread off by values" \
+    render postgres-off -f "$CHART/ci/standalone-postgres-values.yaml" \
+    --set podDisruptionBudget.enabled=false --set topologySpread.enabled=false
+  check "standalone+postgres: PDB and spread off -> neither rendered" \
+    lacks postgres-off 'kind: PodDisruptionBudget' 'topologySpreadConstraints:'
+  printf '%s\n' 'topologySpreadConstraints:' \
+    '  - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule}' \
+    '  - {maxSkew: 2, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: ScheduleAnyway, labelSelector: {matchLabels: {app.kubernetes.io/name: evalgate}}}' \
+    'podDisruptionBudget: {minAvailable: "50%", unhealthyPodEvictionPolicy: ""}' >"$OUT/spread-override.values.yaml"
+  check "standalone+postgres: own spread constraints and a percentage PDB: render+validate" \
+    render_and_validate postgres-override -f "$CHART/ci/standalone-postgres-values.yaml" -f "$OUT/spread-override.values.yaml"
+  check "standalone+postgres: own spread constraints replace the default, labelSelector filled in" \
+    spread_override "$OUT/postgres-override.yaml"
+  check "standalone+postgres: PDB minAvailable 50%, no maxUnavailable, no eviction policy" \
+    has postgres-override '^  minAvailable: 50%$'
+  check "standalone+postgres: PDB override leaves out what it replaces" \
+    lacks postgres-override '^  maxUnavailable:' 'unhealthyPodEvictionPolicy'
+fi
+check "sidecar+postgres: render+validate" \
+  render_and_validate sidecar-postgres -f "$CHART/ci/sidecar-native-values.yaml" --set store.postgres.existingSecret=evalgate-postgres
+check "sidecar+postgres: pod invariants (no store volume)" pod_invariants "$OUT/sidecar-postgres.yaml"
+check "sidecar+postgres: store.url is a mounted key" refs_mounted "$OUT/sidecar-postgres.yaml"
+check "sidecar+postgres: store.url rendered, URL Secret mounted" \
+  has sidecar-postgres '^    url = "file:/var/run/secrets/evalgate/store-url"$' '^ *path: store-url$'
+check "sidecar+postgres: no store volume, no PDB or spread" \
+  lacks sidecar-postgres 'name: evalgate-store$' 'kind: PodDisruptionBudget' 'topologySpreadConstraints:'
+# replicaCount is a standalone value: in sidecar mode the application's pods are the replicas.
+check "sidecar mode ignores replicaCount (no PostgreSQL needed, no PDB)" \
+  render sidecar-replicas -f "$CHART/ci/sidecar-native-values.yaml" --set replicaCount=3
+check "sidecar mode with replicaCount 3: SQLite store volume" has sidecar-replicas 'name: evalgate-store$'
+check "sidecar mode with replicaCount 3: no PDB, no spread, no PostgreSQL" \
+  lacks sidecar-replicas 'kind: PodDisruptionBudget' 'topologySpreadConstraints:' 'store-url'
 arize_demo() {
   render_and_validate arize-demo -f "$CHART/ci/demo-values.yaml" --set config.arize.listen=0.0.0.0:8081 || return 1
   has arize-demo 'targetPort: arize$' 'containerPort: 8081$' && lacks arize-demo 'arize-api-key' 'evalgate-arize'
@@ -721,11 +853,30 @@ check "fails on an empty NetworkPolicy API peer list" \
 check "fails on persistence with 2 replicas" \
   expect_fail "persistence.enabled needs replicaCount 1" --set persistence.enabled=true --set replicaCount=2
 check "fails on a PDB that blocks every drain" \
-  expect_fail "must be below replicaCount" --set podDisruptionBudget.enabled=true --set podDisruptionBudget.minAvailable=1
+  expect_fail "podDisruptionBudget.minAvailable (3) must be below replicaCount (3)" \
+  -f "$CHART/ci/standalone-postgres-values.yaml" --set podDisruptionBudget.minAvailable=3
+check "fails on replicaCount 2 without the PostgreSQL store" \
+  expect_fail "evalgate: replicaCount > 1 needs the PostgreSQL store (store.postgres.existingSecret): replicas do not share a SQLite file" \
+  --set replicaCount=2
+check "fails on a PostgreSQL URL literal in config (schema)" \
+  expect_fail "config.store: Additional property url is not allowed" --set config.store.url=postgres://evalgate:pw@db:5432/evalgate
+check "fails on a PostgreSQL URL literal in config (render check, schema skipped)" \
+  expect_fail "evalgate: do not put store.url in config" --skip-schema-validation \
+  --set config.store.url=postgres://evalgate:pw@db:5432/evalgate
+check "fails on EVALGATE__STORE__URL in extraEnv" \
+  expect_fail "do not set EVALGATE__STORE__URL in extraEnv" \
+  --set 'extraEnv[0].name=EVALGATE__STORE__URL' --set 'extraEnv[0].value=env:PGURL'
+check "fails on the PostgreSQL store with persistence" \
+  expect_fail "persistence.enabled keeps the SQLite store on a PVC, but store.postgres.existingSecret" \
+  -f "$CHART/ci/standalone-postgres-values.yaml" --set persistence.enabled=true
+check "fails on the PostgreSQL Secret without a key" \
+  expect_fail "store.postgres.key must name the key" --set store.postgres.existingSecret=evalgate-postgres --set store.postgres.key=
+check "fails on a pool size above 256 (schema)" \
+  expect_fail "config.store.pool_size: Must be less than or equal to 256" --set config.store.pool_size=257
 
-check "render config with every secret, Arize on, and tenants" \
+check "render config with every secret, Arize on, the PostgreSQL store, and tenants" \
   render sync -f "$CHART/ci/standalone-tenants-values.yaml" --set secrets.openaiApiKey.existingSecret=s \
-  --set config.arize.listen=0.0.0.0:8081
+  --set config.arize.listen=0.0.0.0:8081 --set store.postgres.existingSecret=s
 check "config.toml / values.yaml / values.schema.json mirror config/default.toml" config_in_sync
 grep '^WARNING' "$OUT/check.log" || true
 
@@ -744,6 +895,8 @@ if [ -n "$evalgate_bin" ] && "$evalgate_bin" check-config --help >/dev/null 2>&1
     check_config_with_binary "$evalgate_bin" -f "$CHART/ci/standalone-arize-values.yaml"
   check "evalgate check-config accepts the rendered sidecar with a loopback Arize listener" \
     check_config_with_binary "$evalgate_bin" -f "$CHART/ci/sidecar-arize-values.yaml"
+  check "evalgate check-config accepts the rendered PostgreSQL store, masks its password" \
+    check_config_postgres "$evalgate_bin" -f "$CHART/ci/standalone-postgres-values.yaml"
 else
   log "skipped: evalgate check-config on the rendered config (no built binary with check-config; set EVALGATE_BIN)"
 fi

@@ -191,6 +191,17 @@ pub async fn run(
         (&mut tasks, &shutdown),
         (&mut admin_tasks, &admin_stop),
     );
+    if let Some(exclusive) = workers.exclusive {
+        // Held until the workers have stopped (with the admin port); ends early only when the
+        // claim is lost, and then the process stops rather than overlap another evalgate.
+        let released = admin_stop.clone();
+        admin_tasks.spawn("store-claim", async move {
+            tokio::select! {
+                () = released.cancelled() => Ok(()),
+                lost = exclusive.hold() => lost.map_err(|error| error::ErrorChain(&error).to_string()),
+            }
+        });
+    }
     state.readiness.set_serving();
     tracing::info!(
         upstream = %state.config.valiqor.base_url,

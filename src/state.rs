@@ -25,7 +25,7 @@ use crate::{
     },
     middleware::rate_limit::Limiters,
     shutdown::Readiness,
-    store::{JobStore, SqliteStore},
+    store::{Exclusive, JobStore, PostgresStore, SqliteStore},
     telemetry,
     tenants::{BaseClients, Tenants},
     upstream::{UpstreamClient, arize::ArizeClient},
@@ -76,6 +76,8 @@ impl std::fmt::Debug for Inner {
 pub struct Workers {
     pub engine: JobEngine,
     pub(crate) dispatcher: WebhookDispatcher,
+    /// On `PostgreSQL`: this evalgate's claim on the database, held while it runs.
+    pub(crate) exclusive: Option<Exclusive>,
 }
 
 /// One open event stream; dropping it frees the slot.
@@ -104,7 +106,17 @@ impl AppState {
         let valiqor = UpstreamClient::new(&config.valiqor)?;
         let arize = ArizeClient::new(&config.arize, valiqor.redactor().clone())?;
         let tenants = Tenants::new(&config, BaseClients { valiqor, arize })?;
-        let store: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&config.store).await?);
+        // One evalgate per PostgreSQL database (until leases): claimed before anything runs.
+        let (store, exclusive): (Arc<dyn JobStore>, _) = match &config.store.postgres {
+            Some(postgres) => {
+                let exclusive = Exclusive::acquire(postgres).await?;
+                (
+                    Arc::new(PostgresStore::connect(postgres).await?),
+                    Some(exclusive),
+                )
+            }
+            None => (Arc::new(SqliteStore::open(&config.store).await?), None),
+        };
         let hub = JobHub::new();
         let learned = Arc::new(LearnedLimits::load(store.as_ref()).await?);
         let shared_config = Arc::new(config.clone());
@@ -160,7 +172,14 @@ impl AppState {
             event_streams: Arc::new(Semaphore::new(config.server.max_event_streams)),
             config,
         }));
-        Ok((state, Workers { engine, dispatcher }))
+        Ok((
+            state,
+            Workers {
+                engine,
+                dispatcher,
+                exclusive,
+            },
+        ))
     }
 
     /// Admits one request or sheds it with 503 + Retry-After when `server.max_in_flight` are running.

@@ -229,9 +229,26 @@ pub enum ByokMode {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreConfig {
+    /// Which store is in force: `"postgres"` when `postgres` is set, else `"sqlite"`.
+    pub in_force: &'static str,
     pub path: StorePath,
     /// Read-only connections beside the one writer (1-64); unused by a `:memory:` store.
     pub read_connections: usize,
+    /// `store.url` set: the `PostgreSQL` store, and `path` is ignored.
+    pub postgres: Option<PostgresConfig>,
+}
+
+/// The `PostgreSQL` store's connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct PostgresConfig {
+    /// The URL as `check-config` shows it: the password masked.
+    pub url: String,
+    /// The URL itself (it holds the password).
+    #[serde(skip)]
+    pub url_secret: Secret<String>,
+    pub pool_size: usize,
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

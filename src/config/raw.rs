@@ -78,6 +78,10 @@ pub(crate) struct RawArize {
 pub(crate) struct RawStore {
     pub path: String,
     pub read_connections: u64,
+    pub url: String,
+    pub pool_size: u64,
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
 }
 
 #[derive(Debug, Deserialize)]

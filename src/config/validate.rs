@@ -11,9 +11,9 @@ use url::Url;
 
 use super::{
     AllowedHost, ArizeConfig, BatchLimitsConfig, BatchingConfig, ByokMode, Config, ConfigError,
-    ENGINE_COMMAND_CAPACITY, EnvLookup, FailurePolicy, JobsConfig, LogFormat, RateLimitConfig,
-    ServerConfig, StoreConfig, StorePath, TaxonomyCacheConfig, TelemetryConfig, ValiqorConfig,
-    WEBHOOK_EVENTS, WebhookEndpoint, WebhooksConfig, parse_cidr,
+    ENGINE_COMMAND_CAPACITY, EnvLookup, FailurePolicy, JobsConfig, LogFormat, PostgresConfig,
+    RateLimitConfig, ServerConfig, StoreConfig, StorePath, TaxonomyCacheConfig, TelemetryConfig,
+    ValiqorConfig, WEBHOOK_EVENTS, WebhookEndpoint, WebhooksConfig, parse_cidr,
     raw::{
         self, RawArize, RawAuth, RawBatchLimits, RawBatching, RawJobs, RawRateLimit, RawServer,
         RawStore, RawTaxonomyCache, RawTelemetry, RawTenant, RawValiqor, RawWebhooks,
@@ -85,7 +85,7 @@ pub(super) fn from_figment(
         .and_then(|raw| arize(&raw, env, &mut problems));
     let store = problems
         .section::<RawStore>(figment, "store")
-        .and_then(|raw| store(&raw, &mut problems));
+        .and_then(|raw| store(&raw, env, &mut problems));
     let taxonomy_cache = problems
         .section::<RawTaxonomyCache>(figment, "taxonomy_cache")
         .and_then(|raw| taxonomy_cache(&raw, &mut problems));
@@ -732,7 +732,7 @@ fn arize(raw: &RawArize, env: &dyn EnvLookup, problems: &mut Problems) -> Option
     })
 }
 
-fn store(raw: &RawStore, problems: &mut Problems) -> Option<StoreConfig> {
+fn store(raw: &RawStore, env: &dyn EnvLookup, problems: &mut Problems) -> Option<StoreConfig> {
     let path = match raw.path.as_str() {
         "" => {
             problems.push("store.path", "must not be empty");
@@ -747,9 +747,61 @@ fn store(raw: &RawStore, problems: &mut Problems) -> Option<StoreConfig> {
         problems.push("store.read_connections", "must be between 1 and 64");
         None
     };
+    let postgres = match optional_secret("store.url", &raw.url, env, problems)? {
+        None => Some(None),
+        Some(url) => postgres(raw, url, problems).map(Some),
+    };
+    let postgres = postgres?;
     Some(StoreConfig {
+        in_force: if postgres.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        },
         path: path?,
         read_connections: read_connections?,
+        postgres,
+    })
+}
+
+/// `store.url` (resolved) and the pool settings: a `postgres://` or `postgresql://` URL.
+fn postgres(
+    raw: &RawStore,
+    url: Secret<String>,
+    problems: &mut Problems,
+) -> Option<PostgresConfig> {
+    let shown = match Url::parse(url.expose()) {
+        Ok(parsed) if matches!(parsed.scheme(), "postgres" | "postgresql") => {
+            let mut shown = parsed;
+            if shown.password().is_some() {
+                // A URL with a password always takes another one.
+                let _ = shown.set_password(Some(crate::types::REDACTED));
+            }
+            Some(shown.to_string())
+        }
+        // Never echo the value: it may hold a password.
+        Ok(_) | Err(_) => {
+            problems.push(
+                "store.url",
+                "must be a postgres:// or postgresql:// URL (the value is not shown: it may hold a password)",
+            );
+            None
+        }
+    };
+    let pool_size = if let n @ 1..=256 = raw.pool_size {
+        usize::try_from(n).ok()
+    } else {
+        problems.push("store.pool_size", "must be between 1 and 256");
+        None
+    };
+    if raw.statement_timeout.is_zero() {
+        problems.push("store.statement_timeout", "must be greater than 0");
+    }
+    Some(PostgresConfig {
+        url: shown?,
+        url_secret: url,
+        pool_size: pool_size?,
+        statement_timeout: raw.statement_timeout,
     })
 }
 
@@ -1009,6 +1061,53 @@ mod tests {
                 bad.problems.iter().any(|p| p.contains(expected)),
                 "{expected}: {:?}",
                 bad.problems
+            );
+        }
+    }
+
+    #[test]
+    fn a_store_url_puts_postgres_in_force_and_its_password_is_never_shown() {
+        let env = [
+            ("VALIQOR_API_KEY", "vq_live"),
+            (
+                "STORE_URL",
+                "postgres://evalgate:s3cr3t-pw@db.internal:5432/evalgate",
+            ),
+        ];
+        let sqlite = load("", &env).unwrap();
+        assert_eq!(sqlite.store.in_force, "sqlite");
+        let config = load("[store]\nurl = \"env:STORE_URL\"\npool_size = 8\n", &env).unwrap();
+        assert_eq!(config.store.in_force, "postgres");
+        let postgres = config.store.postgres.as_ref().unwrap();
+        assert_eq!(postgres.pool_size, 8);
+        assert_eq!(
+            postgres.url,
+            "postgres://evalgate:*****@db.internal:5432/evalgate"
+        );
+        assert!(postgres.url_secret.expose().contains("s3cr3t-pw"));
+        let shown = config.to_toml();
+        assert!(shown.contains("in_force = \"postgres\""), "{shown}");
+        assert!(!shown.contains("s3cr3t-pw"), "{shown}");
+        // Not a PostgreSQL URL: refused without echoing the value.
+        let env = [
+            ("VALIQOR_API_KEY", "vq_live"),
+            ("STORE_URL", "mysql://u:hunter2@h/db"),
+        ];
+        let error = load("[store]\nurl = \"env:STORE_URL\"\n", &env).unwrap_err();
+        assert!(
+            error.problems.iter().any(|p| p.starts_with("store.url")),
+            "{error}"
+        );
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+        for bad in [
+            "pool_size = 0",
+            "pool_size = 257",
+            "statement_timeout = \"0s\"",
+        ] {
+            let extra = format!("[store]\nurl = \"postgres://h/db\"\n{bad}\n");
+            assert!(
+                load(&extra, &[("VALIQOR_API_KEY", "vq_live")]).is_err(),
+                "{bad}"
             );
         }
     }

@@ -1,14 +1,19 @@
 //! The durable store: `JobStore` is every read and write of persistent state; `SqliteStore` is the
-//! default implementation. Nothing outside this module knows SQL.
+//! default implementation, `PostgresStore` the one several replicas can share. Nothing outside
+//! this module knows SQL.
 //!
 //! Every state change is committed before it is acknowledged (to a caller or to the engine's next
-//! step). A `PostgreSQL` store can implement the same trait; nothing outside `store/` changes.
+//! step). Both stores pass the same contract suite (`contract.rs`).
+#[cfg(test)]
+mod contract;
 mod pool;
+mod postgres;
 pub(crate) mod sqlite;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
+pub(crate) use self::postgres::{PostgresStore, exclusive::Exclusive};
 pub(crate) use self::sqlite::SqliteStore;
 use crate::types::{BatchState, JobId, JobKind, JobState};
 use crate::types::{Millis, Origin, TenantName};
@@ -33,15 +38,36 @@ pub enum StoreError {
     TooNew { found: i64, supported: i64 },
     #[error("the store holds a value this evalgate cannot read: {0}")]
     Corrupt(String),
+    #[error("database error (PostgreSQL)")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("no PostgreSQL connection")]
+    PostgresPool(#[from] deadpool_postgres::PoolError),
+    #[error("could not build the PostgreSQL connection pool")]
+    PostgresBuild(#[source] deadpool_postgres::BuildError),
+    /// The URL itself is never part of the message: it holds the password.
+    #[error("the store URL is not a valid PostgreSQL connection string")]
+    PostgresUrl(#[source] tokio_postgres::Error),
+    /// Another evalgate works on this `PostgreSQL` database (one per database until leases).
+    #[error(
+        "another evalgate works on this PostgreSQL database: run one evalgate per database (several replicas need leases, a later release)"
+    )]
+    InUse,
+    /// The connection holding this evalgate's claim on the database ended.
+    #[error("the connection holding this evalgate's claim on the PostgreSQL database ended")]
+    ExclusiveLost,
 }
 
 impl StoreError {
     /// Whether the condition can pass by itself, so that the same call may succeed later (a
     /// caller answers 503 with `Retry-After`, or retries): the database busy or locked by another
     /// connection, the disk full, an I/O error, a file that cannot be opened right now, no read
-    /// connection free in time, a call cancelled before it ran. Corruption, a schema too new,
-    /// constraint violations and values that cannot be read do not pass by themselves.
+    /// connection free in time, a call cancelled before it ran; for `PostgreSQL`, a connection
+    /// lost or refused, no pooled connection in time, and the SQLSTATEs of serialization
+    /// failures, deadlocks, insufficient resources, shutdowns and cancelled statements (see
+    /// `postgres::is_transient`). Corruption, a schema too new, constraint violations, SQL
+    /// errors and values that cannot be read do not pass by themselves.
     pub fn is_transient(&self) -> bool {
+        use deadpool_postgres::{HookError, PoolError};
         match self {
             Self::Sqlite(rusqlite::Error::SqliteFailure(error, _)) => matches!(
                 error.code,
@@ -53,11 +79,26 @@ impl StoreError {
             ),
             Self::Join(error) => error.is_cancelled(),
             Self::PoolTimeout(_) => true,
+            Self::Postgres(error) => postgres::is_transient(error),
+            Self::PostgresPool(error) => match error {
+                PoolError::Timeout(_) => true,
+                PoolError::Backend(error)
+                | PoolError::PostCreateHook(HookError::Backend(error)) => {
+                    postgres::is_transient(error)
+                }
+                PoolError::Closed
+                | PoolError::NoRuntimeSpecified
+                | PoolError::PostCreateHook(HookError::Message(_)) => false,
+            },
             Self::Sqlite(_)
             | Self::CreateDir { .. }
             | Self::PoolClosed(_)
             | Self::TooNew { .. }
-            | Self::Corrupt(_) => false,
+            | Self::Corrupt(_)
+            | Self::PostgresBuild(_)
+            | Self::PostgresUrl(_)
+            | Self::InUse
+            | Self::ExclusiveLost => false,
         }
     }
 }

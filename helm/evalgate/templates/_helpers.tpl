@@ -219,6 +219,51 @@ Name of the Secret holding the Arize key: secrets.arizeApiKey.existingSecret whi
 {{- if and (include "evalgate.arizeListen" .) (not .Values.demo) }}{{ .Values.secrets.arizeApiKey.existingSecret }}{{ end }}
 {{- end }}
 
+{{/*
+Name of the Secret holding the PostgreSQL URL (store.postgres.existingSecret); empty = the SQLite
+store. Set, the URL is mounted as <secrets.mountPath>/store-url, config.toml gets
+store.url = "file:<secrets.mountPath>/store-url", and the pod gets no store volume.
+*/}}
+{{- define "evalgate.postgresSecret" -}}
+{{- $store := .Values.store | default dict }}
+{{- $pg := get $store "postgres" | default dict }}
+{{- get $pg "existingSecret" | default "" }}
+{{- end }}
+
+{{/* Non-empty in standalone mode with replicaCount > 1: the PodDisruptionBudget and the default topology spread. */}}
+{{- define "evalgate.multiReplica" -}}
+{{- if and (eq .Values.mode "standalone") (gt (int .Values.replicaCount) 1) }}true{{ end }}
+{{- end }}
+
+{{/*
+The pod's topologySpreadConstraints (YAML list; empty = none): topologySpreadConstraints as
+given, each without a labelSelector getting the release's pod selector; or, when that list is
+empty, the default constraint of topologySpread in standalone mode with replicaCount > 1.
+*/}}
+{{- define "evalgate.topologySpreadConstraints" -}}
+{{- $selector := dict "matchLabels" (include "evalgate.selectorLabels" . | fromYaml) }}
+{{- $out := list }}
+{{- if .Values.topologySpreadConstraints }}
+{{- range $c := .Values.topologySpreadConstraints }}
+{{- $c = deepCopy $c }}
+{{- if not (hasKey $c "labelSelector") }}
+{{- $_ := set $c "labelSelector" $selector }}
+{{- end }}
+{{- $out = append $out $c }}
+{{- end }}
+{{- else if and .Values.topologySpread.enabled (include "evalgate.multiReplica" .) }}
+{{- $ts := .Values.topologySpread }}
+{{- $c := dict "maxSkew" (int $ts.maxSkew) "topologyKey" $ts.topologyKey "whenUnsatisfiable" $ts.whenUnsatisfiable "labelSelector" $selector }}
+{{- with $ts.matchLabelKeys }}
+{{- $_ := set $c "matchLabelKeys" . }}
+{{- end }}
+{{- $out = append $out $c }}
+{{- end }}
+{{- with $out }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
 {{/* Keys of a tenant's Secret that are mounted, in order: token keys, then the upstream keys. */}}
 {{- define "evalgate.tenantKeys" -}}
 {{- $keys := concat (.tokenKeys | default list) (compact (list (.valiqorApiKeyKey | default "") (.openaiApiKeyKey | default "") (.arizeApiKeyKey | default ""))) }}
@@ -296,6 +341,37 @@ Name of the Secret holding the Arize key: secrets.arizeApiKey.existingSecret whi
 {{- end }}
 {{- end }}
 
+{{/* The store checks of evalgate.validate (SQLite or PostgreSQL; replicas; the PodDisruptionBudget). */}}
+{{- define "evalgate.validateStore" -}}
+{{- $pg := include "evalgate.postgresSecret" . }}
+{{- $store := .Values.config.store | default dict }}
+{{- if hasKey $store "url" }}
+{{- fail "evalgate: do not put store.url in config: the PostgreSQL URL holds a password. Keep the whole URL in an existing Secret (kubectl create secret generic evalgate-postgres --from-literal=url='postgres://evalgate:<password>@db:5432/evalgate') and set store.postgres.existingSecret=evalgate-postgres" }}
+{{- end }}
+{{- range .Values.extraEnv }}
+{{- if eq (toString .name) "EVALGATE__STORE__URL" }}
+{{- fail "evalgate: do not set EVALGATE__STORE__URL in extraEnv: it would override the store.url the chart renders, and the chart decides the store volume and the replica checks from store.postgres.existingSecret. Set store.postgres.existingSecret (and store.postgres.key) instead" }}
+{{- end }}
+{{- end }}
+{{- if and $pg (not .Values.store.postgres.key) }}
+{{- fail "evalgate: store.postgres.key must name the key inside store.postgres.existingSecret" }}
+{{- end }}
+{{- if and $pg .Values.persistence.enabled }}
+{{- fail "evalgate: persistence.enabled keeps the SQLite store on a PVC, but store.postgres.existingSecret puts the PostgreSQL store in force (config.store.path is ignored, no store volume is mounted): set persistence.enabled=false" }}
+{{- end }}
+{{- if eq .Values.mode "standalone" }}
+{{- if and (gt (int .Values.replicaCount) 1) (not $pg) }}
+{{- fail (printf "evalgate: replicaCount > 1 needs the PostgreSQL store (store.postgres.existingSecret): replicas do not share a SQLite file (replicaCount is %d; set it to 1, or point store.postgres.existingSecret at a Secret holding the PostgreSQL URL)" (int .Values.replicaCount)) }}
+{{- end }}
+{{- $pdb := .Values.podDisruptionBudget }}
+{{- if and $pdb.enabled (include "evalgate.multiReplica" .) (or (kindIs "float64" $pdb.minAvailable) (kindIs "int64" $pdb.minAvailable) (kindIs "int" $pdb.minAvailable)) }}
+{{- if ge (int $pdb.minAvailable) (int .Values.replicaCount) }}
+{{- fail (printf "evalgate: podDisruptionBudget.minAvailable (%d) must be below replicaCount (%d), or no node can ever be drained" (int $pdb.minAvailable) (int .Values.replicaCount)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/*
 Checks that fail the render with a clear message. Included by every template that renders
 evalgate's pod parts or ConfigMap.
@@ -340,16 +416,11 @@ evalgate's pod parts or ConfigMap.
 {{- fail "evalgate: networkPolicy.api.from must list at least one peer (an API nobody can reach is of no use); to admit every pod use [{namespaceSelector: {}}], or set networkPolicy.enabled=false" }}
 {{- end }}
 {{- end }}
-{{- if and .Values.persistence.enabled (gt (int .Values.replicaCount) 1) }}
-{{- fail "evalgate: persistence.enabled needs replicaCount 1: each pod owns its SQLite store, and a ReadWriteOnce volume cannot be shared" }}
-{{- end }}
-{{- if .Values.podDisruptionBudget.enabled }}
-{{- $pdb := .Values.podDisruptionBudget }}
-{{- if and (not (kindIs "invalid" $pdb.minAvailable)) (ge (int $pdb.minAvailable) (int .Values.replicaCount)) }}
-{{- fail (printf "evalgate: podDisruptionBudget.minAvailable (%d) must be below replicaCount (%d), or no node can ever be drained" (int $pdb.minAvailable) (int .Values.replicaCount)) }}
+{{- if and .Values.persistence.enabled (not (include "evalgate.postgresSecret" .)) (gt (int .Values.replicaCount) 1) }}
+{{- fail "evalgate: persistence.enabled needs replicaCount 1: each pod owns its SQLite store, and a ReadWriteOnce volume cannot be shared. For several replicas use the PostgreSQL store (store.postgres.existingSecret) with persistence.enabled=false" }}
 {{- end }}
 {{- end }}
-{{- end }}
+{{- include "evalgate.validateStore" . }}
 {{- end }}
 
 {{/* ---------------------------------------------------------------------------------------
@@ -436,6 +507,11 @@ The effective config.toml: .Values.config plus the secret references managed by 
 {{- $arize := get $cfg "arize" | default dict }}
 {{- $_ := set $arize "api_key" (printf "file:%s/arize-api-key" $dir) }}
 {{- $_ := set $cfg "arize" $arize }}
+{{- end }}
+{{- if include "evalgate.postgresSecret" . }}
+{{- $store := get $cfg "store" | default dict }}
+{{- $_ := set $store "url" (printf "file:%s/store-url" $dir) }}
+{{- $_ := set $cfg "store" $store }}
 {{- end }}
 {{- $auth := dict "mode" (include "evalgate.authMode" .) "allow_unauthenticated" .Values.auth.allowUnauthenticated }}
 {{- if or .Values.auth.tenantsFile.existingConfigMap .Values.auth.tenantsFile.existingSecret }}
@@ -580,8 +656,11 @@ volumeMounts:
   - name: evalgate-config
     mountPath: /etc/evalgate
     readOnly: true
+  {{- if not (include "evalgate.postgresSecret" .) }}
+  # The SQLite store (config.store.path); none with the PostgreSQL store.
   - name: evalgate-store
     mountPath: {{ include "evalgate.storeDir" . }}
+  {{- end }}
   - name: evalgate-tmp
     mountPath: /tmp
   {{- if include "evalgate.hasSecrets" . }}
@@ -608,7 +687,7 @@ restartPolicy: Always
 {{/* Non-empty when at least one secret is mounted. */}}
 {{- define "evalgate.hasSecrets" -}}
 {{- $file := .Values.auth.tenantsFile }}
-{{- if or (include "evalgate.apiKeySecret" .) .Values.secrets.openaiApiKey.existingSecret (include "evalgate.arizeKeySecret" .) .Values.extraSecretMounts $file.existingConfigMap $file.existingSecret }}true{{ end }}
+{{- if or (include "evalgate.apiKeySecret" .) .Values.secrets.openaiApiKey.existingSecret (include "evalgate.arizeKeySecret" .) (include "evalgate.postgresSecret" .) .Values.extraSecretMounts $file.existingConfigMap $file.existingSecret }}true{{ end }}
 {{- range .Values.auth.tenants }}{{ if .existingSecret }}true{{ end }}{{ end }}
 {{- end }}
 
@@ -617,6 +696,7 @@ restartPolicy: Always
 - name: evalgate-config
   configMap:
     name: {{ include "evalgate.configMapName" . }}
+{{- if not (include "evalgate.postgresSecret" .) }}
 - name: evalgate-store
   {{- if .Values.persistence.enabled }}
   persistentVolumeClaim:
@@ -625,6 +705,7 @@ restartPolicy: Always
   emptyDir:
     sizeLimit: {{ .Values.storeEmptyDir.sizeLimit }}
   {{- end }}
+{{- end }}
 - name: evalgate-tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpSizeLimit }}
@@ -656,6 +737,13 @@ restartPolicy: Always
           items:
             - key: {{ $.Values.secrets.arizeApiKey.key }}
               path: arize-api-key
+      {{- end }}
+      {{- with include "evalgate.postgresSecret" . }}
+      - secret:
+          name: {{ . }}
+          items:
+            - key: {{ $.Values.store.postgres.key }}
+              path: store-url
       {{- end }}
       {{- /* Each tenant's keys under tenants/<name>/ (evalgate re-reads them when the kubelet updates the Secret). */}}
       {{- range $t := .Values.auth.tenants }}

@@ -1,3 +1,5 @@
+//! `SqliteStore` specifics: WAL, the read-only reader pool, a busy writer, error classification,
+//! corruption. What every store promises is tested in `store/contract.rs`, against every backend.
 use std::sync::mpsc;
 
 use rusqlite::ErrorCode;
@@ -11,8 +13,10 @@ fn file_store_path(dir: &tempfile::TempDir) -> StorePath {
 
 async fn open(path: &StorePath) -> SqliteStore {
     SqliteStore::open(&StoreConfig {
+        in_force: "sqlite",
         path: path.clone(),
         read_connections: 2,
+        postgres: None,
     })
     .await
     .unwrap()
@@ -67,89 +71,6 @@ fn new_job(batches: usize) -> NewJob {
             .collect(),
         created_at: now_millis(),
     }
-}
-
-#[tokio::test]
-async fn finished_jobs_are_reaped_after_retention_and_unfinished_ones_never() {
-    let store = memory().await;
-    let done = new_job(2);
-    let running = new_job(1);
-    let (done_id, running_id) = (done.id.clone(), running.id.clone());
-    assert_eq!(store.create_job(done, 0).await.unwrap(), Created::New);
-    assert_eq!(store.create_job(running, 0).await.unwrap(), Created::New);
-    assert!(
-        store
-            .finish_job(
-                &done_id,
-                JobState::Cancelled,
-                None,
-                None,
-                "{}".to_owned(),
-                Vec::new()
-            )
-            .await
-            .unwrap()
-    );
-    let record = store.job(&done_id).await.unwrap().unwrap();
-    assert!(
-        record
-            .batches
-            .iter()
-            .all(|b| b.state == BatchState::Cancelled)
-    );
-    // Not yet past retention: kept.
-    assert_eq!(
-        store.reap(record.finished_at.unwrap() - 1).await.unwrap(),
-        0
-    );
-    assert_eq!(store.reap(now_millis() + 1_000).await.unwrap(), 1);
-    assert!(store.job(&done_id).await.unwrap().is_none());
-    assert!(store.job(&running_id).await.unwrap().is_some());
-    assert_eq!(store.count_active(None).await.unwrap(), 1);
-}
-
-#[tokio::test]
-async fn batch_updates_are_conditional_on_the_current_state() {
-    let store = memory().await;
-    let job = new_job(1);
-    let id = job.id.clone();
-    store.create_job(job, 0).await.unwrap();
-    let update = |from: Vec<BatchState>, to| BatchUpdate {
-        job_id: id.clone(),
-        idx: 0,
-        from,
-        to,
-        upstream_job_id: Some("up_1".to_owned()),
-        attempts: None,
-        count_submit: true,
-        progress: None,
-        error: None,
-        result: None,
-        event: Some("{}".to_owned()),
-    };
-    assert!(
-        store
-            .update_batch(update(vec![BatchState::Pending], BatchState::Running))
-            .await
-            .unwrap()
-    );
-    // A late writer that expected `pending` no longer applies.
-    assert!(
-        !store
-            .update_batch(update(vec![BatchState::Pending], BatchState::Failed))
-            .await
-            .unwrap()
-    );
-    let record = store.job(&id).await.unwrap().unwrap();
-    assert_eq!(
-        record.state,
-        JobState::Running,
-        "first batch activity starts the job"
-    );
-    assert_eq!(record.batches[0].submits, 1);
-    assert_eq!(record.batches[0].upstream_job_id.as_deref(), Some("up_1"));
-    assert_eq!(store.events_after(&id, 0).await.unwrap().len(), 1);
-    assert_eq!(store.unfinished_batches().await.unwrap().len(), 1);
 }
 
 /// Waits on the blocking side until the test releases it (or drops the sender).
@@ -299,143 +220,6 @@ async fn a_reader_whose_call_panicked_is_replaced() {
     assert_eq!(pool.idle(), 0, "the connection went with the panic");
     store.ping().await.unwrap();
     assert_eq!(pool.idle(), 1, "a new connection took its place");
-}
-
-/// A finished job with two deliveries: `msg_a` (the job's webhook) and `msg_b` (an endpoint).
-async fn job_with_deliveries(store: &SqliteStore) -> JobId {
-    let job = new_job(1);
-    let id = job.id.clone();
-    store.create_job(job, 0).await.unwrap();
-    let delivery = |id: &str, url: &str, target: &str| NewDelivery {
-        id: id.to_owned(),
-        event: "job.completed".to_owned(),
-        url: url.to_owned(),
-        target: target.to_owned(),
-        payload: Bytes::from_static(b"{}"),
-    };
-    let finished = store
-        .finish_job(
-            &id,
-            JobState::Completed,
-            None,
-            Some(Bytes::from_static(b"{}")),
-            "{}".to_owned(),
-            vec![
-                delivery("msg_a", "https://hooks.example/a?token=t0k", "job"),
-                delivery(
-                    "msg_b",
-                    "https://hooks.example/b",
-                    "endpoint:https://hooks.example/b",
-                ),
-            ],
-        )
-        .await
-        .unwrap();
-    assert!(finished);
-    id
-}
-
-fn attempt(delivery: &str, at: Millis, status: u16, new_state: DeliveryState) -> Attempt {
-    Attempt {
-        delivery_id: delivery.to_owned(),
-        at,
-        status: Some(status),
-        latency_ms: 7,
-        error: (status >= 400).then(|| format!("HTTP {status}")),
-        new_state,
-        next_at: at + 1_000,
-    }
-}
-
-#[tokio::test]
-async fn replay_outcomes_decide_not_found_conflict_and_replayed() {
-    let t = default_tenant();
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&file_store_path(&dir)).await;
-    let job = job_with_deliveries(&store).await;
-
-    assert_eq!(
-        store.replay_delivery(&t, "msg_a").await.unwrap(),
-        ReplayOutcome::AlreadyPending,
-        "a new delivery is pending"
-    );
-    assert_eq!(
-        store.replay_delivery(&t, "msg_unknown").await.unwrap(),
-        ReplayOutcome::NotFound
-    );
-    assert_eq!(store.replay_dead(&t, &job).await.unwrap(), Some(0));
-    assert_eq!(
-        store.replay_dead(&t, &JobId::generate()).await.unwrap(),
-        None
-    );
-
-    let at = now_millis();
-    assert!(
-        store
-            .record_attempt(attempt("msg_a", at, 500, DeliveryState::Dead))
-            .await
-            .unwrap()
-    );
-    let listed = store
-        .list_deliveries(&t, Some(job.clone()), None, 10)
-        .await
-        .unwrap();
-    assert_eq!(listed.len(), 2);
-    let dead = &listed[0];
-    assert_eq!(dead.id, "msg_a");
-    assert_eq!(dead.job_id, job);
-    assert_eq!(dead.state, DeliveryState::Dead);
-    assert_eq!(dead.url, "https://hooks.example/a?token=t0k", "as stored");
-    assert_eq!(dead.next_attempt_at, None, "not pending: no next attempt");
-    assert_eq!(dead.delivered_at, None);
-    assert_eq!(
-        dead.attempts,
-        [AttemptRecord {
-            n: 1,
-            at,
-            status: Some(500),
-            latency_ms: 7,
-            error: Some("HTTP 500".to_owned()),
-        }]
-    );
-    assert_eq!(listed[1].id, "msg_b");
-    assert!(listed[1].attempts.is_empty(), "attempts stay with theirs");
-    assert!(listed[1].next_attempt_at.is_some(), "pending: next attempt");
-    let only_dead = store
-        .list_deliveries(&t, None, Some(DeliveryState::Dead), 10)
-        .await
-        .unwrap();
-    assert_eq!(only_dead.len(), 1);
-
-    assert_eq!(store.replay_dead(&t, &job).await.unwrap(), Some(1));
-    assert_eq!(
-        store.replay_delivery(&t, "msg_a").await.unwrap(),
-        ReplayOutcome::AlreadyPending
-    );
-    let delivered_at = now_millis();
-    for id in ["msg_a", "msg_b"] {
-        let delivered = attempt(id, delivered_at, 200, DeliveryState::Delivered);
-        assert!(store.record_attempt(delivered).await.unwrap());
-    }
-    let listed = store
-        .list_deliveries(&t, Some(job), None, 10)
-        .await
-        .unwrap();
-    assert_eq!(listed[0].state, DeliveryState::Delivered);
-    assert_eq!(listed[0].delivered_at, Some(delivered_at));
-    assert_eq!(
-        listed[0].attempts.len(),
-        1,
-        "the replay restarted the count"
-    );
-    assert_eq!(
-        store.replay_delivery(&t, "msg_a").await.unwrap(),
-        ReplayOutcome::Replayed
-    );
-    assert_eq!(
-        store.delivery_counts().await.unwrap(),
-        [(DeliveryState::Delivered, 1), (DeliveryState::Pending, 1)]
-    );
 }
 
 fn sqlite_code(error: &StoreError) -> Option<ErrorCode> {
