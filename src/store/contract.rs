@@ -179,12 +179,13 @@ fn tenant(name: &str) -> TenantName {
     TenantName::parse(name).unwrap()
 }
 
-fn default_tenant() -> TenantName {
+pub(super) fn default_tenant() -> TenantName {
     TenantName::default_tenant()
 }
 
-/// A job of `batches` one-item batches for the default tenant.
-fn new_job(batches: usize) -> NewJob {
+/// A job of `batches` one-item batches for the default tenant (also used by the SQLite-only
+/// tests).
+pub(super) fn new_job(batches: usize) -> NewJob {
     NewJob {
         tenant: default_tenant(),
         id: JobId::generate(),

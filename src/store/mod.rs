@@ -6,6 +6,7 @@
 //! step). Both stores pass the same contract suite (`contract.rs`).
 #[cfg(test)]
 mod contract;
+mod decode;
 mod pool;
 mod postgres;
 pub(crate) mod sqlite;

@@ -23,10 +23,14 @@ use super::{
     Attempt, AttemptRecord, BatchRecord, BatchUpdate, BatchWork, CompletedBatch, Created,
     DeliveryRecord, DeliveryState, DeliveryWork, JobRecord, JobStore, ListQuery, NewBatch,
     NewDelivery, NewJob, ReplayOutcome, StoreError, StoredEvent, UnfinishedBatch,
+    decode::{
+        JOB_COLUMNS, corrupt, parse_batch_state, parse_delivery_state, parse_job_id,
+        parse_job_state, parse_kind, parse_tenant, to_i64, to_u32, to_usize,
+    },
 };
 use crate::{
     config::PostgresConfig,
-    types::{BatchState, JobId, JobKind, JobState, Millis, TenantName, now_millis},
+    types::{BatchState, JobId, JobState, Millis, TenantName, now_millis},
 };
 
 /// Schema migrations, applied in order, numbered as `SqliteStore`'s (schema N is the same
@@ -453,49 +457,6 @@ async fn snapshot(
         .start()
         .await?)
 }
-
-fn to_i64(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn to_usize(n: i64) -> usize {
-    usize::try_from(n).unwrap_or(0)
-}
-
-fn to_u32(n: i64) -> u32 {
-    u32::try_from(n).unwrap_or(0)
-}
-
-fn corrupt(what: &str, value: &str) -> StoreError {
-    StoreError::Corrupt(format!("{what} {value:?}"))
-}
-
-fn parse_job_id(s: &str) -> Result<JobId, StoreError> {
-    JobId::parse(s).ok_or_else(|| corrupt("job id", s))
-}
-
-fn parse_job_state(s: &str) -> Result<JobState, StoreError> {
-    JobState::parse(s).ok_or_else(|| corrupt("job state", s))
-}
-
-fn parse_tenant(s: &str) -> Result<TenantName, StoreError> {
-    TenantName::parse(s).ok_or_else(|| corrupt("tenant", s))
-}
-
-fn parse_kind(s: &str) -> Result<JobKind, StoreError> {
-    JobKind::parse(s).ok_or_else(|| corrupt("job kind", s))
-}
-
-fn parse_batch_state(s: &str) -> Result<BatchState, StoreError> {
-    BatchState::parse(s).ok_or_else(|| corrupt("batch state", s))
-}
-
-fn parse_delivery_state(s: &str) -> Result<DeliveryState, StoreError> {
-    DeliveryState::parse(s).ok_or_else(|| corrupt("delivery state", s))
-}
-
-const JOB_COLUMNS: &str =
-    "id, kind, state, total_items, error, webhook, created_at, started_at, finished_at, tenant";
 
 /// A job row of [`JOB_COLUMNS`], without its batches.
 fn job_record(row: &Row) -> Result<JobRecord, StoreError> {

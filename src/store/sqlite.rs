@@ -18,11 +18,15 @@ use super::{
     Attempt, AttemptRecord, BatchRecord, BatchUpdate, BatchWork, CompletedBatch, Created,
     DeliveryRecord, DeliveryState, DeliveryWork, JobRecord, JobStore, ListQuery, NewBatch,
     NewDelivery, NewJob, ReplayOutcome, StoreError, StoredEvent, UnfinishedBatch,
+    decode::{
+        JOB_COLUMNS, parse_batch_state, parse_delivery_state, parse_job_id, parse_job_state,
+        parse_kind, parse_tenant, to_i64, to_u32, to_usize,
+    },
     pool::{self, ReadPool},
 };
 use crate::{
     config::{StoreConfig, StorePath},
-    types::{BatchState, JobId, JobKind, JobState, Millis, TenantName, now_millis},
+    types::{BatchState, JobId, JobState, Millis, TenantName, now_millis},
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -279,37 +283,6 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn to_i64(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn to_usize(n: i64) -> usize {
-    usize::try_from(n).unwrap_or(0)
-}
-
-fn to_u32(n: i64) -> u32 {
-    u32::try_from(n).unwrap_or(0)
-}
-
-fn corrupt(what: &str, value: &str) -> StoreError {
-    StoreError::Corrupt(format!("{what} {value:?}"))
-}
-
-fn parse_job_state(s: &str) -> Result<JobState, StoreError> {
-    JobState::parse(s).ok_or_else(|| corrupt("job state", s))
-}
-
-fn parse_tenant(s: &str) -> Result<TenantName, StoreError> {
-    TenantName::parse(s).ok_or_else(|| corrupt("tenant", s))
-}
-
-fn parse_batch_state(s: &str) -> Result<BatchState, StoreError> {
-    BatchState::parse(s).ok_or_else(|| corrupt("batch state", s))
-}
-
-const JOB_COLUMNS: &str =
-    "id, kind, state, total_items, error, webhook, created_at, started_at, finished_at, tenant";
-
 /// The raw job row; states are parsed after the query (rusqlite rows cannot carry our errors).
 struct JobRow {
     id: String,
@@ -384,9 +357,9 @@ fn to_record(conn: &Connection, row: JobRow, with_batches: bool) -> Result<JobRe
         Vec::new()
     };
     Ok(JobRecord {
-        id: JobId::parse(&row.id).ok_or_else(|| corrupt("job id", &row.id))?,
+        id: parse_job_id(&row.id)?,
         tenant: parse_tenant(&row.tenant)?,
-        kind: JobKind::parse(&row.kind).ok_or_else(|| corrupt("job kind", &row.kind))?,
+        kind: parse_kind(&row.kind)?,
         state: parse_job_state(&row.state)?,
         total_items: to_usize(row.total_items),
         error: row.error,
@@ -474,7 +447,7 @@ impl JobStore for SqliteStore {
                     )
                     .optional()?;
                 if let Some((id, existing_hash)) = existing {
-                    let id = JobId::parse(&id).ok_or_else(|| corrupt("job id", &id))?;
+                    let id = parse_job_id(&id)?;
                     return Ok(if existing_hash == *hash {
                         Created::Existing(id)
                     } else {
@@ -551,7 +524,7 @@ impl JobStore for SqliteStore {
             rows.into_iter()
                 .map(|(job, idx, state)| {
                     Ok((
-                        JobId::parse(&job).ok_or_else(|| corrupt("job id", &job))?,
+                        parse_job_id(&job)?,
                         to_u32(idx),
                         parse_batch_state(&state)?,
                     ))
@@ -571,7 +544,7 @@ impl JobStore for SqliteStore {
                 .query_map([], |row| row.get::<_, String>(0))?
                 .collect::<Result<Vec<_>, _>>()?;
             ids.iter()
-                .map(|id| JobId::parse(id).ok_or_else(|| corrupt("job id", id)))
+                .map(|id| parse_job_id(id))
                 .collect()
         })
         .boxed()
@@ -614,7 +587,7 @@ impl JobStore for SqliteStore {
             };
             Ok(Some(BatchWork {
                 tenant: parse_tenant(&tenant)?,
-                kind: JobKind::parse(&kind).ok_or_else(|| corrupt("job kind", &kind))?,
+                kind: parse_kind(&kind)?,
                 item_start: to_usize(start),
                 item_end: to_usize(end),
                 state: parse_batch_state(&state)?,
@@ -908,7 +881,7 @@ impl JobStore for SqliteStore {
                     continue;
                 }
                 out.push(DeliveryWork {
-                    job_id: JobId::parse(&job).ok_or_else(|| corrupt("job id", &job))?,
+                    job_id: parse_job_id(&job)?,
                     id,
                     event,
                     url,
@@ -1027,10 +1000,9 @@ impl JobStore for SqliteStore {
             }
             rows.into_iter()
                 .map(|(id, job_id, event, url, state, next_at, created_at, delivered_at)| {
-                    let state = DeliveryState::parse(&state)
-                        .ok_or_else(|| corrupt("delivery state", &state))?;
+                    let state = parse_delivery_state(&state)?;
                     Ok(DeliveryRecord {
-                        job_id: JobId::parse(&job_id).ok_or_else(|| corrupt("job id", &job_id))?,
+                        job_id: parse_job_id(&job_id)?,
                         attempts: attempts.remove(&id).unwrap_or_default(),
                         id,
                         event,
@@ -1128,8 +1100,7 @@ impl JobStore for SqliteStore {
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter()
                 .map(|(state, n)| {
-                    let state = DeliveryState::parse(&state)
-                        .ok_or_else(|| corrupt("delivery state", &state))?;
+                    let state = parse_delivery_state(&state)?;
                     Ok((state, n))
                 })
                 .collect()

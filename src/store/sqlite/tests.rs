@@ -5,7 +5,7 @@ use std::sync::mpsc;
 use rusqlite::ErrorCode;
 
 use super::*;
-use crate::types::Origin;
+use crate::store::contract::{default_tenant, new_job};
 
 fn file_store_path(dir: &tempfile::TempDir) -> StorePath {
     StorePath::File(dir.path().join("evalgate.db"))
@@ -44,33 +44,6 @@ async fn opens_migrates_and_reopens_a_file_store() {
         .unwrap();
     assert_eq!(mode, "wal");
     assert_eq!(version, i64::try_from(MIGRATIONS.len()).unwrap());
-}
-
-fn default_tenant() -> TenantName {
-    TenantName::default_tenant()
-}
-
-fn new_job(batches: usize) -> NewJob {
-    NewJob {
-        tenant: default_tenant(),
-        id: JobId::generate(),
-        kind: JobKind::FailureAnalysis,
-        origin: Origin::Native,
-        total_items: batches,
-        members: Bytes::from_static(b"\"run_eval\": true"),
-        webhook: None,
-        idempotency: None,
-        batches: (0..batches)
-            .map(|i| NewBatch {
-                idx: u32::try_from(i).unwrap(),
-                item_start: i,
-                item_end: i + 1,
-                payload: Bytes::from_static(b"{\"input\": \"q\"}"),
-                upstream_job_id: None,
-            })
-            .collect(),
-        created_at: now_millis(),
-    }
 }
 
 /// Waits on the blocking side until the test releases it (or drops the sender).
