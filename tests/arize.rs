@@ -242,6 +242,10 @@ async fn a_hundred_concurrent_watchers_of_one_run_cost_one_upstream_poll() {
         1,
         "one upstream poll"
     );
+    assert!(
+        emu.overlapping_polls().is_empty(),
+        "never two polls of the run at once"
+    );
     assert_eq!(misses, 1, "exactly one watcher's poll went upstream");
 }
 

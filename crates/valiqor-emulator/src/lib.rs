@@ -17,6 +17,8 @@
 //! - Faults, in order: scripted [`EmulatorHandle::fail_next`], then random drop / 429 / 500 from [`Faults`], then
 //!   `latency`. Every request is recorded first, faulted or not (the most recent 100 000, and at most 512 MiB of
 //!   bodies, are kept).
+//! - Status polls (a GET of `…/{id}/status`, or of an Arize `/v2/task-runs/{id}`) that arrive while another poll of
+//!   the same job is still being answered are recorded ([`EmulatorHandle::overlapping_polls`]): two pollers at once.
 //!
 //! The crate also holds a second, separate server: the Arize tasks API emulator ([`ArizeEmulator`], see its
 //! module docs), sharing the connection layer (recording, faults, body cap, drain).
@@ -170,6 +172,12 @@ impl EmulatorHandle {
     /// Distinct `openai_api_key` values seen in submit bodies, in order of first sight.
     pub fn seen_openai_keys(&self) -> Vec<String> {
         self.shared.knobs().openai_keys.clone()
+    }
+
+    /// Status polls that arrived while another poll of the same job was still being answered
+    /// (their paths), since the start: two pollers working on one job at once.
+    pub fn overlapping_polls(&self) -> Vec<String> {
+        self.shared.control().overlapping_polls.clone()
     }
 
     /// Forgets the recorded requests (not the seen keys).

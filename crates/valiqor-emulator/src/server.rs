@@ -4,7 +4,7 @@
 //! [`Control`] (knobs and request log) and says what its error bodies look like.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     io,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
@@ -70,6 +70,10 @@ pub(crate) struct Control {
     pub(crate) drop_after_next: usize,
     /// Only requests with this method count toward `drop_after_next` (`None`: any).
     pub(crate) drop_after_method: Option<http::Method>,
+    /// Status polls being answered now, by path (see [`poll_key`]).
+    pub(crate) polls_in_flight: HashMap<String, usize>,
+    /// Polls that arrived while another poll of the same job was being answered, by path.
+    pub(crate) overlapping_polls: Vec<String>,
     pub(crate) requests: VecDeque<RecordedRequest>,
     /// Sum of the recorded bodies' lengths.
     pub(crate) recorded_bytes: usize,
@@ -87,6 +91,8 @@ impl Control {
             echo_next: 0,
             drop_after_next: 0,
             drop_after_method: None,
+            polls_in_flight: HashMap::new(),
+            overlapping_polls: Vec::new(),
             requests: VecDeque::new(),
             recorded_bytes: 0,
             bearer_keys: Vec::new(),
@@ -267,6 +273,8 @@ async fn handle<B: Backend>(
         Err(_) => return Err(Dropped),
     };
     record(&*app, &parts, body.clone());
+    // Held until this request is answered (or dropped), so that an overlapping poll is seen.
+    let _poll = PollInFlight::start(&app, &parts);
     if take(&mut app.control().echo_next) {
         return Ok(echo_response(&body));
     }
@@ -300,6 +308,51 @@ async fn handle<B: Backend>(
                 return Err(Dropped);
             }
             Ok(garble(&*app, res))
+        }
+    }
+}
+
+/// A job's status poll, by its path: a GET of a Valiqor `…/{id}/status` or of an Arize
+/// `/v2/task-runs/{id}`. Two polls of one job answered at the same time mean that two pollers
+/// (two evalgate replicas, say) work on it at once.
+fn poll_key(parts: &http::request::Parts) -> Option<String> {
+    let path = parts.uri.path();
+    let arize_run = path.starts_with("/v2/task-runs/") && path.matches('/').count() == 3;
+    (parts.method == http::Method::GET && (path.ends_with("/status") || arize_run))
+        .then(|| path.to_owned())
+}
+
+/// A poll being answered; dropping it ends it.
+struct PollInFlight<B: Backend> {
+    app: Arc<B>,
+    key: String,
+}
+
+impl<B: Backend> PollInFlight<B> {
+    fn start(app: &Arc<B>, parts: &http::request::Parts) -> Option<Self> {
+        let key = poll_key(parts)?;
+        let mut control = app.control();
+        let running = control.polls_in_flight.entry(key.clone()).or_insert(0);
+        *running += 1;
+        if *running > 1 {
+            control.overlapping_polls.push(key.clone());
+        }
+        drop(control);
+        Some(Self {
+            app: Arc::clone(app),
+            key,
+        })
+    }
+}
+
+impl<B: Backend> Drop for PollInFlight<B> {
+    fn drop(&mut self) {
+        let mut control = self.app.control();
+        if let Some(running) = control.polls_in_flight.get_mut(&self.key) {
+            *running -= 1;
+            if *running == 0 {
+                control.polls_in_flight.remove(&self.key);
+            }
         }
     }
 }

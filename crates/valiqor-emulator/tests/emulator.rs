@@ -871,3 +871,41 @@ async fn multi_megabyte_datasets_are_accepted() -> TestResult {
     assert_eq!(run["summary"]["total_items"], 100);
     Ok(())
 }
+
+/// Two polls of one job answered at the same time are recorded as overlapping (two pollers at
+/// once); polls one after the other, or of different jobs, are not.
+#[tokio::test]
+async fn overlapping_polls_of_one_job_are_recorded() -> TestResult {
+    let api = Api::start(EmulatorConfig {
+        job_duration: Duration::from_secs(30),
+        ..config()
+    })
+    .await?;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (status, accepted) = api.post(ANALYZE, &analyze_body(&items(0..20))).await?;
+        assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+        ids.push(accepted["job_id"].as_str().ok_or("job_id")?.to_owned());
+    }
+    let [first, second] =
+        [&ids[0], &ids[1]].map(|id| format!("/v2/failure-analysis/runs/{id}/status"));
+    // One after the other: no overlap.
+    api.get(&first).await?;
+    api.get(&first).await?;
+    // Each answer is held long enough for the concurrent one to arrive meanwhile.
+    api.emu.set_faults(Faults {
+        latency: Duration::from_millis(300),
+        ..Faults::default()
+    });
+    // Different jobs at once: no overlap.
+    let (a, b) = tokio::join!(api.get(&first), api.get(&second));
+    a?;
+    b?;
+    assert!(api.emu.overlapping_polls().is_empty());
+    // The same job at once: one overlap, on its path.
+    let (a, b) = tokio::join!(api.get(&second), api.get(&second));
+    a?;
+    b?;
+    assert_eq!(api.emu.overlapping_polls(), vec![second.clone()]);
+    Ok(())
+}

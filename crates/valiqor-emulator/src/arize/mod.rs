@@ -253,6 +253,12 @@ impl ArizeHandle {
         self.app.control().faults = faults;
     }
 
+    /// Run polls (`GET /v2/task-runs/{id}`) that arrived while another poll of the same run was
+    /// still being answered (their raw paths), since the start.
+    pub fn overlapping_polls(&self) -> Vec<String> {
+        self.app.control().overlapping_polls.clone()
+    }
+
     /// The next `n` requests answer `status` as a problem (429/503 with `Retry-After`) without taking effect.
     /// Calls queue up.
     pub fn fail_next(&self, n: usize, status: StatusCode) {
