@@ -11,9 +11,9 @@ use bytes::Bytes;
 use tokio::{sync::Barrier, task::JoinSet};
 
 use super::{
-    Attempt, AttemptRecord, BatchUpdate, Created, DeliveryState, JobStore, ListQuery, NewBatch,
-    NewDelivery, NewJob, PostgresStore, ReplayOutcome, SqliteStore, StoreError,
-    postgres::testdb::TestDatabase,
+    Attempt, AttemptRecord, BatchUpdate, Created, DeliveryRecord, DeliveryState, JobRecord,
+    JobStore, ListQuery, NewBatch, NewDelivery, NewJob, PostgresStore, ReplayOutcome, SqliteStore,
+    StoreError, postgres::testdb::TestDatabase,
 };
 use crate::{
     config::{StoreConfig, StorePath},
@@ -208,6 +208,14 @@ pub(super) fn new_job(batches: usize) -> NewJob {
     }
 }
 
+/// A job of `batches` one-item batches for `tenant`.
+fn job_of(tenant: &TenantName, batches: usize) -> NewJob {
+    NewJob {
+        tenant: tenant.clone(),
+        ..new_job(batches)
+    }
+}
+
 fn keyed_job(tenant: &TenantName, key: &str, hash: &str, created_at: Millis) -> NewJob {
     NewJob {
         tenant: tenant.clone(),
@@ -240,6 +248,14 @@ fn update(job: &JobId, idx: u32, from: &[BatchState], to: BatchState) -> BatchUp
     }
 }
 
+/// `change`, writing `result` too.
+fn with_result(change: BatchUpdate, result: &'static [u8]) -> BatchUpdate {
+    BatchUpdate {
+        result: Some(Bytes::from_static(result)),
+        ..change
+    }
+}
+
 fn delivery(id: &str, url: &str, target: &str) -> NewDelivery {
     NewDelivery {
         id: id.to_owned(),
@@ -266,14 +282,7 @@ async fn finish(store: &dyn JobStore, job: &JobId, deliveries: Vec<NewDelivery>)
 
 /// A finished job of `tenant` with deliveries of the given ids, all pending.
 async fn job_with_deliveries(store: &dyn JobStore, tenant: &TenantName, ids: &[&str]) -> JobId {
-    let id = create(
-        store,
-        NewJob {
-            tenant: tenant.clone(),
-            ..new_job(1)
-        },
-    )
-    .await;
+    let id = create(store, job_of(tenant, 1)).await;
     let deliveries = ids
         .iter()
         .map(|d| delivery(d, &format!("https://hooks.example/{d}"), "job"))
@@ -302,6 +311,98 @@ fn retry_at(delivery: &str, at: Millis, next_at: Millis) -> Attempt {
     }
 }
 
+/// Records `attempt(delivery, at, status, new_state)`; whether it was recorded.
+async fn tried(
+    store: &dyn JobStore,
+    delivery: &str,
+    at: Millis,
+    status: u16,
+    new_state: DeliveryState,
+) -> bool {
+    record(store, attempt(delivery, at, status, new_state)).await
+}
+
+/// Records `attempt`; whether it was recorded (its delivery pending).
+async fn record(store: &dyn JobStore, attempt: Attempt) -> bool {
+    store.record_attempt(attempt).await.unwrap()
+}
+
+/// Applies `change`; whether it applied (the batch and its job in an expected state).
+async fn apply(store: &dyn JobStore, change: BatchUpdate) -> bool {
+    store.update_batch(change).await.unwrap()
+}
+
+/// Moves batch `idx` of `job` from pending to `to`, with an event; whether it moved.
+async fn from_pending(store: &dyn JobStore, job: &JobId, idx: u32, to: BatchState) -> bool {
+    apply(store, update(job, idx, &[BatchState::Pending], to)).await
+}
+
+/// Ends `job` as `state` without a result, with the event data `{}`; whether it ended it.
+async fn end(
+    store: &dyn JobStore,
+    job: &JobId,
+    state: JobState,
+    error: Option<&str>,
+    deliveries: Vec<NewDelivery>,
+) -> bool {
+    store
+        .finish_job(
+            job,
+            state,
+            error.map(str::to_owned),
+            None,
+            "{}".to_owned(),
+            deliveries,
+        )
+        .await
+        .unwrap()
+}
+
+/// The stored job `id`, which must exist.
+async fn job_record(store: &dyn JobStore, id: &JobId) -> JobRecord {
+    store.job(id).await.unwrap().unwrap()
+}
+
+/// Every delivery of `tenant` (up to 10).
+async fn all_deliveries(store: &dyn JobStore, tenant: &TenantName) -> Vec<DeliveryRecord> {
+    store.list_deliveries(tenant, None, None, 10).await.unwrap()
+}
+
+/// Every delivery of `job` (up to 10), as `tenant` lists them.
+async fn deliveries_of(
+    store: &dyn JobStore,
+    tenant: &TenantName,
+    job: &JobId,
+) -> Vec<DeliveryRecord> {
+    store
+        .list_deliveries(tenant, Some(job.clone()), None, 10)
+        .await
+        .unwrap()
+}
+
+fn ids_of(listed: Vec<DeliveryRecord>) -> Vec<String> {
+    listed.into_iter().map(|d| d.id).collect()
+}
+
+/// The ids of the deliveries due at `at`, at most `limit`, none of `busy`.
+async fn due_ids(store: &dyn JobStore, at: Millis, limit: usize, busy: &[&str]) -> Vec<String> {
+    let busy = busy.iter().map(|&s| s.to_owned()).collect();
+    let due = store.due_deliveries(at, limit, busy).await.unwrap();
+    due.into_iter().map(|d| d.id).collect()
+}
+
+/// `msg_a` to `a_url` for the job, `msg_b` to an endpoint.
+fn deliveries_a_and_b(a_url: &str) -> Vec<NewDelivery> {
+    vec![
+        delivery("msg_a", a_url, "job"),
+        delivery(
+            "msg_b",
+            "https://hooks.example/b",
+            "endpoint:https://hooks.example/b",
+        ),
+    ]
+}
+
 // === jobs ===
 
 async fn ping_answers_and_unknown_ids_are_absent(store: Arc<dyn JobStore>) {
@@ -312,17 +413,7 @@ async fn ping_answers_and_unknown_ids_are_absent(store: Arc<dyn JobStore>) {
     assert!(store.job_result(&unknown).await.unwrap().is_none());
     assert!(store.events_after(&unknown, 0).await.unwrap().is_empty());
     assert!(store.batch_results(&unknown).await.unwrap().is_empty());
-    assert!(
-        !store
-            .update_batch(update(
-                &unknown,
-                0,
-                &[BatchState::Pending],
-                BatchState::Running
-            ))
-            .await
-            .unwrap()
-    );
+    assert!(!from_pending(&*store, &unknown, 0, BatchState::Running).await);
     assert!(
         store
             .split_batch(&unknown, 0, new_job(2).batches)
@@ -332,7 +423,7 @@ async fn ping_answers_and_unknown_ids_are_absent(store: Arc<dyn JobStore>) {
     );
     assert!(
         !finish(
-            store.as_ref(),
+            &*store,
             &unknown,
             vec![delivery("msg_x", "https://h/x", "job")]
         )
@@ -384,9 +475,9 @@ async fn a_created_job_reads_back_with_its_batches_in_dataset_order(store: Arc<d
         ],
         ..new_job(0)
     };
-    let id = create(store.as_ref(), job).await;
+    let id = create(&*store, job).await;
 
-    let record = store.job(&id).await.unwrap().unwrap();
+    let record = job_record(&*store, &id).await;
     assert_eq!(record.id, id);
     assert_eq!(record.tenant, acme);
     assert_eq!(record.kind, JobKind::Evaluation);
@@ -486,29 +577,24 @@ async fn idempotency_returns_the_existing_job_or_a_conflict_within_the_window(
     assert!(store.job(&later_id).await.unwrap().is_some());
 
     // Without a key, nothing is deduplicated.
-    create(store.as_ref(), new_job(1)).await;
-    create(store.as_ref(), new_job(1)).await;
+    create(&*store, new_job(1)).await;
+    create(&*store, new_job(1)).await;
     assert_eq!(store.count_active(None).await.unwrap(), 4);
 }
 
 async fn idempotency_keys_are_per_tenant(store: Arc<dyn JobStore>) {
     let (a, b) = (tenant("tenant-a"), tenant("tenant-b"));
     let now = now_millis();
-    let a_id = create(store.as_ref(), keyed_job(&a, "shared", "hash-a", now)).await;
-    let b_id = create(store.as_ref(), keyed_job(&b, "shared", "hash-b", now)).await;
+    let shared = |t: &TenantName, hash: &str| keyed_job(t, "shared", hash, now);
+    let a_id = create(&*store, shared(&a, "hash-a")).await;
+    let b_id = create(&*store, shared(&b, "hash-b")).await;
     assert_ne!(a_id, b_id);
     assert_eq!(
-        store
-            .create_job(keyed_job(&a, "shared", "hash-a", now), 0)
-            .await
-            .unwrap(),
+        store.create_job(shared(&a, "hash-a"), 0).await.unwrap(),
         Created::Existing(a_id.clone())
     );
     assert_eq!(
-        store
-            .create_job(keyed_job(&b, "shared", "hash-a", now), 0)
-            .await
-            .unwrap(),
+        store.create_job(shared(&b, "hash-a"), 0).await.unwrap(),
         Created::Conflict(b_id.clone())
     );
     assert_eq!(store.count_active(Some(&a)).await.unwrap(), 1);
@@ -584,13 +670,9 @@ async fn list_jobs_pages_by_id_within_a_tenant_and_filters_by_state(store: Arc<d
     let t = tenant("lister");
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let job = NewJob {
-            tenant: t.clone(),
-            ..new_job(2)
-        };
-        ids.push(create(store.as_ref(), job).await);
+        ids.push(create(&*store, job_of(&t, 2)).await);
     }
-    create(store.as_ref(), new_job(1)).await; // Another tenant's.
+    create(&*store, new_job(1)).await; // Another tenant's.
     ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     let page = |after: Option<String>, state: Option<JobState>, limit: usize| {
         let (store, t) = (Arc::clone(&store), t.clone());
@@ -623,7 +705,7 @@ async fn list_jobs_pages_by_id_within_a_tenant_and_filters_by_state(store: Arc<d
             .is_empty()
     );
 
-    assert!(finish(store.as_ref(), &ids[1], Vec::new()).await);
+    assert!(finish(&*store, &ids[1], Vec::new()).await);
     let done = page(None, Some(JobState::Completed), 10).await;
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].id, ids[1]);
@@ -632,25 +714,16 @@ async fn list_jobs_pages_by_id_within_a_tenant_and_filters_by_state(store: Arc<d
 
 async fn count_active_counts_unfinished_jobs_of_all_or_one_tenant(store: Arc<dyn JobStore>) {
     let (a, b) = (tenant("count-a"), tenant("count-b"));
-    let of = |t: &TenantName| NewJob {
-        tenant: t.clone(),
-        ..new_job(1)
-    };
-    let a1 = create(store.as_ref(), of(&a)).await;
-    create(store.as_ref(), of(&a)).await;
-    create(store.as_ref(), of(&b)).await;
+    let a1 = create(&*store, job_of(&a, 1)).await;
+    create(&*store, job_of(&a, 1)).await;
+    create(&*store, job_of(&b, 1)).await;
     assert_eq!(store.count_active(None).await.unwrap(), 3);
     assert_eq!(store.count_active(Some(&a)).await.unwrap(), 2);
     assert_eq!(store.count_active(Some(&b)).await.unwrap(), 1);
     // Running still counts; finished does not.
-    assert!(
-        store
-            .update_batch(update(&a1, 0, &[BatchState::Pending], BatchState::Running))
-            .await
-            .unwrap()
-    );
+    assert!(from_pending(&*store, &a1, 0, BatchState::Running).await);
     assert_eq!(store.count_active(Some(&a)).await.unwrap(), 2);
-    assert!(finish(store.as_ref(), &a1, Vec::new()).await);
+    assert!(finish(&*store, &a1, Vec::new()).await);
     assert_eq!(store.count_active(Some(&a)).await.unwrap(), 1);
     assert_eq!(store.count_active(None).await.unwrap(), 2);
     assert_eq!(
@@ -662,29 +735,24 @@ async fn count_active_counts_unfinished_jobs_of_all_or_one_tenant(store: Arc<dyn
 // === batches ===
 
 async fn batch_updates_are_conditional_on_the_current_state(store: Arc<dyn JobStore>) {
-    let id = create(store.as_ref(), new_job(2)).await;
+    let id = create(&*store, new_job(2)).await;
     let submitted = BatchUpdate {
         upstream_job_id: Some("up_1".to_owned()),
         attempts: Some(1),
         count_submit: true,
         ..update(&id, 0, &[BatchState::Pending], BatchState::Running)
     };
-    assert!(store.update_batch(submitted.clone()).await.unwrap());
+    assert!(apply(&*store, submitted.clone()).await);
     // A late writer that expected `pending` no longer applies.
     let stale = BatchUpdate {
         upstream_job_id: Some("up_stale".to_owned()),
         error: Some("stale".to_owned()),
         ..update(&id, 0, &[BatchState::Pending], BatchState::Failed)
     };
-    assert!(!store.update_batch(stale).await.unwrap());
+    assert!(!apply(&*store, stale).await);
     // Nor a batch the job does not have.
-    assert!(
-        !store
-            .update_batch(update(&id, 9, &[BatchState::Pending], BatchState::Running))
-            .await
-            .unwrap()
-    );
-    let record = store.job(&id).await.unwrap().unwrap();
+    assert!(!from_pending(&*store, &id, 9, BatchState::Running).await);
+    let record = job_record(&*store, &id).await;
     assert_eq!(
         record.state,
         JobState::Running,
@@ -705,18 +773,11 @@ async fn batch_updates_are_conditional_on_the_current_state(store: Arc<dyn JobSt
         event: None,
         ..update(&id, 0, &[BatchState::Running], BatchState::Running)
     };
-    assert!(store.update_batch(progressed).await.unwrap());
-    let completed = BatchUpdate {
-        result: Some(Bytes::from_static(b"[1]")),
-        ..update(
-            &id,
-            0,
-            &[BatchState::Submitting, BatchState::Running],
-            BatchState::Completed,
-        )
-    };
-    assert!(store.update_batch(completed).await.unwrap());
-    let record = store.job(&id).await.unwrap().unwrap();
+    assert!(apply(&*store, progressed).await);
+    let from = [BatchState::Submitting, BatchState::Running];
+    let completed = with_result(update(&id, 0, &from, BatchState::Completed), b"[1]");
+    assert!(apply(&*store, completed).await);
+    let record = job_record(&*store, &id).await;
     let batch = &record.batches[0];
     assert_eq!(batch.state, BatchState::Completed);
     assert_eq!(batch.upstream_job_id.as_deref(), Some("up_1"), "kept");
@@ -738,44 +799,20 @@ async fn batch_updates_are_conditional_on_the_current_state(store: Arc<dyn JobSt
         error: Some("upstream said no".to_owned()),
         ..update(&id, 1, &[BatchState::Pending], BatchState::Failed)
     };
-    assert!(store.update_batch(failed).await.unwrap());
-    let record = store.job(&id).await.unwrap().unwrap();
+    assert!(apply(&*store, failed).await);
+    let record = job_record(&*store, &id).await;
     assert_eq!(record.batches[1].error.as_deref(), Some("upstream said no"));
 }
 
 async fn a_batch_update_after_the_job_ended_is_refused(store: Arc<dyn JobStore>) {
-    let id = create(store.as_ref(), new_job(1)).await;
-    assert!(
-        store
-            .update_batch(update(&id, 0, &[BatchState::Pending], BatchState::Running))
-            .await
-            .unwrap()
-    );
-    assert!(
-        store
-            .finish_job(
-                &id,
-                JobState::Cancelled,
-                None,
-                None,
-                "{}".to_owned(),
-                Vec::new()
-            )
-            .await
-            .unwrap()
-    );
+    let id = create(&*store, new_job(1)).await;
+    assert!(from_pending(&*store, &id, 0, BatchState::Running).await);
+    assert!(end(&*store, &id, JobState::Cancelled, None, Vec::new()).await);
     // A poll that finishes after the cancel: its batch state matches, its job's does not.
-    let late = BatchUpdate {
-        result: Some(Bytes::from_static(b"[1]")),
-        ..update(
-            &id,
-            0,
-            &[BatchState::Running, BatchState::Cancelled],
-            BatchState::Completed,
-        )
-    };
-    assert!(!store.update_batch(late).await.unwrap());
-    let record = store.job(&id).await.unwrap().unwrap();
+    let from = [BatchState::Running, BatchState::Cancelled];
+    let late = with_result(update(&id, 0, &from, BatchState::Completed), b"[1]");
+    assert!(!apply(&*store, late).await);
+    let record = job_record(&*store, &id).await;
     assert_eq!(record.state, JobState::Cancelled);
     assert_eq!(record.batches[0].state, BatchState::Cancelled);
     assert!(store.batch_results(&id).await.unwrap().is_empty());
@@ -814,7 +851,7 @@ async fn split_batch_replaces_a_pending_batch_by_new_indexes(store: Arc<dyn JobS
         ],
         ..new_job(0)
     };
-    let id = create(store.as_ref(), job).await;
+    let id = create(&*store, job).await;
     let half = |idx: u32, start: usize, payload: &'static [u8]| NewBatch {
         idx,
         item_start: start,
@@ -829,7 +866,7 @@ async fn split_batch_replaces_a_pending_batch_by_new_indexes(store: Arc<dyn JobS
         [2, 3]
     );
 
-    let record = store.job(&id).await.unwrap().unwrap();
+    let record = job_record(&*store, &id).await;
     let batches: Vec<_> = record
         .batches
         .iter()
@@ -867,25 +904,10 @@ async fn split_batch_replaces_a_pending_batch_by_new_indexes(store: Arc<dyn JobS
             .unwrap()
             .is_empty()
     );
-    assert!(
-        store
-            .update_batch(update(&id, 1, &[BatchState::Pending], BatchState::Running))
-            .await
-            .unwrap()
-    );
+    assert!(from_pending(&*store, &id, 1, BatchState::Running).await);
     assert!(store.split_batch(&id, 1, parts).await.unwrap().is_empty());
     // A submitting batch may still be split.
-    assert!(
-        store
-            .update_batch(update(
-                &id,
-                2,
-                &[BatchState::Pending],
-                BatchState::Submitting
-            ))
-            .await
-            .unwrap()
-    );
+    assert!(from_pending(&*store, &id, 2, BatchState::Submitting).await);
     let quarters = vec![half(0, 0, b"0"), half(0, 1, b"1")];
     assert_eq!(store.split_batch(&id, 2, quarters).await.unwrap(), [4, 5]);
 }
@@ -908,34 +930,13 @@ async fn batch_results_hold_every_batch_with_a_result_in_dataset_order(store: Ar
             .collect(),
         ..new_job(0)
     };
-    let id = create(store.as_ref(), job).await;
-    let with_result = |idx, to, result: &'static [u8]| BatchUpdate {
-        result: Some(Bytes::from_static(result)),
-        ..update(&id, idx, &[BatchState::Pending], to)
-    };
+    let id = create(&*store, job).await;
+    let ended = |idx, to, result| with_result(update(&id, idx, &[BatchState::Pending], to), result);
     // Written out of order; a failed run that kept its final answer counts too.
-    assert!(
-        store
-            .update_batch(with_result(2, BatchState::Completed, b"[\"c\"]"))
-            .await
-            .unwrap()
-    );
-    assert!(
-        store
-            .update_batch(with_result(
-                0,
-                BatchState::Failed,
-                b"{\"status\": \"FAILED\"}"
-            ))
-            .await
-            .unwrap()
-    );
-    assert!(
-        store
-            .update_batch(update(&id, 1, &[BatchState::Pending], BatchState::Failed))
-            .await
-            .unwrap()
-    );
+    assert!(apply(&*store, ended(2, BatchState::Completed, b"[\"c\"]")).await);
+    let failed = ended(0, BatchState::Failed, b"{\"status\": \"FAILED\"}");
+    assert!(apply(&*store, failed).await);
+    assert!(from_pending(&*store, &id, 1, BatchState::Failed).await);
     assert_eq!(
         store.batch_results(&id).await.unwrap(),
         [
@@ -948,12 +949,12 @@ async fn batch_results_hold_every_batch_with_a_result_in_dataset_order(store: Ar
 // === finishing, recovery, events ===
 
 async fn finish_job_ends_a_job_once_with_its_event_and_deliveries(store: Arc<dyn JobStore>) {
-    let id = create(store.as_ref(), new_job(2)).await;
-    let done = BatchUpdate {
-        result: Some(Bytes::from_static(b"[0]")),
-        ..update(&id, 0, &[BatchState::Pending], BatchState::Completed)
-    };
-    assert!(store.update_batch(done).await.unwrap());
+    let id = create(&*store, new_job(2)).await;
+    let done = with_result(
+        update(&id, 0, &[BatchState::Pending], BatchState::Completed),
+        b"[0]",
+    );
+    assert!(apply(&*store, done).await);
     let before = now_millis();
     assert!(
         store
@@ -963,19 +964,12 @@ async fn finish_job_ends_a_job_once_with_its_event_and_deliveries(store: Arc<dyn
                 Some("1 batch failed".to_owned()),
                 Some(Bytes::from_static(b"{\"merged\": [0]}")),
                 "{\"status\": \"completed\"}".to_owned(),
-                vec![
-                    delivery("msg_a", "https://hooks.example/a", "job"),
-                    delivery(
-                        "msg_b",
-                        "https://hooks.example/b",
-                        "endpoint:https://hooks.example/b"
-                    ),
-                ],
+                deliveries_a_and_b("https://hooks.example/a"),
             )
             .await
             .unwrap()
     );
-    let record = store.job(&id).await.unwrap().unwrap();
+    let record = job_record(&*store, &id).await;
     assert_eq!(record.state, JobState::CompletedWithErrors);
     assert_eq!(record.error.as_deref(), Some("1 batch failed"));
     let finished_at = record.finished_at.expect("finished");
@@ -1014,20 +1008,9 @@ async fn finish_job_ends_a_job_once_with_its_event_and_deliveries(store: Arc<dyn
     assert!(a.created_at >= before);
 
     // Once only: no second end, no second event, no second set of deliveries.
-    assert!(
-        !store
-            .finish_job(
-                &id,
-                JobState::Failed,
-                Some("late".to_owned()),
-                None,
-                "{}".to_owned(),
-                vec![delivery("msg_c", "https://hooks.example/c", "job")],
-            )
-            .await
-            .unwrap()
-    );
-    let record = store.job(&id).await.unwrap().unwrap();
+    let late = vec![delivery("msg_c", "https://hooks.example/c", "job")];
+    assert!(!end(&*store, &id, JobState::Failed, Some("late"), late).await);
+    let record = job_record(&*store, &id).await;
     assert_eq!(record.state, JobState::CompletedWithErrors);
     assert_eq!(record.error.as_deref(), Some("1 batch failed"));
     assert_eq!(record.finished_at, Some(finished_at));
@@ -1043,21 +1026,10 @@ async fn finish_job_ends_a_job_once_with_its_event_and_deliveries(store: Arc<dyn
 }
 
 async fn a_failed_job_ends_with_a_failed_event(store: Arc<dyn JobStore>) {
-    let failing = create(store.as_ref(), new_job(1)).await;
-    assert!(
-        store
-            .finish_job(
-                &failing,
-                JobState::Failed,
-                Some("boom".to_owned()),
-                None,
-                "{}".to_owned(),
-                Vec::new()
-            )
-            .await
-            .unwrap()
-    );
-    let record = store.job(&failing).await.unwrap().unwrap();
+    let failing = create(&*store, new_job(1)).await;
+    let boom = Some("boom");
+    assert!(end(&*store, &failing, JobState::Failed, boom, Vec::new()).await);
+    let record = job_record(&*store, &failing).await;
     assert_eq!(record.state, JobState::Failed);
     assert_eq!(record.error.as_deref(), Some("boom"));
     assert_eq!(record.batches[0].state, BatchState::Cancelled);
@@ -1070,47 +1042,17 @@ async fn a_failed_job_ends_with_a_failed_event(store: Arc<dyn JobStore>) {
 
 async fn recovery_finds_unfinished_batches_and_jobs_to_finalize(store: Arc<dyn JobStore>) {
     // In flight: one batch running, one completed.
-    let busy = create(store.as_ref(), new_job(2)).await;
-    assert!(
-        store
-            .update_batch(update(
-                &busy,
-                0,
-                &[BatchState::Pending],
-                BatchState::Completed
-            ))
-            .await
-            .unwrap()
-    );
-    assert!(
-        store
-            .update_batch(update(
-                &busy,
-                1,
-                &[BatchState::Pending],
-                BatchState::Submitting
-            ))
-            .await
-            .unwrap()
-    );
+    let busy = create(&*store, new_job(2)).await;
+    assert!(from_pending(&*store, &busy, 0, BatchState::Completed).await);
+    assert!(from_pending(&*store, &busy, 1, BatchState::Submitting).await);
     // Every batch ended, the job not (a crash between the two commits).
-    let ended = create(store.as_ref(), new_job(2)).await;
+    let ended = create(&*store, new_job(2)).await;
     for idx in 0..2 {
-        assert!(
-            store
-                .update_batch(update(
-                    &ended,
-                    idx,
-                    &[BatchState::Pending],
-                    BatchState::Failed
-                ))
-                .await
-                .unwrap()
-        );
+        assert!(from_pending(&*store, &ended, idx, BatchState::Failed).await);
     }
     // Finished: neither.
-    let finished = create(store.as_ref(), new_job(1)).await;
-    assert!(finish(store.as_ref(), &finished, Vec::new()).await);
+    let finished = create(&*store, new_job(1)).await;
+    assert!(finish(&*store, &finished, Vec::new()).await);
 
     assert_eq!(
         store.unfinished_batches().await.unwrap(),
@@ -1120,30 +1062,20 @@ async fn recovery_finds_unfinished_batches_and_jobs_to_finalize(store: Arc<dyn J
         store.jobs_to_finalize().await.unwrap(),
         std::slice::from_ref(&ended)
     );
-    assert!(finish(store.as_ref(), &ended, Vec::new()).await);
+    assert!(finish(&*store, &ended, Vec::new()).await);
     assert!(store.jobs_to_finalize().await.unwrap().is_empty());
 }
 
 async fn events_are_numbered_in_order_and_read_after_a_sequence_number(store: Arc<dyn JobStore>) {
-    let a = create(store.as_ref(), new_job(3)).await;
-    let b = create(store.as_ref(), new_job(1)).await;
+    let a = create(&*store, new_job(3)).await;
+    let b = create(&*store, new_job(1)).await;
     for idx in 0..3 {
-        assert!(
-            store
-                .update_batch(update(&a, idx, &[BatchState::Pending], BatchState::Running))
-                .await
-                .unwrap()
-        );
+        assert!(from_pending(&*store, &a, idx, BatchState::Running).await);
         if idx == 0 {
-            assert!(
-                store
-                    .update_batch(update(&b, 0, &[BatchState::Pending], BatchState::Running))
-                    .await
-                    .unwrap()
-            );
+            assert!(from_pending(&*store, &b, 0, BatchState::Running).await);
         }
     }
-    assert!(finish(store.as_ref(), &a, Vec::new()).await);
+    assert!(finish(&*store, &a, Vec::new()).await);
 
     let events = store.events_after(&a, 0).await.unwrap();
     let names: Vec<_> = events.iter().map(|e| e.name.as_str()).collect();
@@ -1179,12 +1111,7 @@ async fn events_are_numbered_in_order_and_read_after_a_sequence_number(store: Ar
 async fn due_deliveries_come_oldest_first_skip_busy_ones_and_respect_the_limit(
     store: Arc<dyn JobStore>,
 ) {
-    let id = job_with_deliveries(
-        store.as_ref(),
-        &default_tenant(),
-        &["msg_1", "msg_2", "msg_3"],
-    )
-    .await;
+    let id = job_with_deliveries(&*store, &default_tenant(), &["msg_1", "msg_2", "msg_3"]).await;
     let base = now_millis() + 60_000;
     // Reschedule each (an attempt that failed): msg_2 first, then msg_3, then msg_1.
     for (delivery, next_at) in [
@@ -1192,64 +1119,37 @@ async fn due_deliveries_come_oldest_first_skip_busy_ones_and_respect_the_limit(
         ("msg_2", base + 100),
         ("msg_3", base + 200),
     ] {
-        assert!(
-            store
-                .record_attempt(retry_at(delivery, now_millis(), next_at))
-                .await
-                .unwrap()
-        );
+        assert!(record(&*store, retry_at(delivery, now_millis(), next_at)).await);
     }
-    let ids = |due: Vec<super::DeliveryWork>| due.into_iter().map(|d| d.id).collect::<Vec<_>>();
-    let busy = |ids: &[&str]| ids.iter().map(|&s| s.to_owned()).collect::<Vec<_>>();
 
     assert!(
-        store
-            .due_deliveries(base, 10, Vec::new())
-            .await
-            .unwrap()
-            .is_empty(),
+        due_ids(&*store, base, 10, &[]).await.is_empty(),
         "none due yet"
     );
     assert_eq!(store.next_delivery_at().await.unwrap(), Some(base + 100));
+    assert_eq!(due_ids(&*store, base + 150, 10, &[]).await, ["msg_2"]);
     assert_eq!(
-        ids(store
-            .due_deliveries(base + 150, 10, Vec::new())
-            .await
-            .unwrap()),
-        ["msg_2"]
-    );
-    assert_eq!(
-        ids(store
-            .due_deliveries(base + 1_000, 10, Vec::new())
-            .await
-            .unwrap()),
+        due_ids(&*store, base + 1_000, 10, &[]).await,
         ["msg_2", "msg_3", "msg_1"]
     );
     assert_eq!(
-        ids(store
-            .due_deliveries(base + 1_000, 2, Vec::new())
-            .await
-            .unwrap()),
+        due_ids(&*store, base + 1_000, 2, &[]).await,
         ["msg_2", "msg_3"]
     );
     assert_eq!(
-        ids(store
-            .due_deliveries(base + 1_000, 2, busy(&["msg_2"]))
-            .await
-            .unwrap()),
+        due_ids(&*store, base + 1_000, 2, &["msg_2"]).await,
         ["msg_3", "msg_1"],
         "busy ones are skipped, not counted"
     );
     assert!(
-        store
-            .due_deliveries(
-                base + 1_000,
-                2,
-                busy(&["msg_1", "msg_2", "msg_3", "msg_other"])
-            )
-            .await
-            .unwrap()
-            .is_empty()
+        due_ids(
+            &*store,
+            base + 1_000,
+            2,
+            &["msg_1", "msg_2", "msg_3", "msg_other"]
+        )
+        .await
+        .is_empty()
     );
     let due = store
         .due_deliveries(base + 1_000, 1, Vec::new())
@@ -1258,23 +1158,15 @@ async fn due_deliveries_come_oldest_first_skip_busy_ones_and_respect_the_limit(
     assert_eq!((due[0].attempts, &due[0].job_id), (1, &id));
 
     // Delivered ones are never due again.
-    assert!(
-        store
-            .record_attempt(attempt("msg_2", base + 100, 200, DeliveryState::Delivered))
-            .await
-            .unwrap()
-    );
+    assert!(tried(&*store, "msg_2", base + 100, 200, DeliveryState::Delivered).await);
     assert_eq!(store.next_delivery_at().await.unwrap(), Some(base + 200));
     assert_eq!(
-        ids(store
-            .due_deliveries(base + 1_000, 10, Vec::new())
-            .await
-            .unwrap()),
+        due_ids(&*store, base + 1_000, 10, &[]).await,
         ["msg_3", "msg_1"]
     );
     for delivery in ["msg_1", "msg_3"] {
         let dead = attempt(delivery, base + 300, 500, DeliveryState::Dead);
-        assert!(store.record_attempt(dead).await.unwrap());
+        assert!(record(&*store, dead).await);
     }
     assert_eq!(store.next_delivery_at().await.unwrap(), None);
     assert_eq!(store.count_pending_deliveries().await.unwrap(), 0);
@@ -1282,53 +1174,23 @@ async fn due_deliveries_come_oldest_first_skip_busy_ones_and_respect_the_limit(
 
 async fn attempts_are_recorded_only_while_pending(store: Arc<dyn JobStore>) {
     let t = default_tenant();
-    let id = job_with_deliveries(store.as_ref(), &t, &["msg_ok", "msg_gone"]).await;
+    let id = job_with_deliveries(&*store, &t, &["msg_ok", "msg_gone"]).await;
     let at = now_millis();
-    assert!(
-        !store
-            .record_attempt(attempt("msg_unknown", at, 200, DeliveryState::Delivered))
-            .await
-            .unwrap()
-    );
-    assert!(
-        store
-            .record_attempt(retry_at("msg_ok", at, at + 5_000))
-            .await
-            .unwrap()
-    );
+    assert!(!tried(&*store, "msg_unknown", at, 200, DeliveryState::Delivered).await);
+    assert!(record(&*store, retry_at("msg_ok", at, at + 5_000)).await);
     let delivered = Attempt {
         status: None,
         error: Some("connection reset".to_owned()),
         ..attempt("msg_ok", at + 5_000, 200, DeliveryState::Pending)
     };
-    assert!(store.record_attempt(delivered).await.unwrap());
-    assert!(
-        store
-            .record_attempt(attempt("msg_ok", at + 7_000, 204, DeliveryState::Delivered))
-            .await
-            .unwrap()
-    );
+    assert!(record(&*store, delivered).await);
+    assert!(tried(&*store, "msg_ok", at + 7_000, 204, DeliveryState::Delivered).await);
     // Delivered: later attempts (a second dispatcher, a late result) are refused.
-    assert!(
-        !store
-            .record_attempt(attempt("msg_ok", at + 8_000, 500, DeliveryState::Dead))
-            .await
-            .unwrap()
-    );
-    assert!(
-        store
-            .record_attempt(attempt("msg_gone", at, 410, DeliveryState::Disabled))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .record_attempt(attempt("msg_gone", at + 1, 200, DeliveryState::Delivered))
-            .await
-            .unwrap()
-    );
+    assert!(!tried(&*store, "msg_ok", at + 8_000, 500, DeliveryState::Dead).await);
+    assert!(tried(&*store, "msg_gone", at, 410, DeliveryState::Disabled).await);
+    assert!(!tried(&*store, "msg_gone", at + 1, 200, DeliveryState::Delivered).await);
 
-    let listed = store.list_deliveries(&t, Some(id), None, 10).await.unwrap();
+    let listed = deliveries_of(&*store, &t, &id).await;
     let ok = listed.iter().find(|d| d.id == "msg_ok").unwrap();
     assert_eq!(ok.state, DeliveryState::Delivered);
     assert_eq!(ok.delivered_at, Some(at + 7_000));
@@ -1371,21 +1233,14 @@ async fn attempts_are_recorded_only_while_pending(store: Arc<dyn JobStore>) {
 
 async fn list_deliveries_filters_by_job_and_state_oldest_first(store: Arc<dyn JobStore>) {
     let t = default_tenant();
-    let first = job_with_deliveries(store.as_ref(), &t, &["msg_b", "msg_a"]).await;
-    let second = job_with_deliveries(store.as_ref(), &t, &["msg_c"]).await;
+    let first = job_with_deliveries(&*store, &t, &["msg_b", "msg_a"]).await;
+    let second = job_with_deliveries(&*store, &t, &["msg_c"]).await;
     let at = now_millis();
-    assert!(
-        store
-            .record_attempt(attempt("msg_b", at, 500, DeliveryState::Dead))
-            .await
-            .unwrap()
-    );
-    let ids =
-        |listed: Vec<super::DeliveryRecord>| listed.into_iter().map(|d| d.id).collect::<Vec<_>>();
-    let all = store.list_deliveries(&t, None, None, 10).await.unwrap();
+    assert!(tried(&*store, "msg_b", at, 500, DeliveryState::Dead).await);
+    let all = all_deliveries(&*store, &t).await;
     let created: Vec<_> = all.iter().map(|d| d.created_at).collect();
     assert!(created.windows(2).all(|w| w[0] <= w[1]), "oldest first");
-    let mut sorted = ids(all.clone());
+    let mut sorted = ids_of(all.clone());
     sorted.sort();
     assert_eq!(sorted, ["msg_a", "msg_b", "msg_c"]);
     assert_eq!(all.last().unwrap().id, "msg_c", "the later job's last");
@@ -1397,31 +1252,26 @@ async fn list_deliveries_filters_by_job_and_state_oldest_first(store: Arc<dyn Jo
             .len(),
         2
     );
-    let of_first = ids(store
-        .list_deliveries(&t, Some(first.clone()), None, 10)
-        .await
-        .unwrap());
+    let of_first = ids_of(deliveries_of(&*store, &t, &first).await);
     assert_eq!(of_first.len(), 2);
     assert!(!of_first.contains(&"msg_c".to_owned()));
+    assert_eq!(ids_of(deliveries_of(&*store, &t, &second).await), ["msg_c"]);
     assert_eq!(
-        ids(store
-            .list_deliveries(&t, Some(second), None, 10)
-            .await
-            .unwrap()),
-        ["msg_c"]
-    );
-    assert_eq!(
-        ids(store
-            .list_deliveries(&t, None, Some(DeliveryState::Dead), 10)
-            .await
-            .unwrap()),
+        ids_of(
+            store
+                .list_deliveries(&t, None, Some(DeliveryState::Dead), 10)
+                .await
+                .unwrap()
+        ),
         ["msg_b"]
     );
     assert_eq!(
-        ids(store
-            .list_deliveries(&t, Some(first), Some(DeliveryState::Pending), 10)
-            .await
-            .unwrap()),
+        ids_of(
+            store
+                .list_deliveries(&t, Some(first), Some(DeliveryState::Pending), 10)
+                .await
+                .unwrap()
+        ),
         ["msg_a"]
     );
     // The attempts listed with a page are those of its deliveries.
@@ -1435,10 +1285,7 @@ async fn list_deliveries_filters_by_job_and_state_oldest_first(store: Arc<dyn Jo
 /// The listing of `replay_outcomes…`'s job once `msg_a` went dead at `at`.
 async fn assert_listing_after_a_dead_attempt(store: &dyn JobStore, job: &JobId, at: Millis) {
     let t = default_tenant();
-    let listed = store
-        .list_deliveries(&t, Some(job.clone()), None, 10)
-        .await
-        .unwrap();
+    let listed = deliveries_of(store, &t, job).await;
     assert_eq!(listed.len(), 2);
     let dead = listed.iter().find(|d| d.id == "msg_a").unwrap();
     assert_eq!(&dead.job_id, job);
@@ -1464,22 +1311,9 @@ async fn assert_listing_after_a_dead_attempt(store: &dyn JobStore, job: &JobId, 
 
 async fn replay_outcomes_decide_not_found_conflict_and_replayed(store: Arc<dyn JobStore>) {
     let t = default_tenant();
-    let job = create(store.as_ref(), new_job(1)).await;
-    assert!(
-        finish(
-            store.as_ref(),
-            &job,
-            vec![
-                delivery("msg_a", "https://hooks.example/a?token=t0k", "job"),
-                delivery(
-                    "msg_b",
-                    "https://hooks.example/b",
-                    "endpoint:https://hooks.example/b"
-                ),
-            ],
-        )
-        .await
-    );
+    let job = create(&*store, new_job(1)).await;
+    let deliveries = deliveries_a_and_b("https://hooks.example/a?token=t0k");
+    assert!(finish(&*store, &job, deliveries).await);
 
     assert_eq!(
         store.replay_delivery(&t, "msg_a").await.unwrap(),
@@ -1497,13 +1331,8 @@ async fn replay_outcomes_decide_not_found_conflict_and_replayed(store: Arc<dyn J
     );
 
     let at = now_millis();
-    assert!(
-        store
-            .record_attempt(attempt("msg_a", at, 500, DeliveryState::Dead))
-            .await
-            .unwrap()
-    );
-    assert_listing_after_a_dead_attempt(store.as_ref(), &job, at).await;
+    assert!(tried(&*store, "msg_a", at, 500, DeliveryState::Dead).await);
+    assert_listing_after_a_dead_attempt(&*store, &job, at).await;
 
     let before_replay = now_millis();
     assert_eq!(store.replay_dead(&t, &job).await.unwrap(), Some(1));
@@ -1520,22 +1349,16 @@ async fn replay_outcomes_decide_not_found_conflict_and_replayed(store: Arc<dyn J
     assert_eq!(replayed.attempts, 0);
     let next = store.next_delivery_at().await.unwrap().unwrap();
     assert!(next <= now_millis());
-    let listed = store
-        .list_deliveries(&t, Some(job.clone()), None, 10)
-        .await
-        .unwrap();
+    let listed = deliveries_of(&*store, &t, &job).await;
     let again = listed.iter().find(|d| d.id == "msg_a").unwrap();
     assert!(again.next_attempt_at.unwrap() >= before_replay);
 
     let delivered_at = now_millis();
     for id in ["msg_a", "msg_b"] {
         let delivered = attempt(id, delivered_at, 200, DeliveryState::Delivered);
-        assert!(store.record_attempt(delivered).await.unwrap());
+        assert!(record(&*store, delivered).await);
     }
-    let listed = store
-        .list_deliveries(&t, Some(job), None, 10)
-        .await
-        .unwrap();
+    let listed = deliveries_of(&*store, &t, &job).await;
     let a = listed.iter().find(|d| d.id == "msg_a").unwrap();
     assert_eq!(a.state, DeliveryState::Delivered);
     assert_eq!(a.delivered_at, Some(delivered_at));
@@ -1554,38 +1377,19 @@ async fn replay_outcomes_decide_not_found_conflict_and_replayed(store: Arc<dyn J
 
 async fn deliveries_and_their_replays_stay_with_their_tenant(store: Arc<dyn JobStore>) {
     let (a, b) = (tenant("owner"), tenant("intruder"));
-    let a_job = job_with_deliveries(store.as_ref(), &a, &["msg_of_a"]).await;
-    let b_job = job_with_deliveries(store.as_ref(), &b, &["msg_of_b"]).await;
-    assert!(
-        store
-            .record_attempt(attempt("msg_of_a", now_millis(), 500, DeliveryState::Dead))
-            .await
-            .unwrap()
-    );
-    let ids =
-        |listed: Vec<super::DeliveryRecord>| listed.into_iter().map(|d| d.id).collect::<Vec<_>>();
-    assert_eq!(
-        ids(store.list_deliveries(&a, None, None, 10).await.unwrap()),
-        ["msg_of_a"]
-    );
-    assert_eq!(
-        ids(store.list_deliveries(&b, None, None, 10).await.unwrap()),
-        ["msg_of_b"]
-    );
-    assert!(
-        store
-            .list_deliveries(&b, Some(a_job.clone()), None, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    let a_job = job_with_deliveries(&*store, &a, &["msg_of_a"]).await;
+    let b_job = job_with_deliveries(&*store, &b, &["msg_of_b"]).await;
+    assert!(tried(&*store, "msg_of_a", now_millis(), 500, DeliveryState::Dead).await);
+    assert_eq!(ids_of(all_deliveries(&*store, &a).await), ["msg_of_a"]);
+    assert_eq!(ids_of(all_deliveries(&*store, &b).await), ["msg_of_b"]);
+    assert!(deliveries_of(&*store, &b, &a_job).await.is_empty());
     assert_eq!(
         store.replay_delivery(&b, "msg_of_a").await.unwrap(),
         ReplayOutcome::NotFound
     );
     assert_eq!(store.replay_dead(&b, &a_job).await.unwrap(), None);
     assert_eq!(
-        store.list_deliveries(&a, None, None, 10).await.unwrap()[0].state,
+        all_deliveries(&*store, &a).await[0].state,
         DeliveryState::Dead,
         "untouched by the other tenant"
     );
@@ -1602,33 +1406,12 @@ async fn deliveries_and_their_replays_stay_with_their_tenant(store: Arc<dyn JobS
 async fn finished_jobs_are_reaped_after_retention_and_unfinished_ones_never(
     store: Arc<dyn JobStore>,
 ) {
-    let done = create(store.as_ref(), new_job(2)).await;
-    let running = create(store.as_ref(), new_job(1)).await;
-    assert!(
-        store
-            .update_batch(update(
-                &done,
-                0,
-                &[BatchState::Pending],
-                BatchState::Running
-            ))
-            .await
-            .unwrap()
-    );
-    assert!(
-        store
-            .finish_job(
-                &done,
-                JobState::Cancelled,
-                None,
-                None,
-                "{}".to_owned(),
-                vec![delivery("msg_reaped", "https://hooks.example/r", "job")],
-            )
-            .await
-            .unwrap()
-    );
-    let record = store.job(&done).await.unwrap().unwrap();
+    let done = create(&*store, new_job(2)).await;
+    let running = create(&*store, new_job(1)).await;
+    assert!(from_pending(&*store, &done, 0, BatchState::Running).await);
+    let reaped = vec![delivery("msg_reaped", "https://hooks.example/r", "job")];
+    assert!(end(&*store, &done, JobState::Cancelled, None, reaped).await);
+    let record = job_record(&*store, &done).await;
     assert!(
         record
             .batches
@@ -1658,26 +1441,13 @@ async fn finished_jobs_are_reaped_after_retention_and_unfinished_ones_never(
 }
 
 async fn learned_limits_and_disabled_targets_are_remembered(store: Arc<dyn JobStore>) {
-    assert_eq!(
-        store.learned_limit("max_items:evaluation").await.unwrap(),
-        None
-    );
-    store
-        .set_learned_limit("max_items:evaluation", 100)
-        .await
-        .unwrap();
-    assert_eq!(
-        store.learned_limit("max_items:evaluation").await.unwrap(),
-        Some(100)
-    );
-    store
-        .set_learned_limit("max_items:evaluation", 40)
-        .await
-        .unwrap();
-    assert_eq!(
-        store.learned_limit("max_items:evaluation").await.unwrap(),
-        Some(40)
-    );
+    let key = "max_items:evaluation";
+    assert_eq!(store.learned_limit(key).await.unwrap(), None);
+    // Learned, then replaced by what is learned later.
+    for limit in [100, 40] {
+        store.set_learned_limit(key, limit).await.unwrap();
+        assert_eq!(store.learned_limit(key).await.unwrap(), Some(limit));
+    }
     assert_eq!(
         store
             .learned_limit("max_items:security_audit")
@@ -1702,11 +1472,11 @@ async fn learned_limits_and_disabled_targets_are_remembered(store: Arc<dyn JobSt
 // === restarts ===
 
 async fn committed_state_survives_a_reopen(fixture: &Fixture) {
-    let store = &fixture.store;
+    let store = fixture.store.as_ref();
     let t = default_tenant();
-    let job = job_with_deliveries(store.as_ref(), &t, &["msg_kept"]).await;
+    let job = job_with_deliveries(store, &t, &["msg_kept"]).await;
     let keyed = keyed_job(&t, "key-kept", "hash", now_millis());
-    let keyed_id = create(store.as_ref(), keyed).await;
+    let keyed_id = create(store, keyed).await;
     store
         .set_learned_limit("max_items:evaluation", 7)
         .await
@@ -1717,17 +1487,14 @@ async fn committed_state_survives_a_reopen(fixture: &Fixture) {
         .unwrap();
 
     let again = fixture.reopen().await.unwrap();
-    let record = again.job(&job).await.unwrap().unwrap();
+    let record = job_record(&*again, &job).await;
     assert_eq!(record.state, JobState::Completed);
     assert_eq!(
         again.job_result(&job).await.unwrap(),
         Some(Bytes::from_static(b"{\"merged\": true}"))
     );
     assert_eq!(again.events_after(&job, 0).await.unwrap().len(), 1);
-    let listed = again
-        .list_deliveries(&t, Some(job), None, 10)
-        .await
-        .unwrap();
+    let listed = deliveries_of(&*again, &t, &job).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].state, DeliveryState::Pending);
     assert_eq!(
