@@ -196,6 +196,9 @@ impl JobService {
             created_at: now_millis(),
         };
         let window = i64::try_from(config.jobs.idempotency_window.as_millis()).unwrap_or(i64::MAX);
+        // Subscribed before the job exists: the engine may take it up (a store scan) before the
+        // Start command, and the first attempt's outcome must not be missed.
+        let events = triggers.then(|| self.0.hub.subscribe());
         let created = store
             .create_job(job, now_millis().saturating_sub(window))
             .await
@@ -205,14 +208,12 @@ impl JobService {
             Created::Existing(existing) => (existing, false),
             Created::Conflict(existing) => return Err(JobsError::IdempotencyConflict(existing)),
         };
-        // Subscribed before the engine starts, so the first attempt's outcome is not missed.
-        let events = (fresh && triggers).then(|| self.0.hub.subscribe());
         if fresh && !self.0.engine.send(Command::Start(id.clone())) {
             // The job is committed: the engine scans the store once it has caught up (or on
             // its next start when it is stopping) and starts it then.
             tracing::warn!(job_id = %id, "engine queue full; the job starts at the engine's next store scan");
         }
-        if let Some(events) = events {
+        if let Some(events) = events.filter(|_| fresh) {
             self.first_attempt(&id, events).await;
         }
         let record = self.read(&id, &request.tenant.name).await?;
