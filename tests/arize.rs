@@ -64,6 +64,25 @@ fn arize_url(app: &TestApp, path: &str) -> String {
     )
 }
 
+/// A GET on evalgate's Arize listener, with `token` as the bearer when given.
+async fn arize_get(app: &TestApp, path: &str, token: Option<&str>) -> reqwest::Response {
+    let request = app.client.get(arize_url(app, path));
+    let request = match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    };
+    request.send().await.unwrap()
+}
+
+/// The answer is a problem document with `status`.
+fn assert_problem(response: &reqwest::Response, status: StatusCode) {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+}
+
 async fn json_of(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
     let text = response.text().await.unwrap();
@@ -144,44 +163,19 @@ async fn the_pass_through_replaces_the_key_keeps_encoded_ids_and_answers_problem
         path.contains("%3D"),
         "the id exercises percent-encoding: {path}"
     );
-    let (status, got) = json_of(
-        client
-            .get(arize_url(&app, &path))
-            .bearer_auth(CALLER_KEY)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, got) = json_of(arize_get(&app, &path, Some(CALLER_KEY)).await).await;
     assert_eq!((status, got["id"].as_str()), (StatusCode::OK, Some(id)));
     // The id reached Arize exactly as encoded, with the platform key and never the caller's.
     assert_eq!(emu.requests_to(&Method::GET, &path).len(), 1);
     assert_eq!(emu.seen_bearer_keys(), vec![ARIZE_KEY.to_owned()]);
     // Arize's own errors pass through unchanged (problem+json).
-    let response = client
-        .get(arize_url(&app, "/v2/tasks/VW5rbm93bjo5OTk6ZW11bA%3D%3D"))
-        .bearer_auth(CALLER_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
+    let unknown = "/v2/tasks/VW5rbm93bjo5OTk6ZW11bA%3D%3D";
+    let response = arize_get(&app, unknown, Some(CALLER_KEY)).await;
+    assert_problem(&response, StatusCode::NOT_FOUND);
     // A path outside the table is evalgate's 404, as a problem document, and never forwarded.
     let before = emu.requests().len();
-    let response = client
-        .get(arize_url(&app, "/v2/webhooks"))
-        .bearer_auth(CALLER_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
+    let response = arize_get(&app, "/v2/webhooks", Some(CALLER_KEY)).await;
+    assert_problem(&response, StatusCode::NOT_FOUND);
     let (_, problem) = json_of(response).await;
     assert_eq!(problem["status"], 404);
     assert_eq!(problem["error_code"], "unknown_route");
@@ -423,14 +417,9 @@ async fn each_tenant_uses_its_own_arize_key_and_never_sees_another_keys_run_answ
         emu.requests_to(&Method::POST, &trigger)[0].bearer(),
         Some(TEAM_A_KEY)
     );
-    let poll = |token: &'static str| {
-        app.client
-            .get(arize_url(&app, &path))
-            .bearer_auth(token)
-            .send()
-    };
     for token in [TOKEN_A, TOKEN_B, TOKEN_A, TOKEN_B] {
-        assert_eq!(poll(token).await.unwrap().status(), StatusCode::OK);
+        let polled = arize_get(&app, &path, Some(token)).await;
+        assert_eq!(polled.status(), StatusCode::OK);
     }
     // One upstream poll per key: a tenant is never answered from another key's poll.
     let polls = emu.requests_to(&Method::GET, &path);
@@ -439,12 +428,8 @@ async fn each_tenant_uses_its_own_arize_key_and_never_sees_another_keys_run_answ
     assert_eq!(keys, [ARIZE_KEY, TEAM_A_KEY]);
     // Without a token: 401 as a problem document, and nothing reaches Arize.
     let before = emu.requests().len();
-    let response = app.client.get(arize_url(&app, &path)).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
+    let response = arize_get(&app, &path, None).await;
+    assert_problem(&response, StatusCode::UNAUTHORIZED);
     assert_eq!(emu.requests().len(), before);
     for key in emu.seen_bearer_keys() {
         assert!(key == ARIZE_KEY || key == TEAM_A_KEY, "{key} reached Arize");
@@ -462,24 +447,12 @@ async fn a_429_with_retry_after_holds_a_runs_polls_until_it_passes() {
         ..valiqor_emulator::Faults::default()
     });
     emu.fail_next(1, StatusCode::TOO_MANY_REQUESTS);
-    let first = app
-        .client
-        .get(arize_url(&app, &path))
-        .bearer_auth(CALLER_KEY)
-        .send()
-        .await
-        .unwrap();
+    let first = arize_get(&app, &path, Some(CALLER_KEY)).await;
     assert_eq!(first.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(first.headers()["x-evalgate-cache"], "miss");
     // Well past run_status_max_age, the upstream's Retry-After still holds: answered from
     // memory with what is left of it, and Arize is not asked again.
-    let second = app
-        .client
-        .get(arize_url(&app, &path))
-        .bearer_auth(CALLER_KEY)
-        .send()
-        .await
-        .unwrap();
+    let second = arize_get(&app, &path, Some(CALLER_KEY)).await;
     assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(second.headers()["x-evalgate-cache"], "hit");
     let left: u64 = second.headers()["retry-after"]

@@ -230,7 +230,9 @@ impl ApiError {
         }
     }
 
-    fn finish(&self, mut response: Response) -> Response {
+    /// Headers and extensions every error answer carries; `message` is its `public_message`,
+    /// computed once by the caller for the body.
+    fn finish(&self, mut response: Response, message: String) -> Response {
         if let Some(secs) = self.retry_after() {
             response
                 .headers_mut()
@@ -243,9 +245,7 @@ impl ApiError {
             );
         }
         response.extensions_mut().insert(ErrorCode(self.code()));
-        response
-            .extensions_mut()
-            .insert(PublicMessage(self.public_message()));
+        response.extensions_mut().insert(PublicMessage(message));
         response
     }
 }
@@ -275,9 +275,10 @@ impl From<ApiError> for V1Error {
 impl IntoResponse for V1Error {
     fn into_response(self) -> Response {
         self.0.log();
-        let body = serde_json::json!({"error": {"code": self.0.code(), "message": self.0.public_message()}});
+        let message = self.0.public_message();
+        let body = serde_json::json!({"error": {"code": self.0.code(), "message": &message}});
         let response = (self.0.status(), Json(body)).into_response();
-        self.0.finish(response)
+        self.0.finish(response, message)
     }
 }
 
@@ -295,7 +296,7 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
-        self.finish(response)
+        self.finish(response, message)
     }
 }
 

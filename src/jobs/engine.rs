@@ -268,22 +268,6 @@ impl Ctx {
         }
     }
 
-    fn update(job: &JobId, idx: u32, from: &[BatchState], to: BatchState) -> BatchUpdate {
-        BatchUpdate {
-            job_id: job.clone(),
-            idx,
-            from: from.to_vec(),
-            to,
-            upstream_job_id: None,
-            attempts: None,
-            count_submit: false,
-            progress: None,
-            error: None,
-            result: None,
-            event: None,
-        }
-    }
-
     fn batch_event(
         job: &JobId,
         idx: u32,
@@ -343,7 +327,7 @@ impl Ctx {
         self.throttle().await;
         let mark = BatchUpdate {
             count_submit: true,
-            ..Self::update(
+            ..BatchUpdate::new(
                 &work.job,
                 work.idx,
                 &[BatchState::Pending, BatchState::Submitting],
@@ -525,7 +509,7 @@ impl Ctx {
             event: change
                 .event
                 .map(|detail| Self::batch_event(&work.job, work.idx, change.to, items, detail)),
-            ..Self::update(&work.job, work.idx, change.from, change.to)
+            ..BatchUpdate::new(&work.job, work.idx, change.from, change.to)
         };
         if !self.store.update_batch(update).await? {
             if let Some(upstream_job_id) = cancel_if_stale {

@@ -234,17 +234,8 @@ async fn create(store: &dyn JobStore, job: NewJob) -> JobId {
 /// A change of batch `idx` from `from` to `to`, with an event and nothing else.
 fn update(job: &JobId, idx: u32, from: &[BatchState], to: BatchState) -> BatchUpdate {
     BatchUpdate {
-        job_id: job.clone(),
-        idx,
-        from: from.to_vec(),
-        to,
-        upstream_job_id: None,
-        attempts: None,
-        count_submit: false,
-        progress: None,
-        error: None,
-        result: None,
         event: Some(format!("{{\"batch\": {idx}}}")),
+        ..BatchUpdate::new(job, idx, from, to)
     }
 }
 

@@ -208,6 +208,25 @@ pub(crate) struct BatchUpdate {
     pub event: Option<String>,
 }
 
+impl BatchUpdate {
+    /// Moves batch `idx` from one of `from` to `to`, changing nothing else.
+    pub(crate) fn new(job: &JobId, idx: u32, from: &[BatchState], to: BatchState) -> Self {
+        Self {
+            job_id: job.clone(),
+            idx,
+            from: from.to_vec(),
+            to,
+            upstream_job_id: None,
+            attempts: None,
+            count_submit: false,
+            progress: None,
+            error: None,
+            result: None,
+            event: None,
+        }
+    }
+}
+
 /// A job-level event, durable, for SSE replay after `Last-Event-ID`.
 #[derive(Debug, Clone)]
 pub(crate) struct StoredEvent {
